@@ -1,0 +1,185 @@
+"""The one typed Settings object: STREAMSCORE_* environment variables, overridden by a settings file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamscore.errors import ConfigError
+
+ENV_PREFIX = "STREAMSCORE_"
+CONFIG_FILE_ENV = "STREAMSCORE_CONFIG_FILE"
+
+
+class Settings(BaseSettings):
+    """Every knob of streamscore; the README's configuration table documents each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    # Kafka connection
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    consumer_group: str = "streamscore"
+
+    # Topics
+    topic_page_views: str = "ss.v1.page-views"
+    topic_email_events: str = "ss.v1.email-events"
+    topic_downloads: str = "ss.v1.downloads"
+    topic_unsubscribes: str = "ss.v1.unsubscribes"
+    topic_profiles: str = "ss.v1.profiles"
+    topic_handoffs: str = "ss.v1.handoffs"
+    topic_tier_changes: str = "ss.v1.tier-changes"
+    topic_dead_letter: str = "ss.v1.dead-letter"
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
+
+    # Redis
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    redis_ssl_ca_certs: Path | None = None
+    redis_retry_max_s: float = Field(default=120.0, gt=0)
+
+    # Rules
+    rules_file: Path = Path("examples/rules.yaml")
+    rules_poll_s: float = Field(default=2.0, ge=0)
+
+    # Hot path
+    batch_max_events: int = Field(default=2000, ge=1, le=100_000)
+    fetch_timeout_ms: int = Field(default=5, ge=0, le=10_000)
+    align_max_wait_ms: int = Field(default=200, ge=0, le=60_000)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    dedup_window_s: int = Field(default=7 * 86400, ge=0)
+
+    # Input limits (beyond them an event is dead-lettered)
+    max_event_bytes: int = Field(default=64 * 1024, ge=256)
+    max_properties: int = Field(default=200, ge=1)
+    max_future_skew_s: int = Field(default=300, ge=0)
+    max_event_age_s: int = Field(default=400 * 86400, ge=0)
+
+    # Timers
+    decay_tick_s: float = Field(default=1.0, gt=0)
+    decay_tick_max_leads: int = Field(default=500, ge=1)
+    outbox_redrive_s: float = Field(default=5.0, gt=0)
+
+    # Web, logging
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"scheme must be redis://, rediss:// or unix://, got {scheme}://")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "kafka_security_protocol SASL_* needs kafka_sasl_mechanism, "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        return self
+
+    @property
+    def input_topics(self) -> tuple[str, ...]:
+        """The topics the worker scores, in a fixed order (the index is stored per offset)."""
+        return (
+            self.topic_page_views,
+            self.topic_email_events,
+            self.topic_downloads,
+            self.topic_unsubscribes,
+            self.topic_profiles,
+        )
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic streamscore reads or writes."""
+        return (
+            *self.input_topics,
+            self.topic_handoffs,
+            self.topic_tier_changes,
+            self.topic_dead_letter,
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The settings file is passed as init kwargs, so it overrides the environment.
+        return (init_settings, env_settings)
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"settings file {path}: cannot read: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"settings file {path}: not valid {path.suffix[1:]}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path}: top level must be a mapping of field: value")
+    return {str(k).lower(): v for k, v in data.items()}
+
+
+def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the environment, then the settings file, then explicit overrides."""
+    if settings_file is None and os.environ.get(CONFIG_FILE_ENV):
+        settings_file = Path(os.environ[CONFIG_FILE_ENV])
+    values = _read_settings_file(settings_file) if settings_file else {}
+    values.update(overrides)
+    source = str(settings_file) if settings_file else "environment"
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            where = source if field.lower() in values else f"{ENV_PREFIX}{field.upper()}"
+            if not err["loc"]:
+                where = source
+            problems.append(f"{where}: field {field}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

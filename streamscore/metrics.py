@@ -1,0 +1,163 @@
+"""Prometheus metric definitions, built against an injectable registry so tests get a fresh one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    PlatformCollector,
+    GCCollector,
+)
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SCRIPT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+#: Closed label sets, so a dashboard can rely on them and cardinality stays bounded.
+OUTCOMES = ("scored", "rejected", "duplicate")
+SCRIPTS = ("apply_batch", "tick")
+OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric streamscore exports; names follow Prometheus conventions."""
+
+    registry: CollectorRegistry
+    events_total: Counter
+    dead_letter_total: Counter
+    handoffs_total: Counter
+    tier_changes_total: Counter
+    event_to_scored_seconds: Histogram
+    redis_script_seconds: Histogram
+    batch_events: Histogram
+    retries_total: Counter
+    consumer_lag_messages: Gauge
+    ready: Gauge
+    partitions_assigned: Gauge
+    rules_reloads_total: Counter
+    rules_version_info: Gauge
+    outbox_pending: Gauge
+    decay_due_leads: Gauge
+
+
+def create_metrics(registry: CollectorRegistry | None = None, *, process: bool = True) -> Metrics:
+    """Create the metric set in `registry` (a fresh one when omitted)."""
+    reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    if process:
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+    return Metrics(
+        registry=reg,
+        events_total=Counter(
+            "streamscore_events_total",
+            "Input events handled, by source topic and outcome (scored, rejected, duplicate).",
+            ["topic", "outcome"],
+            registry=reg,
+        ),
+        dead_letter_total=Counter(
+            "streamscore_dead_letter_total",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=reg,
+        ),
+        handoffs_total=Counter(
+            "streamscore_handoffs_total",
+            "Handoff events emitted, by tier handed off.",
+            ["tier"],
+            registry=reg,
+        ),
+        tier_changes_total=Counter(
+            "streamscore_tier_changes_total",
+            "Tier changes emitted, by direction (up, down) and new tier.",
+            ["direction", "tier"],
+            registry=reg,
+        ),
+        event_to_scored_seconds=Histogram(
+            "streamscore_event_to_scored_seconds",
+            "Time from an event's append to the broker to its state applied in Redis.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        ),
+        redis_script_seconds=Histogram(
+            "streamscore_redis_script_seconds",
+            "Duration of one Redis Lua script call, by script.",
+            ["script"],
+            buckets=SCRIPT_BUCKETS_S,
+            registry=reg,
+        ),
+        batch_events=Histogram(
+            "streamscore_batch_events",
+            "Number of events applied per Redis script call.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+            registry=reg,
+        ),
+        retries_total=Counter(
+            "streamscore_retries_total",
+            "Retries of transient failures, by operation.",
+            ["operation"],
+            registry=reg,
+        ),
+        consumer_lag_messages=Gauge(
+            "streamscore_consumer_lag_messages",
+            "Messages behind the high watermark, summed over assigned partitions, by topic.",
+            ["topic"],
+            registry=reg,
+        ),
+        ready=Gauge(
+            "streamscore_ready",
+            "1 when partitions are assigned and Redis is reachable, else 0.",
+            registry=reg,
+        ),
+        partitions_assigned=Gauge(
+            "streamscore_partitions_assigned",
+            "Input partitions currently assigned to this worker.",
+            registry=reg,
+        ),
+        rules_reloads_total=Counter(
+            "streamscore_rules_reloads_total",
+            "Rules file reload attempts, by result (applied, rejected).",
+            ["result"],
+            registry=reg,
+        ),
+        rules_version_info=Gauge(
+            "streamscore_rules_version_info",
+            "The rules version in force (value is always 1).",
+            ["version"],
+            registry=reg,
+        ),
+        outbox_pending=Gauge(
+            "streamscore_outbox_pending",
+            "Output events recorded in Redis but not yet acknowledged by the broker.",
+            registry=reg,
+        ),
+        decay_due_leads=Gauge(
+            "streamscore_decay_due_leads",
+            "Leads whose inactivity tier drop is due and not yet processed.",
+            registry=reg,
+        ),
+    )
+
+
+METRIC_NAMES: tuple[str, ...] = (
+    "streamscore_events_total",
+    "streamscore_dead_letter_total",
+    "streamscore_handoffs_total",
+    "streamscore_tier_changes_total",
+    "streamscore_event_to_scored_seconds",
+    "streamscore_redis_script_seconds",
+    "streamscore_batch_events",
+    "streamscore_retries_total",
+    "streamscore_consumer_lag_messages",
+    "streamscore_ready",
+    "streamscore_partitions_assigned",
+    "streamscore_rules_reloads_total",
+    "streamscore_rules_version_info",
+    "streamscore_outbox_pending",
+    "streamscore_decay_due_leads",
+)
