@@ -1,0 +1,92 @@
+"""Closed sets of the event contract: event types, input topic kinds, and the Segment aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class EventType(StrEnum):
+    """What a lead did; the value is the native `type` and the name the scoring rules use."""
+
+    PAGE_VIEW = "page_view"
+    EMAIL_OPEN = "email_open"
+    EMAIL_CLICK = "email_click"
+    DOWNLOAD = "download"
+    WEBINAR_SIGNUP = "webinar_signup"
+    TRIAL_SIGNUP = "trial_signup"
+    DEMO_REQUEST = "demo_request"
+    CONTACT_REQUEST = "contact_request"
+    UNSUBSCRIBE = "unsubscribe"
+    IDENTIFY = "identify"
+
+
+class TopicKind(StrEnum):
+    """Which input topic a message came from; each kind carries a fixed set of event types."""
+
+    PAGE_VIEWS = "page_views"
+    EMAIL_EVENTS = "email_events"
+    DOWNLOADS = "downloads"
+    UNSUBSCRIBES = "unsubscribes"
+    PROFILES = "profiles"
+
+
+TYPES_BY_TOPIC: Mapping[TopicKind, tuple[EventType, ...]] = MappingProxyType(
+    {
+        TopicKind.PAGE_VIEWS: (EventType.PAGE_VIEW,),
+        TopicKind.EMAIL_EVENTS: (EventType.EMAIL_OPEN, EventType.EMAIL_CLICK),
+        TopicKind.DOWNLOADS: (
+            EventType.DOWNLOAD,
+            EventType.WEBINAR_SIGNUP,
+            EventType.TRIAL_SIGNUP,
+            EventType.DEMO_REQUEST,
+            EventType.CONTACT_REQUEST,
+        ),
+        TopicKind.UNSUBSCRIBES: (EventType.UNSUBSCRIBE,),
+        TopicKind.PROFILES: (EventType.IDENTIFY,),
+    }
+)
+
+TOPIC_BY_TYPE: Mapping[EventType, TopicKind] = MappingProxyType(
+    {t: kind for kind, types in TYPES_BY_TOPIC.items() for t in types}
+)
+
+# The input schema file of each topic kind, relative to the schemas directory.
+SCHEMA_FILE_BY_TOPIC: Mapping[TopicKind, str] = MappingProxyType(
+    {
+        TopicKind.PAGE_VIEWS: "page-views.v1.json",
+        TopicKind.EMAIL_EVENTS: "email-events.v1.json",
+        TopicKind.DOWNLOADS: "downloads.v1.json",
+        TopicKind.UNSUBSCRIBES: "unsubscribes.v1.json",
+        TopicKind.PROFILES: "profiles.v1.json",
+    }
+)
+
+# Segment `type` values that map straight to one of ours; `track` goes through the alias table.
+SEGMENT_TYPE_ALIASES: Mapping[str, EventType] = MappingProxyType(
+    {"page": EventType.PAGE_VIEW, "identify": EventType.IDENTIFY}
+)
+
+# Segment `track` event names (exact, case-sensitive: the schemas list them in `enum`s) -> our
+# type. Only names whose meaning is unambiguous; a generic "Form Submitted" is left out on
+# purpose, since it may be a newsletter form and would over-score as a contact request. Our own
+# type names are accepted too, so a tracker can send `{"type": "track", "event": "download"}`.
+# Keep this table and the `enum`s of the `segment` branch in schemas/*.v1.json identical
+# (tests/unit/events/test_parse.py checks both directions).
+SEGMENT_TRACK_ALIASES: Mapping[str, EventType] = MappingProxyType(
+    {
+        "Email Opened": EventType.EMAIL_OPEN,
+        "Email Link Clicked": EventType.EMAIL_CLICK,
+        "Unsubscribed": EventType.UNSUBSCRIBE,
+        "Email Unsubscribed": EventType.UNSUBSCRIBE,
+        "Content Downloaded": EventType.DOWNLOAD,
+        "Whitepaper Downloaded": EventType.DOWNLOAD,
+        "File Downloaded": EventType.DOWNLOAD,
+        "Webinar Registered": EventType.WEBINAR_SIGNUP,
+        "Trial Started": EventType.TRIAL_SIGNUP,
+        "Demo Requested": EventType.DEMO_REQUEST,
+        "Contact Requested": EventType.CONTACT_REQUEST,
+        **{t.value: t for t in EventType},
+    }
+)

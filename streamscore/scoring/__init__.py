@@ -1,0 +1,1 @@
+"""Pure scoring: rules, per-event evaluation and the reference state model. No I/O, no clock."""

@@ -1,0 +1,623 @@
+"""Rules file model: load YAML/TOML, validate with located errors, compile to fast predicates."""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streamscore.errors import RulesError
+from streamscore.scoring.durations import parse_duration_s
+
+#: Event types a rule may name; kept in step with streamscore.events.types by a unit test.
+KNOWN_EVENT_TYPES = (
+    "page_view",
+    "email_open",
+    "email_click",
+    "download",
+    "webinar_signup",
+    "trial_signup",
+    "demo_request",
+    "contact_request",
+    "unsubscribe",
+    "identify",
+)
+FIELD_ROOTS = ("type", "properties", "context", "traits")
+BANT_CRITERIA = ("budget", "authority", "need", "timeline")
+GRADES = ("A", "B", "C", "D")
+RULE_ID = r"^[a-z][a-z0-9_]{0,63}$"
+
+Predicate = Callable[[Any], bool]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Matcher(_Strict):
+    """Tests on one value; every test given must hold."""
+
+    equals: Any = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    not_in: list[Any] | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    regex: str | None = None
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+    exists: bool | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Matcher:
+        if not self.model_fields_set:
+            raise ValueError("a matcher needs at least one test (equals, in, prefix, regex, ...)")
+        return self
+
+
+def _as_matcher(value: Any) -> Matcher:
+    if isinstance(value, Matcher):
+        return value
+    if isinstance(value, dict):
+        return Matcher.model_validate(value)
+    if isinstance(value, list):
+        return Matcher.model_validate({"in": value})
+    return Matcher(equals=value)
+
+
+class CapSpec(_Strict):
+    """At most `points` from one rule per `window` of event time."""
+
+    points: float = Field(gt=0)
+    window: float
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration_s(value)
+
+
+class EngagementRuleSpec(_Strict):
+    """Behavioural points for events matching `when`."""
+
+    id: str = Field(pattern=RULE_ID)
+    description: str = ""
+    when: dict[str, Any]
+    points: float = 0.0
+    cap: CapSpec | None = None
+    disqualify: bool = False
+    requalify: bool = False
+
+    @field_validator("when")
+    @classmethod
+    def _conditions(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("`when` needs at least one condition, e.g. {type: page_view}")
+        out: dict[str, Any] = {}
+        for path, test in value.items():
+            root = path.split(".", 1)[0]
+            if root not in FIELD_ROOTS:
+                raise ValueError(f"field {path!r} must start with one of {', '.join(FIELD_ROOTS)}")
+            if path == "type":
+                names = test if isinstance(test, list) else [test]
+                unknown = [n for n in names if n not in KNOWN_EVENT_TYPES]
+                if unknown:
+                    raise ValueError(
+                        f"unknown event type(s) {unknown}; known: {', '.join(KNOWN_EVENT_TYPES)}"
+                    )
+            out[path] = _as_matcher(test)
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngagementRuleSpec:
+        if self.disqualify and self.requalify:
+            raise ValueError("a rule cannot both disqualify and requalify")
+        if self.cap is not None and self.points <= 0:
+            raise ValueError("a cap only applies to rules with positive points")
+        if self.points == 0 and not (self.disqualify or self.requalify):
+            raise ValueError("a rule needs non-zero points, disqualify or requalify")
+        return self
+
+
+class AttributeSpec(_Strict):
+    """Where a profile attribute is read from, and how it is normalised."""
+
+    from_: list[str] = Field(alias="from", min_length=1)
+    transform: Literal["none", "lower", "email_domain"] = "none"
+    kind: Literal["string", "number"] = Field(default="string", alias="type")
+
+    @field_validator("from_")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if path.split(".", 1)[0] not in FIELD_ROOTS[1:] or "." not in path:
+                raise ValueError(f"attribute source {path!r} must look like traits.x")
+        return value
+
+
+class FitRuleSpec(_Strict):
+    """Fit points (or disqualification) when one profile attribute matches."""
+
+    id: str = Field(pattern=RULE_ID)
+    description: str = ""
+    attribute: str
+    when: Any
+    points: float = 0.0
+    disqualify: bool = False
+
+    @field_validator("when", mode="after")
+    @classmethod
+    def _matcher(cls, value: Any) -> Matcher:
+        return _as_matcher(value)
+
+
+class BantCriterionSpec(_Strict):
+    """A BANT criterion is met when the attribute matches."""
+
+    attribute: str
+    when: Any
+
+    @field_validator("when", mode="after")
+    @classmethod
+    def _matcher(cls, value: Any) -> Matcher:
+        return _as_matcher(value)
+
+
+class TierSpec(_Strict):
+    """A tier: entered at `enter` points, left below `exit` (hysteresis)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    enter: float | None = None
+    exit: float | None = None
+
+
+class HandoffSpec(_Strict):
+    """When sales hears of a lead."""
+
+    tier: str
+    min_grade: Literal["A", "B", "C", "D"] = "D"
+    min_bant: int = Field(default=0, ge=0, le=4)
+    rearm_below: float | None = None
+
+
+class DecaySpec(_Strict):
+    """Exponential decay of positive engagement points, by event time."""
+
+    half_life: float
+
+    @field_validator("half_life", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration_s(value)
+
+
+class ScoreSpec(_Strict):
+    """What tiers are judged on, and optional bounds."""
+
+    basis: Literal["total", "engagement"] = "total"
+    floor: float | None = None
+    ceiling: float | None = None
+
+
+class RulesSpec(_Strict):
+    """The whole rules file."""
+
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:+-]+$")
+    decay: DecaySpec
+    score: ScoreSpec = ScoreSpec()
+    attributes: dict[str, AttributeSpec] = {}
+    engagement: list[EngagementRuleSpec] = Field(min_length=1)
+    fit: list[FitRuleSpec] = []
+    grades: dict[Literal["A", "B", "C"], float] = {"A": math.inf, "B": math.inf, "C": math.inf}
+    bant: dict[Literal["budget", "authority", "need", "timeline"], BantCriterionSpec] = {}
+    tiers: list[TierSpec] = Field(min_length=2)
+    handoff: HandoffSpec
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RulesSpec:
+        ids = [r.id for r in self.engagement] + [r.id for r in self.fit]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"rule ids must be unique; repeated: {', '.join(dupes)}")
+        for i, rule in enumerate(self.fit):
+            if rule.attribute not in self.attributes:
+                raise ValueError(
+                    f"fit[{i}] ({rule.id}): attribute {rule.attribute!r} is not defined "
+                    "under attributes"
+                )
+        for name, crit in self.bant.items():
+            if crit.attribute not in self.attributes:
+                raise ValueError(f"bant.{name}: attribute {crit.attribute!r} is not defined")
+        if len(self.grades) not in (0, 3) or (
+            self.grades and not self.grades["A"] >= self.grades["B"] >= self.grades["C"]
+        ):
+            raise ValueError("grades must set A >= B >= C (the minimum fit points of each)")
+        self._check_tiers()
+        return self
+
+    def _check_tiers(self) -> None:
+        first, rest = self.tiers[0], self.tiers[1:]
+        if first.enter is not None or first.exit is not None:
+            raise ValueError(f"tiers[0] ({first.name}) is the floor tier: give it no enter/exit")
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError("tier names must be unique")
+        prev_enter, prev_exit = -math.inf, -math.inf
+        for i, tier in enumerate(rest, start=1):
+            if tier.enter is None:
+                raise ValueError(f"tiers[{i}] ({tier.name}): enter is required")
+            exit_ = tier.enter if tier.exit is None else tier.exit
+            if tier.enter <= prev_enter:
+                raise ValueError(f"tiers[{i}] ({tier.name}): enter must rise tier by tier")
+            if exit_ > tier.enter:
+                raise ValueError(f"tiers[{i}] ({tier.name}): exit must be <= enter (hysteresis)")
+            if exit_ <= prev_exit:
+                raise ValueError(f"tiers[{i}] ({tier.name}): exit must rise tier by tier")
+            lo, hi = self.score.floor, self.score.ceiling
+            if (lo is not None and exit_ <= lo) or (hi is not None and tier.enter > hi):
+                raise ValueError(f"tiers[{i}] ({tier.name}): thresholds outside floor/ceiling")
+            prev_enter, prev_exit = tier.enter, exit_
+        if (
+            self.score.floor is not None
+            and self.score.ceiling is not None
+            and self.score.floor >= self.score.ceiling
+        ):
+            raise ValueError("score.floor must be below score.ceiling")
+        if self.handoff.tier not in names[1:]:
+            raise ValueError(f"handoff.tier {self.handoff.tier!r} must name a tier above the first")
+        tier = self.tiers[names.index(self.handoff.tier)]
+        handoff_exit = tier.enter if tier.exit is None else tier.exit
+        rearm = self.handoff.rearm_below
+        if rearm is not None and handoff_exit is not None and rearm > handoff_exit:
+            raise ValueError("handoff.rearm_below must be <= the handoff tier's exit threshold")
+
+
+# ---------------------------------------------------------------- compiled form
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A compiled tier; the first tier has enter = exit = -inf."""
+
+    name: str
+    enter: float
+    exit: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementRule:
+    """A compiled engagement rule; `index` is its position in CompiledRules.rule_ids."""
+
+    index: int
+    id: str
+    tests: tuple[tuple[tuple[str, ...], Predicate], ...]
+    points: float
+    cap_points: float
+    cap_window_s: float
+    flag: int  # 0 none, 1 disqualify, 2 requalify
+
+
+@dataclass(frozen=True, slots=True)
+class FitRule:
+    """A compiled fit rule on one attribute."""
+
+    id: str
+    test: Predicate
+    points: float
+    disqualify: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """A compiled profile attribute: its sources, its fit rules and its BANT tests."""
+
+    index: int
+    name: str
+    sources: tuple[tuple[str, ...], ...]
+    transform: str
+    numeric: bool
+    fit_rules: tuple[FitRule, ...]
+    bant_tests: tuple[tuple[int, Predicate], ...]  # (bit, test)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRules:
+    """Rules ready for evaluation; built once per rules version."""
+
+    version: str
+    source: str
+    half_life_s: float
+    basis: str
+    floor: float
+    ceiling: float
+    tiers: tuple[Tier, ...]
+    handoff_tier: int
+    min_grade: int  # 1 = A ... 4 = D
+    min_bant: int
+    rearm_below: float
+    grade_thresholds: tuple[float, float, float]  # A, B, C
+    rule_ids: tuple[str, ...]
+    engagement: tuple[EngagementRule, ...]
+    by_type: Mapping[str, tuple[EngagementRule, ...]]
+    attributes: tuple[Attribute, ...]
+
+    def script_config(self) -> dict[str, Any]:
+        """The arithmetic parameters the Redis script needs, JSON-serialisable."""
+        return {
+            "version": self.version,
+            "half_life_ms": self.half_life_s * 1000.0,
+            "basis_total": self.basis == "total",
+            "floor": _finite_or_none(self.floor),
+            "ceiling": _finite_or_none(self.ceiling),
+            "tiers": [t.name for t in self.tiers],
+            "enter": [_finite_or_none(t.enter) for t in self.tiers],
+            "exit": [_finite_or_none(t.exit) for t in self.tiers],
+            "handoff_tier": self.handoff_tier,
+            "min_grade": self.min_grade,
+            "min_bant": self.min_bant,
+            "rearm_below": _finite_or_none(self.rearm_below),
+            "grades": [_finite_or_none(g) for g in self.grade_thresholds],
+            "rules": list(self.rule_ids),
+            "caps": [
+                [r.cap_points, r.cap_window_s * 1000.0] if r.cap_points else [0, 0]
+                for r in self.engagement
+            ],
+            "attributes": [a.name for a in self.attributes],
+        }
+
+    def grade_of(self, fit_points: float) -> int:
+        """Grade index (1 = A ... 4 = D) for a fit score."""
+        for i, threshold in enumerate(self.grade_thresholds):
+            if fit_points >= threshold:
+                return i + 1
+        return 4
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _compile_matcher(m: Matcher) -> Predicate:
+    tests: list[Predicate] = []
+    fields = m.model_fields_set
+    if "exists" in fields:
+        want = bool(m.exists)
+        tests.append(lambda v: (v is not None) is want)
+    if "equals" in fields:
+        target = m.equals
+        tests.append(lambda v: v == target)
+    if m.in_ is not None:
+        options = frozenset(x for x in m.in_ if isinstance(x, str | int | float | bool))
+        tests.append(lambda v: isinstance(v, str | int | float | bool) and v in options)
+    if m.not_in is not None:
+        banned = frozenset(x for x in m.not_in if isinstance(x, str | int | float | bool))
+        tests.append(lambda v: not (isinstance(v, str | int | float | bool) and v in banned))
+    if m.prefix is not None:
+        prefix = m.prefix
+        tests.append(lambda v: isinstance(v, str) and v.startswith(prefix))
+    if m.suffix is not None:
+        suffix = m.suffix
+        tests.append(lambda v: isinstance(v, str) and v.endswith(suffix))
+    if m.contains is not None:
+        part = m.contains
+        tests.append(lambda v: isinstance(v, str) and part in v)
+    if m.regex is not None:
+        search = re.compile(m.regex).search
+        tests.append(lambda v: isinstance(v, str) and search(v) is not None)
+    comparisons: tuple[tuple[float | None, Callable[[float, float], bool]], ...] = (
+        (m.gte, float.__ge__),
+        (m.gt, float.__gt__),
+        (m.lte, float.__le__),
+        (m.lt, float.__lt__),
+    )
+    for limit, op in comparisons:
+        if limit is not None:
+            tests.append(_numeric_test(op, limit))
+    if len(tests) == 1:
+        return tests[0]
+    return lambda v: all(t(v) for t in tests)
+
+
+def _numeric_test(op: Callable[[float, float], bool], bound: float) -> Predicate:
+    def test(v: Any) -> bool:
+        num = to_number(v)
+        return num is not None and op(num, bound)
+
+    return test
+
+
+def to_number(value: Any) -> float | None:
+    """A finite float from a number or numeric string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        num = float(value)
+    elif isinstance(value, str):
+        try:
+            num = float(value.replace(",", "").strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return num if math.isfinite(num) else None
+
+
+def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
+    """Turn a validated spec into the structures evaluation uses."""
+    tiers = [Tier(spec.tiers[0].name, -math.inf, -math.inf)]
+    for t in spec.tiers[1:]:
+        assert t.enter is not None  # checked by RulesSpec
+        tiers.append(Tier(t.name, t.enter, t.enter if t.exit is None else t.exit))
+    engagement: list[EngagementRule] = []
+    for i, r in enumerate(spec.engagement):
+        tests = tuple((tuple(path.split(".")), _compile_matcher(m)) for path, m in r.when.items())
+        engagement.append(
+            EngagementRule(
+                index=i,
+                id=r.id,
+                tests=tests,
+                points=r.points,
+                cap_points=r.cap.points if r.cap else 0.0,
+                cap_window_s=r.cap.window if r.cap else 0.0,
+                flag=1 if r.disqualify else 2 if r.requalify else 0,
+            )
+        )
+    by_type: dict[str, tuple[EngagementRule, ...]] = {}
+    for event_type in KNOWN_EVENT_TYPES:
+        by_type[event_type] = tuple(
+            r for r in engagement if _may_match_type(spec.engagement[r.index], event_type)
+        )
+    bant_bits = {name: 1 << i for i, name in enumerate(BANT_CRITERIA)}
+    attributes = []
+    for i, (name, a) in enumerate(spec.attributes.items()):
+        attributes.append(
+            Attribute(
+                index=i,
+                name=name,
+                sources=tuple(tuple(p.split(".")) for p in a.from_),
+                transform=a.transform,
+                numeric=a.kind == "number",
+                fit_rules=tuple(
+                    FitRule(f.id, _compile_matcher(f.when), f.points, f.disqualify)
+                    for f in spec.fit
+                    if f.attribute == name
+                ),
+                bant_tests=tuple(
+                    (bant_bits[c], _compile_matcher(crit.when))
+                    for c, crit in spec.bant.items()
+                    if crit.attribute == name
+                ),
+            )
+        )
+    handoff_tier = [t.name for t in spec.tiers].index(spec.handoff.tier)
+    rearm = spec.handoff.rearm_below
+    return CompiledRules(
+        version=spec.version,
+        source=source,
+        half_life_s=spec.decay.half_life,
+        basis=spec.score.basis,
+        floor=-math.inf if spec.score.floor is None else spec.score.floor,
+        ceiling=math.inf if spec.score.ceiling is None else spec.score.ceiling,
+        tiers=tuple(tiers),
+        handoff_tier=handoff_tier,
+        min_grade=GRADES.index(spec.handoff.min_grade) + 1,
+        min_bant=spec.handoff.min_bant,
+        rearm_below=tiers[handoff_tier].exit if rearm is None else rearm,
+        grade_thresholds=(
+            spec.grades.get("A", math.inf),
+            spec.grades.get("B", math.inf),
+            spec.grades.get("C", math.inf),
+        ),
+        rule_ids=tuple(r.id for r in engagement),
+        engagement=tuple(engagement),
+        by_type=by_type,
+        attributes=tuple(attributes),
+    )
+
+
+def _may_match_type(rule: EngagementRuleSpec, event_type: str) -> bool:
+    matcher = rule.when.get("type")
+    if matcher is None:
+        return True
+    return bool(_compile_matcher(matcher)(event_type))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _line_index(text: str, is_yaml: bool) -> dict[tuple[str | int, ...], int]:
+    """Map each YAML node path to its 1-based line, so errors can point into the file."""
+    if not is_yaml:
+        return {}
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = str(key.value)
+                lines[(*path, k)] = key.start_mark.line + 1
+                walk(value, (*path, k))
+                lines[(*path, k)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _format_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_rules_text(text: str, source: str) -> CompiledRules:
+    """Validate and compile rules text; raise RulesError listing every problem with its location."""
+    is_yaml = not source.endswith(".toml")
+    try:
+        data = yaml.safe_load(text) if is_yaml else tomllib.loads(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise RulesError(source, [f"{where}: not valid YAML: {exc.problem}"]) from None
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise RulesError(source, [f"not valid {'YAML' if is_yaml else 'TOML'}: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise RulesError(source, ["top level must be a mapping (version, decay, engagement, ...)"])
+    try:
+        spec = RulesSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(text, is_yaml)
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            line = _nearest_line(lines, loc)
+            prefix = f"line {line}: " if line else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{prefix}{_format_loc(loc)}: {msg}")
+        raise RulesError(source, problems) from None
+    return compile_rules(spec, source)
+
+
+def _nearest_line(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int:
+    for end in range(len(loc), -1, -1):
+        key = tuple(p.rstrip("_") if isinstance(p, str) else p for p in loc[:end])
+        if key in lines:
+            return lines[key]
+    return 0
+
+
+def load_rules(path: Path) -> CompiledRules:
+    """Read, validate and compile a rules file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    return parse_rules_text(text, str(path))
