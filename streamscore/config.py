@@ -1,4 +1,4 @@
-"""The one typed Settings object: STREAMSCORE_* environment variables, overridden by a settings file."""
+"""The one typed Settings object: STREAMSCORE_* environment variables, then a settings file."""
 
 from __future__ import annotations
 
@@ -26,9 +26,7 @@ class Settings(BaseSettings):
 
     # Kafka connection
     kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None

@@ -8,10 +8,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
-    ProcessCollector,
-    PlatformCollector,
     GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
 )
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

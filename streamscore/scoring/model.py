@@ -136,7 +136,8 @@ def due_ms(state: LeadState, rules: CompiledRules) -> int | None:
     e = engagement_at(state, rules, state.last_ms)
     if e <= 0 or gap <= 0:
         return None
-    t_star = state.last_ms + rules.half_life_s * 1000.0 * math.log2(e / gap)
+    # log(x)/log(2), not log2: the Lua script has no log2 and parity wants the same rounding.
+    t_star = state.last_ms + rules.half_life_s * 1000.0 * (math.log(e / gap) / math.log(2.0))
     return max(math.floor(t_star) + 1, state.last_ms + 1)
 
 
@@ -226,8 +227,8 @@ def apply_event(
             and (seen_at >= state.last_ms - dedup_window_ms)
         ):
             return None
-        if seen_at is None:
-            state.seen[event_id] = time_ms
+        # An id seen only before the window counts as new, and its time is refreshed.
+        state.seen[event_id] = time_ms
     t_eval = time_ms if state.last_ms is None else max(state.last_ms, time_ms)
     outputs = advance(state, rules, t_eval) if state.last_ms is not None else []
     if not state.armed and score_at(state, rules, t_eval) < rules.rearm_below:

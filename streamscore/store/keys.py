@@ -1,0 +1,55 @@
+"""Every Redis key is built here; lead ids are hashed so they cannot inject keys."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRef:
+    """A lead's hashed identity: its key group and digest."""
+
+    group: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Key builder for one prefix (e.g. ss:v1) split into `groups` hash-tagged groups.
+
+    Every key of a group carries the hash tag {gN}, so one script call that touches one group
+    stays within one Redis Cluster slot.
+    """
+
+    prefix: str
+    groups: int = 1
+
+    def lead_ref(self, lead_id: str) -> LeadRef:
+        """Hash a lead id (any characters) to its group and digest."""
+        digest = hashlib.blake2b(lead_id.encode("utf-8", "surrogatepass"), digest_size=12)
+        raw = digest.digest()
+        return LeadRef(int.from_bytes(raw[:4], "big") % self.groups, raw.hex())
+
+    def _tag(self, group: int) -> str:
+        return f"{self.prefix}:{{g{group}}}"
+
+    def lead(self, ref: LeadRef) -> str:
+        """Hash with the lead's score state."""
+        return f"{self._tag(ref.group)}:lead:{ref.digest}"
+
+    def seen(self, ref: LeadRef) -> str:
+        """Sorted set of the lead's recent event ids, scored by event time."""
+        return f"{self._tag(ref.group)}:seen:{ref.digest}"
+
+    def offsets(self, group: int) -> str:
+        """Hash of the last applied offset per topic-partition."""
+        return f"{self._tag(group)}:offsets"
+
+    def due(self, group: int) -> str:
+        """Sorted set of lead keys by the time of their next inactivity tier drop."""
+        return f"{self._tag(group)}:due"
+
+    def outbox(self, group: int) -> str:
+        """Stream of outputs recorded but not yet acknowledged by the broker."""
+        return f"{self._tag(group)}:outbox"

@@ -1,0 +1,148 @@
+-- apply_batch.lua: apply a batch of scored events atomically; record applied offsets.
+-- KEYS[1] offsets hash (field "topic:partition" -> last applied offset)
+-- KEYS[2] due sorted set (lead key -> ms of its next inactivity tier drop)
+-- KEYS[3] outbox stream (one entry per call that produced outputs)
+-- KEYS[4 + 2*i], KEYS[5 + 2*i] lead hash and seen-ids sorted set of batch lead slot i
+-- ARGV[1] rules config JSON; ARGV[2] batch JSON {"tps": [...], "ev": [[slot, lead_id,
+--   event_id, time_ms, tp_index, offset, [[rule, points]...], [[attr, value, fit, bant_mask,
+--   dq, [[rule, points]...]]...], flag]...]}; ARGV[3] scored_at ms
+-- Returns {outbox entry id or "", outputs JSON or "", duplicate event indices JSON}.
+-- Idempotent: an event at or below its partition's recorded offset, or whose id was seen
+-- within the dedup window, changes nothing, so redelivery after a crash is harmless.
+local batch = cjson.decode(ARGV[2])
+local scored_at = tonumber(ARGV[3])
+local offsets_key, due_key, outbox_key = KEYS[1], KEYS[2], KEYS[3]
+
+local applied, top = {}, {}
+for i, tp in ipairs(batch.tps) do
+  applied[i] = tonumber(redis.call('HGET', offsets_key, tp)) or -1
+  top[i] = applied[i]
+end
+
+local leads, order, outs, dups = {}, {}, {}, {}
+
+local function add_points(L, rule, points, t)
+  local rule_id = cfg.rules[rule + 1]
+  if points > 0 then
+    local cap = cfg.caps[rule + 1]
+    if cap[1] > 0 then
+      local field = 'c:' .. rule_id
+      local used_by_window = {}
+      if L.f[field] then used_by_window = cjson.decode(L.f[field]) end
+      local window = math.floor(t / cap[2])
+      local key = fmt(window)
+      local used = used_by_window[key] or 0
+      points = math.min(points, cap[1] - used)
+      if points <= 0 then return end
+      used_by_window[key] = used + points
+      for k in pairs(used_by_window) do
+        if tonumber(k) < window - CAP_WINDOWS_KEPT then used_by_window[k] = nil end
+      end
+      set_field(L, field, cjson.encode(used_by_window))
+    end
+    if L.a == nil then L.a = t end
+    if (t - L.a) / H > 500 then
+      -- Re-anchor before 2^x overflows; scales every normalised field by the same factor.
+      local factor = math.pow(2, (L.a - t) / H)
+      L.e = L.e * factor
+      for field, value in pairs(L.f) do
+        if string.sub(field, 1, 2) == 'r:' then set_field(L, field, fmt(tonumber(value) * factor)) end
+      end
+      L.a = t
+    end
+    local w = points * math.pow(2, (t - L.a) / H)
+    L.e = L.e + w
+    set_field(L, 'r:' .. rule_id, fmt((tonumber(L.f['r:' .. rule_id]) or 0) + w))
+  else
+    L.pen = L.pen + points
+    set_field(L, 'n:' .. rule_id, fmt((tonumber(L.f['n:' .. rule_id]) or 0) + points))
+  end
+end
+
+local function set_attributes(L, updates, t)
+  local changed = false
+  for _, u in ipairs(updates) do
+    local field = 'p:' .. cfg.attributes[u[1] + 1]
+    local cur = L.f[field] and cjson.decode(L.f[field])
+    if cur == nil or t > cur[1] or (t == cur[1] and u[2] >= cur[2]) then
+      set_field(L, field, cjson.encode({t, u[2], u[3], u[4], u[5], u[6]}))
+      changed = true
+    end
+  end
+  if not changed then return end
+  local fit, fdq, mask = 0, 0, 0
+  for field, value in pairs(L.f) do
+    if string.sub(field, 1, 2) == 'p:' then
+      local rec = cjson.decode(value)
+      fit = fit + rec[3]
+      if rec[5] == 1 then fdq = 1 end
+      mask = bor4(mask, rec[4])
+    end
+  end
+  L.fit, L.fdq, L.bant = fit, fdq, mask
+end
+
+for index, ev in ipairs(batch.ev) do
+  local slot, lead_id, event_id, t, tpi, offset = ev[1], ev[2], ev[3], ev[4], ev[5] + 1, ev[6]
+  if offset <= applied[tpi] then
+    dups[#dups + 1] = index - 1
+  else
+    if offset > top[tpi] then top[tpi] = offset end
+    local L = leads[slot]
+    if L == nil then
+      L = load_lead(KEYS[4 + 2 * slot], lead_id)
+      L.seen_key = KEYS[5 + 2 * slot]
+      leads[slot] = L
+      order[#order + 1] = slot
+    end
+    local duplicate = false
+    if DEDUP_MS > 0 then
+      local seen_at = tonumber(redis.call('ZSCORE', L.seen_key, event_id))
+      if seen_at and L.lt and seen_at >= L.lt - DEDUP_MS then
+        duplicate = true
+      else
+        redis.call('ZADD', L.seen_key, t, event_id)
+      end
+    end
+    if duplicate then
+      dups[#dups + 1] = index - 1
+    else
+      local t_eval = t
+      if L.lt ~= nil then
+        t_eval = math.max(L.lt, t)
+        advance(L, t_eval, scored_at, outs)
+      end
+      if L.arm == 0 and score_at(L, t_eval) < REARM then L.arm = 1 end
+      for _, award in ipairs(ev[7]) do add_points(L, award[1], award[2], t) end
+      set_attributes(L, ev[8], t)
+      local flag = ev[9]
+      if flag ~= 0 then
+        local new_dq = (flag == 1) and 1 or 0
+        local cur_dq = (L.dq == 1) and 1 or 0
+        if L.dqt == nil or t > L.dqt or (t == L.dqt and new_dq >= cur_dq) then
+          L.dq, L.dqt = flag, t
+        end
+      end
+      L.lt = t_eval
+      evaluate(L, t_eval, 'event', event_id, t, scored_at, outs)
+    end
+  end
+end
+
+for _, slot in ipairs(order) do
+  local L = leads[slot]
+  save_lead(L, due_key)
+  if DEDUP_MS > 0 and L.lt then
+    redis.call('ZREMRANGEBYSCORE', L.seen_key, '-inf', '(' .. fmt(L.lt - DEDUP_MS))
+  end
+end
+for i, tp in ipairs(batch.tps) do
+  if top[i] > applied[i] then redis.call('HSET', offsets_key, tp, fmt(top[i])) end
+end
+
+local entry, encoded = '', ''
+if #outs > 0 then
+  encoded = cjson.encode(outs)
+  entry = redis.call('XADD', outbox_key, '*', 'o', encoded)
+end
+return {entry, encoded, cjson.encode(dups)}

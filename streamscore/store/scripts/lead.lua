@@ -1,0 +1,198 @@
+-- lead.lua: lead-state arithmetic shared by apply_batch.lua and tick.lua.
+-- Mirrors streamscore/scoring/model.py (the reference); the parity tests compare them.
+-- Expects ARGV[1] = rules config JSON (CompiledRules.script_config() plus dedup_window_ms).
+-- Lead hash fields: id, a (anchor ms), e (positive points normalised to the anchor),
+-- pen (penalties), lt (last evaluation ms), tier (0-based), arm, n (output sequence),
+-- dq/dqt (event flag and its time), fit/fdq/bant (derived from p:* attributes), ver,
+-- r:<rule> (normalised positive points), n:<rule> (penalties), p:<attr> (JSON record),
+-- c:<rule> (JSON {window: points used}).
+local cfg = cjson.decode(ARGV[1])
+local H = cfg.half_life_ms
+local INF = math.huge
+local LN2 = math.log(2.0)
+local NTIERS = #cfg.tiers
+local function nz(v, default) if v == nil or v == cjson.null then return default end return v end
+local ENTER, EXIT = {}, {}
+for i = 1, NTIERS do
+  ENTER[i] = nz(cfg.enter[i], -INF)
+  EXIT[i] = nz(cfg.exit[i], -INF)
+end
+local FLOOR, CEIL = nz(cfg.floor, -INF), nz(cfg.ceiling, INF)
+local REARM = nz(cfg.rearm_below, -INF)
+local GRADES = {nz(cfg.grades[1], INF), nz(cfg.grades[2], INF), nz(cfg.grades[3], INF)}
+local TOTAL = cfg.basis_total
+local DEDUP_MS = cfg.dedup_window_ms
+local CAP_WINDOWS_KEPT = 8
+local CORE = {'id', 'a', 'e', 'pen', 'lt', 'tier', 'arm', 'n', 'dq', 'dqt', 'fit', 'fdq', 'bant'}
+
+local function fmt(x) return string.format('%.17g', x) end
+
+local function load_lead(key, lead_id)
+  local raw = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  local L = {key = key, f = f, dirty = {}}
+  L.id = f.id or lead_id
+  L.a = tonumber(f.a)
+  L.e = tonumber(f.e) or 0
+  L.pen = tonumber(f.pen) or 0
+  L.lt = tonumber(f.lt)
+  L.tier = math.min(tonumber(f.tier) or 0, NTIERS - 1)
+  L.arm = tonumber(f.arm) or 1
+  L.n = tonumber(f.n) or 0
+  L.dq = tonumber(f.dq) or 0
+  L.dqt = tonumber(f.dqt)
+  L.fit = tonumber(f.fit) or 0
+  L.fdq = tonumber(f.fdq) or 0
+  L.bant = tonumber(f.bant) or 0
+  return L
+end
+
+local function set_field(L, field, value)
+  L.f[field] = value
+  L.dirty[field] = true
+end
+
+local function engagement_at(L, t)
+  if L.a == nil then return 0 end
+  return L.e * math.pow(2, (L.a - t) / H)
+end
+
+local function score_at(L, t)
+  local base = 0
+  if TOTAL then base = L.fit end
+  local s = base + engagement_at(L, t) + L.pen
+  if s < FLOOR then s = FLOOR end
+  if s > CEIL then s = CEIL end
+  return s
+end
+
+local function grade_of(fit)
+  for i = 1, 3 do
+    if fit >= GRADES[i] then return i end
+  end
+  return 4
+end
+
+local function bor4(x, y)
+  local r, bit = 0, 1
+  for _ = 1, 4 do
+    if x % 2 == 1 or y % 2 == 1 then r = r + bit end
+    x, y, bit = math.floor(x / 2), math.floor(y / 2), bit * 2
+  end
+  return r
+end
+
+local function bits(mask)
+  local c = 0
+  while mask > 0 do
+    c = c + mask % 2
+    mask = math.floor(mask / 2)
+  end
+  return c
+end
+
+local function reasons_at(L, t)
+  local by_rule, order = {}, {}
+  local function add(rule, points)
+    if by_rule[rule] == nil then
+      by_rule[rule] = 0
+      order[#order + 1] = rule
+    end
+    by_rule[rule] = by_rule[rule] + points
+  end
+  for field, value in pairs(L.f) do
+    local kind, name = string.sub(field, 1, 2), string.sub(field, 3)
+    if kind == 'r:' then
+      add(name, tonumber(value) * math.pow(2, (L.a - t) / H))
+    elseif kind == 'n:' then
+      add(name, tonumber(value))
+    elseif kind == 'p:' then
+      for _, pair in ipairs(cjson.decode(value)[6]) do add(pair[1], pair[2]) end
+    end
+  end
+  table.sort(order, function(x, y)
+    if by_rule[x] ~= by_rule[y] then return by_rule[x] > by_rule[y] end
+    return x < y
+  end)
+  local top = {}
+  for i = 1, math.min(3, #order) do top[i] = {order[i], fmt(by_rule[order[i]])} end
+  return top
+end
+
+local function evaluate(L, t, cause, event_id, event_ms, scored_at, outs)
+  local s = score_at(L, t)
+  local new = L.tier
+  for i = NTIERS - 1, L.tier + 1, -1 do
+    if s >= ENTER[i + 1] then
+      new = i
+      break
+    end
+  end
+  if new == L.tier then
+    while new > 0 and s < EXIT[new + 1] do new = new - 1 end
+  end
+  local grade = grade_of(L.fit)
+  local function emit(kind, old)
+    L.n = L.n + 1
+    outs[#outs + 1] = {kind, L.id, L.n, cfg.tiers[old + 1], cfg.tiers[L.tier + 1], fmt(s),
+      fmt(engagement_at(L, t)), fmt(L.fit), grade, L.bant, reasons_at(L, t),
+      event_id or cjson.null, event_ms, cause, cfg.version, scored_at}
+  end
+  if new ~= L.tier then
+    local old = L.tier
+    L.tier = new
+    emit('tier_change', old)
+  end
+  if s < REARM then L.arm = 1 end
+  local qualified = L.tier >= cfg.handoff_tier and grade <= cfg.min_grade
+    and bits(L.bant) >= cfg.min_bant and L.dq ~= 1 and L.fdq ~= 1
+  if qualified and L.arm == 1 then
+    L.arm = 0
+    emit('handoff', L.tier)
+  end
+end
+
+local function due_of(L)
+  if L.tier == 0 or L.lt == nil then return nil end
+  local base = L.pen
+  if TOTAL then base = base + L.fit end
+  local gap = EXIT[L.tier + 1] - base
+  local e = engagement_at(L, L.lt)
+  if e <= 0 or gap <= 0 then return nil end
+  local t_star = L.lt + H * (math.log(e / gap) / LN2)
+  return math.max(math.floor(t_star) + 1, L.lt + 1)
+end
+
+local function advance(L, until_ms, scored_at, outs)
+  while true do
+    local due = due_of(L)
+    if due == nil or due > until_ms then return end
+    L.lt = due
+    evaluate(L, due, 'decay', nil, due, scored_at, outs)
+  end
+end
+
+local function save_lead(L, due_key)
+  local args = {}
+  for _, field in ipairs(CORE) do
+    local v = L[field]
+    if v ~= nil then
+      args[#args + 1] = field
+      if type(v) == 'number' then args[#args + 1] = fmt(v) else args[#args + 1] = v end
+    end
+  end
+  args[#args + 1] = 'ver'
+  args[#args + 1] = cfg.version
+  for field in pairs(L.dirty) do
+    args[#args + 1] = field
+    args[#args + 1] = L.f[field]
+  end
+  redis.call('HSET', L.key, unpack(args))
+  local due = due_of(L)
+  if due == nil then
+    redis.call('ZREM', due_key, L.key)
+  else
+    redis.call('ZADD', due_key, due, L.key)
+  end
+end

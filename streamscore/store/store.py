@@ -1,0 +1,135 @@
+"""RedisStore: runs the Lua scripts, drains the outbox and reads lead state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import Redis
+from redis.commands.core import AsyncScript
+
+from streamscore.metrics import Metrics
+from streamscore.store.keys import KeySpace
+from streamscore.store.wire import GroupBatch
+
+
+def _script(name: str) -> str:
+    scripts = resources.files("streamscore.store") / "scripts"
+    prelude = (scripts / "lead.lua").read_text(encoding="utf-8")
+    return prelude + "\n" + (scripts / name).read_text(encoding="utf-8")
+
+
+APPLY_BATCH_LUA = _script("apply_batch.lua")
+TICK_LUA = _script("tick.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    """What one script call recorded: its outbox entry (if any), outputs and duplicates."""
+
+    group: int
+    outbox_entry: str
+    outputs: bytes
+    duplicates: list[int]
+
+
+def connect(url: str, *, ssl_ca_certs: str | None = None) -> Redis:
+    """A Redis client from a redis://, rediss:// or unix:// URL (password in the URL)."""
+    kwargs: dict[str, Any] = {"health_check_interval": 10, "socket_connect_timeout": 5}
+    if ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = ssl_ca_certs
+    client: Redis = aioredis.Redis.from_url(url, **kwargs)
+    return client
+
+
+class RedisStore:
+    """Applies batches and ticks atomically; every method is one round trip or one script."""
+
+    def __init__(self, client: Redis, keyspace: KeySpace, metrics: Metrics) -> None:
+        self.client = client
+        self.keys = keyspace
+        self.metrics = metrics
+        self._apply: AsyncScript = client.register_script(APPLY_BATCH_LUA)
+        self._tick: AsyncScript = client.register_script(TICK_LUA)
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(await self.client.ping())
+
+    async def apply(self, batch: GroupBatch, config_json: bytes, now_ms: int) -> ScriptResult:
+        """Apply one group's events; the offsets and outbox entry are recorded in the same call."""
+        started = time.perf_counter()
+        entry, outputs, dups = await self._apply(
+            keys=batch.keys, args=[config_json, batch.payload, now_ms]
+        )
+        self.metrics.redis_script_seconds.labels(script="apply_batch").observe(
+            time.perf_counter() - started
+        )
+        self.metrics.batch_events.observe(len(batch.events))
+        return ScriptResult(batch.group, _text(entry), _bytes(outputs), orjson.loads(dups))
+
+    async def tick(
+        self, group: int, config_json: bytes, until_ms: int, limit: int, now_ms: int
+    ) -> tuple[ScriptResult, int]:
+        """Apply inactivity tier drops due by until_ms; returns the result and leads advanced."""
+        started = time.perf_counter()
+        entry, outputs, advanced = await self._tick(
+            keys=[self.keys.due(group), self.keys.outbox(group)],
+            args=[config_json, until_ms, limit, now_ms],
+        )
+        self.metrics.redis_script_seconds.labels(script="tick").observe(
+            time.perf_counter() - started
+        )
+        return ScriptResult(group, _text(entry), _bytes(outputs), []), int(advanced)
+
+    async def ack_outbox(self, group: int, entry_ids: list[str]) -> None:
+        """Forget outbox entries the broker has acknowledged."""
+        if entry_ids:
+            await self.client.xdel(self.keys.outbox(group), *entry_ids)
+
+    async def pending_outbox(self, group: int, older_than_ms: int) -> list[tuple[str, bytes]]:
+        """Outbox entries recorded before older_than_ms (ms since epoch), oldest first."""
+        rows: Any = await self.client.xrange(self.keys.outbox(group), "-", older_than_ms, 1000)
+        return [(_text(entry_id), _bytes(fields[b"o"])) for entry_id, fields in rows or []]
+
+    async def outbox_length(self) -> int:
+        """Outbox entries across all groups."""
+        total = 0
+        for group in range(self.keys.groups):
+            total += int(await self.client.xlen(self.keys.outbox(group)))
+        return total
+
+    async def due_count(self, until_ms: int) -> int:
+        """Leads whose inactivity drop is due by until_ms, across all groups."""
+        total = 0
+        for group in range(self.keys.groups):
+            total += int(await self.client.zcount(self.keys.due(group), "-inf", until_ms))
+        return total
+
+    async def lead_fields(self, lead_id: str) -> dict[str, str]:
+        """The raw state hash of one lead (empty when unknown)."""
+        raw = await self.client.hgetall(self.keys.lead(self.keys.lead_ref(lead_id)))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def applied_offsets(self) -> dict[str, int]:
+        """Highest applied offset per topic-partition, over all groups."""
+        merged: dict[str, int] = {}
+        for group in range(self.keys.groups):
+            for tp, off in (await self.client.hgetall(self.keys.offsets(group))).items():
+                key = _text(tp)
+                merged[key] = max(merged.get(key, -1), int(off))
+        return merged
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
