@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
@@ -119,7 +119,7 @@ async def test_lua_matches_reference(store: RedisStore, steps: list, batch_size:
     # Inactivity: advancing far ahead gives the same drops, via the tick script.
     until = T0 + 3 * 24 * 60 * MIN
     expected_ticks: list[Output] = []
-    for lead, state in states.items():
+    for state in states.values():
         expected_ticks += advance(state, RULES, until)
     tick_result, _ = await store.tick(0, CONFIG, until, 1000, until)
     for o in expected_ticks:

@@ -1,0 +1,1 @@
+"""Kafka edge: client settings (SASL/SSL), topic creation, producer and consumer construction."""

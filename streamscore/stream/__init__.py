@@ -1,0 +1,1 @@
+"""Stream mechanics that are pure: aligning partitions into one deterministic order."""

@@ -1,0 +1,111 @@
+"""Merge records of many partitions into one deterministic order, by event time.
+
+A lead's events arrive on several topics, and how their fetches interleave is chance. Applying
+them in fetch order would make hysteresis (and so handoffs) depend on that chance. The aligner
+holds records per partition and releases them as a k-way merge by (event time, event id,
+partition rank): it only releases the smallest head when every other assigned partition either
+has a buffered head to compare with, is caught up with its high watermark (nothing more exists
+at the broker), or has been silent for longer than `max_wait_ms`. On a replay every partition
+has data, so the merge is exact and the same on every run.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+P = TypeVar("P", bound=Hashable)
+
+
+class Aligner(Generic[P, T]):
+    """Per-partition buffers released in merge order; pure, the caller passes `now_ms`."""
+
+    def __init__(
+        self, key: Callable[[T], tuple[int, str]], offset: Callable[[T], int], max_wait_ms: int
+    ) -> None:
+        self._key = key
+        self._offset = offset
+        self._max_wait_ms = max_wait_ms
+        self._queues: dict[P, deque[T]] = {}
+        self._rank: dict[P, int] = {}
+        self._caught_up: dict[P, bool] = {}
+        self._empty_since: dict[P, int] = {}
+        self._next_offset: dict[P, int] = {}
+
+    def assign(self, partitions: Iterable[P], now_ms: int) -> None:
+        """Start tracking partitions (ranked by their sort order, for tie-breaks)."""
+        for p in partitions:
+            if p not in self._queues:
+                self._queues[p] = deque()
+                self._caught_up[p] = False
+                self._empty_since[p] = now_ms
+        for rank, p in enumerate(sorted(self._queues, key=repr)):
+            self._rank[p] = rank
+
+    def revoke(self, partitions: Iterable[P]) -> None:
+        """Forget partitions and drop what was buffered for them (it was not applied)."""
+        for p in partitions:
+            for table in (self._queues, self._rank, self._caught_up, self._empty_since):
+                table.pop(p, None)
+            self._next_offset.pop(p, None)
+
+    def push(self, partition: P, records: Sequence[T], next_offset: int) -> None:
+        """Buffer records (in offset order); next_offset is the offset after the fetched ones."""
+        queue = self._queues.get(partition)
+        if queue is None:
+            return
+        queue.extend(records)
+        self._next_offset[partition] = next_offset
+
+    def note_position(self, partition: P, caught_up: bool, now_ms: int) -> None:
+        """Record whether the partition has nothing more at the broker right now."""
+        if partition in self._caught_up:
+            if not self._queues[partition] and not caught_up and self._caught_up[partition]:
+                self._empty_since[partition] = now_ms
+            self._caught_up[partition] = caught_up
+
+    def _blocking(self, partition: P, now_ms: int) -> bool:
+        return (
+            not self._queues[partition]
+            and not self._caught_up[partition]
+            and now_ms - self._empty_since[partition] < self._max_wait_ms
+        )
+
+    def pop_ready(self, now_ms: int, limit: int) -> list[tuple[P, T]]:
+        """Release up to `limit` records in merge order; stop where a partition must be awaited."""
+        if any(self._blocking(p, now_ms) for p in self._queues):
+            return []
+        heap = [(self._key(q[0]), self._rank[p], p) for p, q in self._queues.items() if q]
+        heapq.heapify(heap)
+        out: list[tuple[P, T]] = []
+        while heap and len(out) < limit:
+            _, rank, p = heapq.heappop(heap)
+            queue = self._queues[p]
+            out.append((p, queue.popleft()))
+            if queue:
+                heapq.heappush(heap, (self._key(queue[0]), rank, p))
+            else:
+                self._empty_since[p] = now_ms
+                if self._blocking(p, now_ms):
+                    break
+        return out
+
+    def commit_offset(self, partition: P) -> int | None:
+        """The offset safe to commit: the first buffered record, else the next unfetched one."""
+        queue = self._queues.get(partition)
+        if queue:
+            return self._offset(queue[0])
+        return self._next_offset.get(partition)
+
+    def buffered(self, partition: P | None = None) -> int:
+        """Records held, for one partition or all."""
+        if partition is not None:
+            return len(self._queues.get(partition, ()))
+        return sum(len(q) for q in self._queues.values())
+
+    def caught_up(self) -> bool:
+        """True when nothing is buffered and every partition is at its high watermark."""
+        return all(self._caught_up.values()) and not any(self._queues.values())

@@ -1,0 +1,54 @@
+"""HTTP views: /healthz, /readyz, /metrics and /leads/{lead_id}."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamscore.store.explain import describe_lead
+from streamscore.worker import now_ms
+
+if TYPE_CHECKING:
+    from streamscore.app import Runtime
+
+
+def register(app: faust.App, runtime: Runtime) -> None:
+    """Attach the views to the Faust web server."""
+
+    @app.page("/healthz")
+    async def healthz(view: View, request: Request) -> Response:
+        worker = runtime.worker
+        alive = worker is not None and worker.consumer is not None
+        return view.json({"alive": alive}, status=200 if alive else 503)
+
+    @app.page("/readyz")
+    async def readyz(view: View, request: Request) -> Response:
+        worker = runtime.worker
+        ready = worker is not None and worker.ready
+        runtime.metrics.ready.set(1 if ready else 0)
+        body = {
+            "ready": ready,
+            "partitions_assigned": len(worker.assigned) if worker else 0,
+            "redis_reachable": bool(worker and worker.redis_ok),
+            "rules_version": runtime.rules.rules.version,
+        }
+        return view.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    async def metrics(view: View, request: Request) -> Response:
+        payload = generate_latest(runtime.metrics.registry)
+        return view.bytes(payload, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/leads/{lead_id}")
+    async def lead(view: View, request: Request, lead_id: str) -> Response:
+        worker = runtime.worker
+        if worker is None:
+            return view.json({"error": "not started"}, status=503)
+        fields = await worker.store.lead_fields(lead_id)
+        if not fields:
+            return view.json({"error": "unknown lead", "lead_id": lead_id}, status=404)
+        body: dict[str, Any] = describe_lead(fields, runtime.rules.rules, now_ms())
+        return view.json(body)

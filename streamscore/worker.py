@@ -1,0 +1,372 @@
+"""The hot path: fetch a batch, parse, align, decide, apply in Redis, emit outputs, commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import redis.exceptions as redis_errors
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from streamscore.config import Settings
+from streamscore.errors import InvalidEvent
+from streamscore.events.deadletter import dead_letter_record
+from streamscore.events.envelope import Event, Limits, parse_event
+from streamscore.events.types import TopicKind
+from streamscore.kafka.clients import make_consumer
+from streamscore.metrics import Metrics
+from streamscore.outputs import format_output
+from streamscore.retry import with_retry
+from streamscore.ruleset import RulesHolder
+from streamscore.scoring.engine import decide
+from streamscore.store.store import RedisStore, ScriptResult
+from streamscore.store.wire import ScoredEvent, encode_batches, output_rows
+from streamscore.stream.align import Aligner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REDIS_TRANSIENT = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+)
+KAFKA_TRANSIENT = (KafkaError,)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A valid event waiting in the aligner, with its source offset and broker append time."""
+
+    event: Event
+    offset: int
+    append_ms: int
+
+
+def _merge_key(p: Pending) -> tuple[int, str]:
+    return (p.event.time_ms, p.event.event_id)
+
+
+def _offset(p: Pending) -> int:
+    return p.offset
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: ScoringWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.on_assigned(assigned)
+
+
+class ScoringWorker:
+    """Consumes the input topics in batches; keeps lead state in Redis, exactly once in effect."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        rules: RulesHolder,
+        store: RedisStore,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.rules = rules
+        self.store = store
+        self.producer = producer
+        self.limits = Limits.from_settings(settings)
+        self.kinds = {
+            settings.topic_page_views: TopicKind.PAGE_VIEWS,
+            settings.topic_email_events: TopicKind.EMAIL_EVENTS,
+            settings.topic_downloads: TopicKind.DOWNLOADS,
+            settings.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
+            settings.topic_profiles: TopicKind.PROFILES,
+        }
+        self.aligner: Aligner[TopicPartition, Pending] = Aligner(
+            _merge_key, _offset, settings.align_max_wait_ms
+        )
+        self.assigned: set[TopicPartition] = set()
+        self.redis_ok = True
+        self.stream_time_ms = 0
+        self.consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._positions: dict[TopicPartition, int] = {}
+        self._next_commit = 0.0
+        self._next_lag = 0.0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned and Redis reachable."""
+        return bool(self.assigned) and self.redis_ok
+
+    def _set_redis_failing(self, failing: bool) -> None:
+        self.redis_ok = not failing
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start aligning newly assigned partitions."""
+        self.assigned |= assigned
+        self.aligner.assign(assigned, now_ms())
+        self.metrics.partitions_assigned.set(len(self.assigned))
+        self.metrics.ready.set(1 if self.ready else 0)
+        log.info("assigned %d partitions", len(assigned))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Finish the batch in flight, commit what was applied, and forget the partitions."""
+        async with self._lock:
+            if self.consumer is not None:
+                await self._commit(self.consumer, only=revoked)
+            self.aligner.revoke(revoked)
+            self.assigned -= revoked
+            for tp in revoked:
+                self._positions.pop(tp, None)
+        self.metrics.partitions_assigned.set(len(self.assigned))
+        self.metrics.ready.set(1 if self.ready else 0)
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Consume until `stopping` is set, then commit what was applied and leave the group."""
+        consumer = make_consumer(self.settings, _Rebalance(self))
+        self.consumer = consumer
+        await consumer.start()
+        try:
+            while not stopping.is_set():
+                await self.step(consumer)
+        finally:
+            try:
+                async with self._lock:
+                    await self._commit(consumer)
+            finally:
+                self.assigned.clear()
+                await consumer.stop()
+                self.consumer = None
+
+    async def step(self, consumer: AIOKafkaConsumer) -> int:
+        """One fetch, then apply whatever the aligner releases; returns the events applied."""
+        records = await consumer.getmany(
+            timeout_ms=self.settings.fetch_timeout_ms, max_records=self.settings.batch_max_events
+        )
+        now = now_ms()
+        rejected: list[tuple[TopicPartition, Any, InvalidEvent]] = []
+        for tp, messages in records.items():
+            kind = self.kinds[tp.topic]
+            valid = []
+            for m in messages:
+                try:
+                    valid.append(
+                        Pending(parse_event(m.value, kind, now, self.limits), m.offset, m.timestamp)
+                    )
+                except InvalidEvent as exc:
+                    rejected.append((tp, m, exc))
+            self._positions[tp] = messages[-1].offset + 1
+            self.aligner.push(tp, valid, messages[-1].offset + 1)
+        if rejected:
+            await self._dead_letter(rejected, now)
+        await self._note_positions(consumer, now)
+        applied = 0
+        ready = self.aligner.pop_ready(now, self.settings.batch_max_events)
+        if ready:
+            applied = await self._apply(ready)
+        if time.monotonic() >= self._next_commit:
+            async with self._lock:
+                await self._commit(consumer)
+        return applied
+
+    async def _note_positions(self, consumer: AIOKafkaConsumer, now: int) -> None:
+        update_lag = time.monotonic() >= self._next_lag
+        lag: Tally[str] = Tally()
+        for tp in list(self.assigned):
+            position = self._positions.get(tp)
+            if position is None:
+                try:
+                    position = await consumer.position(tp)
+                except IllegalStateError:
+                    continue
+                self._positions[tp] = position
+            # Tansu's "latest offset" answer is wrong for multi-record batches; the high
+            # watermark that comes back with every fetch is right, so lag is computed from it.
+            highwater = consumer.highwater(tp)
+            self.aligner.note_position(tp, highwater is not None and position >= highwater, now)
+            if update_lag and highwater is not None:
+                lag[tp.topic] += max(highwater - position, 0)
+        if update_lag:
+            self._next_lag = time.monotonic() + 1.0
+            for topic in self.settings.input_topics:
+                self.metrics.consumer_lag_messages.labels(topic=topic).set(lag[topic])
+
+    # ------------------------------------------------------------------ applying
+
+    async def _apply(self, ready: list[tuple[TopicPartition, Pending]]) -> int:
+        async with self._lock:
+            rules = self.rules.rules
+            config = self.rules.script_config
+            scored = [
+                ScoredEvent(
+                    p.event.lead_id,
+                    p.event.event_id,
+                    p.event.time_ms,
+                    tp.topic,
+                    tp.partition,
+                    p.offset,
+                    decide(p.event, rules),
+                )
+                for tp, p in ready
+                if tp in self.assigned
+            ]
+            scored_at = now_ms()
+            outcomes: Tally[tuple[str, str]] = Tally()
+            for batch in encode_batches(scored, self.store.keys):
+                result = await self._redis(partial(self.store.apply, batch, config, scored_at))
+                duplicates = set(result.duplicates)
+                for i, ev in enumerate(batch.events):
+                    outcomes[(ev.topic, "duplicate" if i in duplicates else "scored")] += 1
+                await self._emit(result)
+            done = now_ms()
+            observe = self.metrics.event_to_scored_seconds.observe
+            for _, p in ready:
+                observe(max(done - p.append_ms, 0) / 1000.0)
+            for (topic, outcome), n in outcomes.items():
+                self.metrics.events_total.labels(topic=topic, outcome=outcome).inc(n)
+            if ready:
+                self.stream_time_ms = max(self.stream_time_ms, ready[-1][1].event.time_ms)
+            return len(scored)
+
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        return await with_retry(
+            op,
+            operation="redis",
+            transient=REDIS_TRANSIENT,
+            retries_total=self.metrics.retries_total,
+            max_elapsed_s=self.settings.redis_retry_max_s,
+            on_failing=self._set_redis_failing,
+        )
+
+    async def _emit(self, result: ScriptResult) -> None:
+        """Send a script's outputs, wait for the broker, then drop them from the outbox."""
+        if not result.outbox_entry:
+            return
+        await self._send_outputs(result.outputs)
+        await self._redis(partial(self.store.ack_outbox, result.group, [result.outbox_entry]))
+
+    async def _send_outputs(self, encoded: bytes) -> None:
+        futures = []
+        for row in output_rows(encoded):
+            msg = format_output(row, self.rules.tier_rank)
+            if msg.kind == "handoff":
+                topic = self.settings.topic_handoffs
+                self.metrics.handoffs_total.labels(tier=msg.new_tier).inc()
+            else:
+                topic = self.settings.topic_tier_changes
+                self.metrics.tier_changes_total.labels(
+                    direction=msg.direction, tier=msg.new_tier
+                ).inc()
+            futures.append(await self.producer.send(topic, msg.value, key=msg.key))
+        await asyncio.gather(*futures)
+
+    async def _dead_letter(
+        self, rejected: list[tuple[TopicPartition, Any, InvalidEvent]], now: int
+    ) -> None:
+        futures = []
+        for tp, m, exc in rejected:
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s: %s",
+                tp.topic,
+                tp.partition,
+                m.offset,
+                exc.reason,
+                exc.detail,
+            )
+            record = dead_letter_record(
+                m.value, exc.reason, exc.detail, tp.topic, tp.partition, m.offset, now
+            )
+            futures.append(
+                await self.producer.send(self.settings.topic_dead_letter, record, key=m.key)
+            )
+            self.metrics.dead_letter_total.labels(reason=exc.reason).inc()
+            self.metrics.events_total.labels(topic=tp.topic, outcome="rejected").inc()
+        # The offset is committed only after the dead letter is safely on the broker.
+        await asyncio.gather(*futures)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None = None
+    ) -> None:
+        self._next_commit = time.monotonic() + self.settings.commit_interval_s
+        if not self.redis_ok:
+            return  # nothing new was applied while Redis was away
+        offsets = {}
+        for tp in only if only is not None else self.assigned:
+            offset = self.aligner.commit_offset(tp)
+            if offset is not None:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance is under way; the next owner resumes from the last commit and the
+            # store's recorded offsets make the replayed events no-ops.
+            log.warning("commit skipped: %s", exc)
+
+    # ------------------------------------------------------------------ timers
+
+    async def tick(self) -> int:
+        """Apply inactivity tier drops that are due; returns the leads advanced."""
+        now = now_ms()
+        # While behind, judge "now" by the event time applied so far, so a replay does not drop
+        # leads whose later events are still in the backlog.
+        until = now if self.aligner.caught_up() else min(now, self.stream_time_ms)
+        if until <= 0:
+            return 0
+        advanced = 0
+        async with self._lock:
+            config = self.rules.script_config
+            for group in range(self.store.keys.groups):
+                result, n = await self._redis(
+                    partial(
+                        self.store.tick,
+                        group,
+                        config,
+                        until,
+                        self.settings.decay_tick_max_leads,
+                        now,
+                    )
+                )
+                advanced += n
+                await self._emit(result)
+        self.metrics.decay_due_leads.set(await self._redis(lambda: self.store.due_count(until)))
+        return advanced
+
+    async def redrive_outbox(self) -> int:
+        """Re-send outputs recorded in Redis whose send was never acknowledged (e.g. a crash)."""
+        older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
+        sent = 0
+        async with self._lock:
+            for group in range(self.store.keys.groups):
+                entries = await self._redis(partial(self.store.pending_outbox, group, older_than))
+                for entry_id, encoded in entries:
+                    await self._send_outputs(encoded)
+                    await self._redis(partial(self.store.ack_outbox, group, [entry_id]))
+                    sent += 1
+        self.metrics.outbox_pending.set(await self._redis(self.store.outbox_length))
+        if sent:
+            log.warning("re-sent %d outbox entries left by an earlier run", sent)
+        return sent
