@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import faust
 from mode import Service
 
+from streamscore.agents import register_handoff_audit
 from streamscore.config import Settings
 from streamscore.kafka.clients import ensure_topics, make_producer
 from streamscore.metrics import Metrics, create_metrics
@@ -118,11 +119,12 @@ def create_app(
         web_port=settings.web_port,
         store="memory://",
         topic_disable_leader=True,
-        # Tansu (and small clusters) need short group timeouts, or the first join takes ~30 s.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        broker_rebalance_timeout=10.0,
-        consumer_auto_offset_reset="earliest",
+        # Short group timeouts, or the first join takes ~30 s (Tansu holds joins that long).
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_session_timeout_ms / 6000,
+        broker_rebalance_timeout=settings.kafka_session_timeout_ms / 1000,
+        # The app's own consumer only feeds the handoff audit, which cares about new handoffs.
+        consumer_auto_offset_reset="latest",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
     )
@@ -143,6 +145,7 @@ def create_app(
         async def rules_watch() -> None:
             runtime.rules.reload_if_changed()
 
+    register_handoff_audit(app, settings, metrics)
     views.register(app, runtime)
     return app, ScoringAgent(runtime)
 

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     consumer_group: str = "streamscore"
+    kafka_session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
 
     # Topics
     topic_page_views: str = "ss.v1.page-views"

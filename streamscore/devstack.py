@@ -36,7 +36,7 @@ ServerKind = Literal["broker", "valkey"]
 
 _POLL_S = 0.02
 _PROBE_TIMEOUT_S = 0.5
-_PORT_ATTEMPTS = 3  # retries when a port picked by free_port() was taken before the child bound it
+_PORT_ATTEMPTS = 3  # when another process takes a free_port() pick before the child binds it
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 8192
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -169,7 +169,16 @@ def started_pids() -> tuple[int, ...]:
         if server.alive():
             running.append(server.pid)
         else:
-            server._forget()  # died on its own: drop it and its temp files
+            # Died without stop(): say so while its log still exists, then drop it.
+            logger.warning(
+                "%s pid %d on %s exited on its own with code %s; last output:\n%s",
+                server.name,
+                server.pid,
+                server.address,
+                server._proc.returncode,
+                server._log_tail(),
+            )
+            server._forget()
     return tuple(sorted(running))
 
 

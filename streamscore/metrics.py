@@ -43,6 +43,7 @@ class Metrics:
     rules_version_info: Gauge
     outbox_pending: Gauge
     decay_due_leads: Gauge
+    handoff_visible_seconds: Histogram
 
 
 def create_metrics(registry: CollectorRegistry | None = None, *, process: bool = True) -> Metrics:
@@ -141,6 +142,12 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             "Leads whose inactivity tier drop is due and not yet processed.",
             registry=reg,
         ),
+        handoff_visible_seconds=Histogram(
+            "streamscore_handoff_visible_seconds",
+            "Time from a handoff being scored to it being read back from the handoff topic.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        ),
     )
 
 
@@ -160,4 +167,5 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_rules_version_info",
     "streamscore_outbox_pending",
     "streamscore_decay_due_leads",
+    "streamscore_handoff_visible_seconds",
 )

@@ -61,9 +61,10 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_wait_ms=100,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
-        rebalance_timeout_ms=10_000,
+        # Short group timeouts: a join waits up to about half the session timeout (Tansu).
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 6, 100),
+        rebalance_timeout_ms=settings.kafka_session_timeout_ms,
         partition_assignment_strategy=(RangePartitionAssignor,),
         **security_kwargs(settings),
     )

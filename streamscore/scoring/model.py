@@ -151,6 +151,7 @@ def _evaluate(
 ) -> list[Output]:
     outputs: list[Output] = []
     s = score_at(state, rules, t_ms)
+    before = state.tier
     new = state.tier
     for i in range(len(rules.tiers) - 1, state.tier, -1):
         if s >= rules.tiers[i].enter:
@@ -197,7 +198,7 @@ def _evaluate(
     )
     if qualified and state.armed:
         state.armed = False
-        emit("handoff", state.tier)
+        emit("handoff", before)
     return outputs
 
 

@@ -122,6 +122,7 @@ end
 
 local function evaluate(L, t, cause, event_id, event_ms, scored_at, outs)
   local s = score_at(L, t)
+  local before = L.tier
   local new = L.tier
   for i = NTIERS - 1, L.tier + 1, -1 do
     if s >= ENTER[i + 1] then
@@ -149,7 +150,7 @@ local function evaluate(L, t, cause, event_id, event_ms, scored_at, outs)
     and bits(L.bant) >= cfg.min_bant and L.dq ~= 1 and L.fdq ~= 1
   if qualified and L.arm == 1 then
     L.arm = 0
-    emit('handoff', L.tier)
+    emit('handoff', before)
   end
 end
 

@@ -1,0 +1,28 @@
+"""Faust agents: the handoff audit, which reads the handoff topic as sales alerting would."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from datetime import datetime
+
+import faust
+import orjson
+
+from streamscore.config import Settings
+from streamscore.metrics import Metrics
+from streamscore.worker import now_ms
+
+
+def register_handoff_audit(app: faust.App, settings: Settings, metrics: Metrics) -> None:
+    """Observe how long each handoff takes from scoring to being readable on its topic."""
+    topic = app.topic(settings.topic_handoffs, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic, name="handoff-audit")
+    async def handoff_audit(stream: AsyncIterable[bytes]) -> None:
+        async for value in stream:
+            try:
+                scored_at = datetime.fromisoformat(orjson.loads(value)["scored_at"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # not ours to judge: the topic's producer is streamscore itself
+            lag_s = now_ms() / 1000.0 - scored_at.timestamp()
+            metrics.handoff_visible_seconds.observe(max(lag_s, 0.0))

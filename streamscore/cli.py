@@ -1,0 +1,192 @@
+"""The `streamscore` command: worker, dev, rules check, lead."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging.config
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streamscore.config import Settings, load_settings
+from streamscore.errors import ConfigError, RulesError, StreamscoreError
+
+EXIT_USAGE = 2
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(args.config, **overrides)
+
+
+def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
+    import faust
+
+    from streamscore.app import create_app
+    from streamscore.logs import logging_config
+
+    config = logging_config(settings.log_level, settings.log_json)
+    logging.config.dictConfig(config)
+    app, agent = create_app(settings)
+    worker = faust.Worker(
+        app,
+        agent,
+        *extra_services,
+        loglevel=settings.log_level.lower(),
+        logging_config=config,
+        quiet=True,
+    )
+    worker.execute_from_commandline()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the scoring worker against the configured Kafka and Redis."""
+    _run_faust(_settings(args), [])
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
+    from streamscore.devstack import DevStack, free_port
+
+    base = _settings(args)
+    with DevStack(kafka_bootstrap=args.kafka, redis_url=args.redis) as stack:
+        web_port = args.web_port or free_port()
+        settings = _settings(
+            args,
+            kafka_bootstrap=stack.kafka_bootstrap,
+            redis_url=stack.redis_url,
+            web_port=web_port,
+            web_host="127.0.0.1",
+        )
+        print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
+        print(f"redis url: {stack.redis_url}", flush=True)
+        print(f"metrics url: http://127.0.0.1:{web_port}/metrics", flush=True)
+        print(f"rules: {base.rules_file} (lead state: http://127.0.0.1:{web_port}/leads/ID)")
+        services: list[Any] = []
+        if args.demo:
+            from streamscore.demo import DemoTraffic, HandoffPrinter
+
+            print("demo: producing synthetic traffic; handoffs appear below as they happen")
+            services = [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+        try:
+            _run_faust(settings, services)
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    """Validate rules files; print each error with its location."""
+    from streamscore.scoring.rules import load_rules
+
+    failed = False
+    for path in args.files:
+        try:
+            rules = load_rules(Path(path))
+        except RulesError as exc:
+            failed = True
+            for problem in exc.problems:
+                print(f"{path}: {problem}", file=sys.stderr)
+            continue
+        print(
+            f"{path}: OK (version {rules.version}, {len(rules.engagement)} engagement rules, "
+            f"{sum(len(a.fit_rules) for a in rules.attributes)} fit rules, "
+            f"tiers {'/'.join(t.name for t in rules.tiers)})"
+        )
+    return 1 if failed else 0
+
+
+def cmd_lead(args: argparse.Namespace) -> int:
+    """Print one lead's score, tier, grade, BANT and top contributing rules."""
+    settings = _settings(args)
+    return asyncio.run(_show_lead(settings, args.lead_id, args.json))
+
+
+async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
+    from streamscore.metrics import create_metrics
+    from streamscore.scoring.rules import load_rules
+    from streamscore.store.explain import describe_lead
+    from streamscore.store.keys import KeySpace
+    from streamscore.store.store import RedisStore, connect
+    from streamscore.worker import now_ms
+
+    rules = load_rules(settings.rules_file)
+    client = connect(settings.redis_url.get_secret_value())
+    try:
+        store = RedisStore(
+            client,
+            KeySpace(settings.redis_key_prefix, settings.redis_key_groups),
+            create_metrics(process=False),
+        )
+        fields = await store.lead_fields(lead_id)
+    finally:
+        await client.aclose()
+    if not fields:
+        print(f"unknown lead: {lead_id}", file=sys.stderr)
+        return 1
+    info = describe_lead(fields, rules, now_ms())
+    if as_json:
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    bant = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["bant"].items())
+    print(f"lead {info['lead_id']}")
+    print(f"  score {info['score']} (engagement {info['engagement']}, fit {info['fit']}, "
+          f"penalties {info['penalties']}) as of {info['as_of']}")  # fmt: skip
+    print(f"  tier {info['tier']}, grade {info['grade']}, disqualified: {info['disqualified']}")
+    print(f"  BANT: {bant}")
+    print(f"  rules version {info['rules_version']}; last event {info['last_event_time']}")
+    print("  top contributing rules:")
+    for c in info["contributions"][:5]:
+        print(f"    {c['points']:+9.2f}  {c['rule']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `streamscore` command."""
+    parser = argparse.ArgumentParser(prog="streamscore", description=__doc__)
+    parser.add_argument("--config", type=Path, help="settings file (YAML/TOML) over STREAMSCORE_*")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help=cmd_worker.__doc__)
+    worker.set_defaults(func=cmd_worker)
+
+    dev = sub.add_parser("dev", help=cmd_dev.__doc__)
+    dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
+    dev.add_argument("--kafka", metavar="HOST:PORT", help="use this broker instead of Tansu")
+    dev.add_argument("--redis", metavar="URL", help="use this Redis instead of Valkey")
+    dev.add_argument("--web-port", type=int, default=0, help="HTTP port (default: a free one)")
+    dev.add_argument("--rate", type=float, default=150.0, help="demo events per second")
+    dev.set_defaults(func=cmd_dev)
+
+    rules = sub.add_parser("rules", help="rules file tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help=cmd_rules_check.__doc__)
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=cmd_rules_check)
+
+    lead = sub.add_parser("lead", help=cmd_lead.__doc__)
+    lead.add_argument("lead_id")
+    lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
+    lead.set_defaults(func=cmd_lead)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, RulesError) as exc:
+        print(f"streamscore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StreamscoreError as exc:
+        print(f"streamscore: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
