@@ -443,7 +443,7 @@ def _spawn(
                 start_new_session=True,
                 # preexec_fn is unsafe when it runs Python that takes locks another thread may
                 # hold at fork; this one only calls prctl (resolved at import) and getppid.
-                preexec_fn=_die_with_parent(os.getpid()) if _PRCTL is not None else None,  # noqa: PLW1509
+                preexec_fn=die_with_parent(os.getpid()) if _PRCTL is not None else None,  # noqa: PLW1509
             )
     except OSError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -468,7 +468,8 @@ def _spawn(
     return server
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn that makes the child get SIGKILL when this process (thread) dies."""
     prctl = _PRCTL
     sigkill = int(signal.SIGKILL)
 

@@ -1,0 +1,187 @@
+"""Integration harness: run `streamscore worker` as a real process, produce and read topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import SecretStr
+
+from streamscore import devstack
+from streamscore.config import ENV_PREFIX, Settings
+from streamscore.kafka.clients import ensure_topics
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """STREAMSCORE_* variables that reproduce `settings` in a child process."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"{ENV_PREFIX}{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    return env
+
+
+class WorkerProcess:
+    """One `streamscore worker` subprocess, stopped by its PID."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(settings_env(settings))
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamscore.cli", "worker"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.settings.web_port}{path}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=2) as resp:  # noqa: S310 - loopback
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early ({self.proc.returncode}):\n{self.log()}")
+            try:
+                status, _ = await asyncio.to_thread(self.get, "/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def terminate(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM, and the exit code; SIGKILL (and an AssertionError) if it overruns."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"worker ignored SIGTERM for {timeout_s}s:\n{self.log()}"
+                ) from None
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+def event(lead_id: str, event_type: str, event_id: str, time_ms: int, **fields: Any) -> bytes:
+    """A native-envelope event."""
+    return orjson.dumps(
+        {"event_id": event_id, "lead_id": lead_id, "type": event_type, "time": time_ms, **fields}
+    )
+
+
+def topic_for(settings: Settings, event_type: str) -> str:
+    """The input topic that carries `event_type`."""
+    if event_type == "page_view":
+        return settings.topic_page_views
+    if event_type in ("email_open", "email_click"):
+        return settings.topic_email_events
+    if event_type == "unsubscribe":
+        return settings.topic_unsubscribes
+    if event_type == "identify":
+        return settings.topic_profiles
+    return settings.topic_downloads
+
+
+async def produce(settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes]]) -> None:
+    """Send (topic, key, value) messages and wait until the broker has them all."""
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(t, v, key=k) for t, k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0) -> list[Any]:
+    """Every message currently on `topic` (decoded JSON), read from the start without a group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - new topic
+            partitions = [
+                TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        idle_rounds = 0
+        while time.monotonic() < deadline and idle_rounds < 3:
+            batch = await consumer.getmany(timeout_ms=300)
+            if not batch:
+                caught_up = True
+                for tp in partitions:
+                    highwater = consumer.highwater(tp)
+                    if highwater is None or await consumer.position(tp) < highwater:
+                        caught_up = False
+                idle_rounds += 1 if caught_up else 0
+                continue
+            idle_rounds = 0
+            for messages in batch.values():
+                out.extend(orjson.loads(m.value) for m in messages)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.25) -> Any:
+    """Poll an async predicate until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await predicate()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(interval_s)
