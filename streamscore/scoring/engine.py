@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from streamscore.scoring.rules import Attribute, CompiledRules, to_number
@@ -60,7 +61,7 @@ def _lookup(event: ScorableEvent, path: tuple[str, ...]) -> Any:
         else event.context
     )
     for part in path[1:]:
-        if not isinstance(value, Mapping):
+        if not isinstance(value, dict | MappingProxyType):
             return None
         value = value.get(part)
     return value
@@ -107,8 +108,8 @@ def decide(event: ScorableEvent, rules: CompiledRules) -> Decision:
     awards = []
     flag = NO_FLAG
     for rule in rules.by_type.get(event.type, ()):
-        for path, test in rule.tests:
-            if not test(_lookup(event, path)):
+        for _, read, test in rule.tests:
+            if not test(read(event)):
                 break
         else:
             if rule.points:
@@ -116,8 +117,23 @@ def decide(event: ScorableEvent, rules: CompiledRules) -> Decision:
             if rule.flag and flag != DISQUALIFY:
                 # Disqualification wins over requalification on the same event.
                 flag = rule.flag
+    # Only attributes with a source key present on this event are looked at; most events
+    # (page views, opens) carry none, so this costs a few dict probes.
+    touched: set[int] = set()
+    for root, mapping in (
+        ("traits", event.traits),
+        ("properties", event.properties),
+        ("context", event.context),
+    ):
+        keys = rules.source_index.get(root)
+        if not mapping or not keys:
+            continue
+        for key in mapping:
+            for _, attr_index in keys.get(key, ()):
+                touched.add(attr_index)
     updates = []
-    for attr in rules.attributes:
+    for attr_index in sorted(touched):
+        attr = rules.attributes[attr_index]
         value = _attribute_value(attr, event)
         if value is not None:
             updates.append(_score_attribute(attr, value))

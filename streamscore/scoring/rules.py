@@ -6,7 +6,8 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,8 @@ GRADES = ("A", "B", "C", "D")
 RULE_ID = r"^[a-z][a-z0-9_]{0,63}$"
 
 Predicate = Callable[[Any], bool]
+Getter = Callable[[Any], Any]
+_SCALARS = (str, int, float, bool)
 
 
 class _Strict(BaseModel):
@@ -309,7 +312,7 @@ class EngagementRule:
 
     index: int
     id: str
-    tests: tuple[tuple[tuple[str, ...], Predicate], ...]
+    tests: tuple[tuple[tuple[str, ...], Getter, Predicate], ...]  # (path, read, test)
     points: float
     cap_points: float
     cap_window_s: float
@@ -359,6 +362,8 @@ class CompiledRules:
     engagement: tuple[EngagementRule, ...]
     by_type: Mapping[str, tuple[EngagementRule, ...]]
     attributes: tuple[Attribute, ...]
+    #: root ("traits", "properties", "context") -> first key -> [(priority, attribute index)]
+    source_index: Mapping[str, Mapping[str, tuple[tuple[int, int], ...]]]
 
     def script_config(self) -> dict[str, Any]:
         """The arithmetic parameters the Redis script needs, JSON-serialisable."""
@@ -392,6 +397,27 @@ class CompiledRules:
         return 4
 
 
+def compile_getter(path: tuple[str, ...]) -> Getter:
+    """A function reading `path` (e.g. properties.path) from an event; None when absent."""
+    root, rest = path[0], path[1:]
+    if root == "type":
+        return attrgetter("type")
+    read_root = attrgetter(root)
+    if len(rest) == 1:
+        key = rest[0]
+        return lambda event: read_root(event).get(key)
+
+    def deep(event: Any) -> Any:
+        value = read_root(event)
+        for part in rest:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    return deep
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -406,11 +432,11 @@ def _compile_matcher(m: Matcher) -> Predicate:
         target = m.equals
         tests.append(lambda v: v == target)
     if m.in_ is not None:
-        options = frozenset(x for x in m.in_ if isinstance(x, str | int | float | bool))
-        tests.append(lambda v: isinstance(v, str | int | float | bool) and v in options)
+        options = frozenset(x for x in m.in_ if isinstance(x, _SCALARS))
+        tests.append(lambda v: isinstance(v, _SCALARS) and v in options)
     if m.not_in is not None:
-        banned = frozenset(x for x in m.not_in if isinstance(x, str | int | float | bool))
-        tests.append(lambda v: not (isinstance(v, str | int | float | bool) and v in banned))
+        banned = frozenset(x for x in m.not_in if isinstance(x, _SCALARS))
+        tests.append(lambda v: not (isinstance(v, _SCALARS) and v in banned))
     if m.prefix is not None:
         prefix = m.prefix
         tests.append(lambda v: isinstance(v, str) and v.startswith(prefix))
@@ -469,7 +495,10 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         tiers.append(Tier(t.name, t.enter, t.enter if t.exit is None else t.exit))
     engagement: list[EngagementRule] = []
     for i, r in enumerate(spec.engagement):
-        tests = tuple((tuple(path.split(".")), _compile_matcher(m)) for path, m in r.when.items())
+        tests = tuple(
+            (tuple(path.split(".")), compile_getter(tuple(path.split("."))), _compile_matcher(m))
+            for path, m in r.when.items()
+        )
         engagement.append(
             EngagementRule(
                 index=i,
@@ -483,8 +512,11 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         )
     by_type: dict[str, tuple[EngagementRule, ...]] = {}
     for event_type in KNOWN_EVENT_TYPES:
+        # Indexed by type, so the type test itself is already passed and can be dropped.
         by_type[event_type] = tuple(
-            r for r in engagement if _may_match_type(spec.engagement[r.index], event_type)
+            replace(r, tests=tuple(t for t in r.tests if t[0] != ("type",)))
+            for r in engagement
+            if _may_match_type(spec.engagement[r.index], event_type)
         )
     bant_bits = {name: 1 << i for i, name in enumerate(BANT_CRITERIA)}
     attributes = []
@@ -508,6 +540,13 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
                 ),
             )
         )
+    index: dict[str, dict[str, list[tuple[int, int]]]] = {}
+    for attr in attributes:
+        for priority, path in enumerate(attr.sources):
+            index.setdefault(path[0], {}).setdefault(path[1], []).append((priority, attr.index))
+    source_index = {
+        root: {key: tuple(entries) for key, entries in keys.items()} for root, keys in index.items()
+    }
     handoff_tier = [t.name for t in spec.tiers].index(spec.handoff.tier)
     rearm = spec.handoff.rearm_below
     return CompiledRules(
@@ -531,6 +570,7 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         engagement=tuple(engagement),
         by_type=by_type,
         attributes=tuple(attributes),
+        source_index=source_index,
     )
 
 
