@@ -64,7 +64,7 @@ class WorkerProcess:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.url(path), timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(self.url(path), timeout=2) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -150,7 +150,7 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0) -> 
             TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())
         ]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - new topic
+            await consumer._client.force_metadata_update()
             partitions = [
                 TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())
             ]
@@ -185,3 +185,29 @@ async def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.25) -
         if result or time.monotonic() > deadline:
             return result
         await asyncio.sleep(interval_s)
+
+
+async def produce_positions(
+    settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes]]
+) -> list[tuple[str, int, int]]:
+    """Like produce(), and return where each message landed: (topic, partition, offset)."""
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(t, v, key=k) for t, k, v in messages]
+        landed = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(m.topic, m.partition, m.offset) for m in landed]
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in a Prometheus text page whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -1,4 +1,4 @@
-"""End to end on a real broker and Valkey: events in, scores in Redis, handoffs and dead letters out."""
+"""End to end on a real broker and Valkey: events in, scores in Redis, handoffs and DLQ out."""
 
 from __future__ import annotations
 
@@ -179,8 +179,8 @@ async def test_a_threshold_crossing_hands_off_exactly_once(
     found = await wait_for(handoffs, 60)
     assert found, worker.log()
     # Later events keep the lead hot; they must not hand it off again.
-    await produce(settings, [(settings.topic_page_views, b"dana",
-                              event("dana", "page_view", "d-late", now, properties={"path": "/demo"}))])  # fmt: skip
+    late = event("dana", "page_view", "d-late", now, properties={"path": "/demo"})
+    await produce(settings, [(settings.topic_page_views, b"dana", late)])
 
     async def all_scored() -> bool:
         _, body = worker.get("/metrics")

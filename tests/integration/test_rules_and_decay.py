@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -80,7 +81,7 @@ async def test_rules_reload_live_and_an_invalid_file_is_refused(
         return str(orjson.loads(worker.get("/readyz")[1])["rules_version"])
 
     assert version() == "v1"
-    time.sleep(0.05)  # a distinct mtime
+    await asyncio.sleep(0.05)  # a distinct mtime
     rules.write_text(RULES.format(version="v2", points=5))
 
     async def reloaded() -> bool:
@@ -101,8 +102,14 @@ async def test_rules_reload_live_and_an_invalid_file_is_refused(
     now = int(time.time() * 1000)
     await produce(
         settings,
-        [(settings.topic_page_views, b"r", event("r", "page_view", "r1", now, properties={"path": "/pricing"}))],
-    )  # fmt: skip
+        [
+            (
+                settings.topic_page_views,
+                b"r",
+                event("r", "page_view", "r1", now, properties={"path": "/pricing"}),
+            )
+        ],
+    )
 
     async def scored() -> dict[str, object]:
         status, body = worker.get("/leads/r")
