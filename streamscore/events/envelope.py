@@ -4,13 +4,14 @@ Checks run in this order, and the first failure names the reject reason:
 
 1. size (`too_large`, before any decoding), `empty` (null value, 0 bytes or only whitespace);
 2. decoding: `not_utf8`, `malformed_json`, `not_an_object`;
-3. the topic's JSON Schema (`schema`). When the schema rejects a message whose type, lead id
-   or time field is itself wrong, the reason names that field instead, checked in this order:
-   `unknown_type` / `wrong_topic`, `bad_lead_id`, `bad_time`. A misrouted or untyped message is
-   the root cause, whatever else is wrong with it, and these codes are what a dashboard needs.
-4. semantic checks on a schema-valid message: type and topic, `bad_lead_id`, `bad_time`
-   (shape is right but it is no real instant, e.g. 2024-02-30), `time_out_of_range`,
-   `too_many_properties`.
+3. the topic's JSON Schema (`schema`), which also holds the lead id rules and the RFC 3339
+   shape. When the schema rejects a message whose type, lead id or time field is itself wrong,
+   the reason names that field instead, checked in this order: `unknown_type` / `wrong_topic`,
+   `bad_lead_id`, `bad_time`. A misrouted or untyped message is the root cause whatever else is
+   wrong with it, and these codes are what a dashboard needs.
+4. semantic checks on a schema-valid message: type and topic (the schema's enums already agree),
+   `bad_time` (the shape is right but it is no real instant, e.g. 2024-02-30),
+   `time_out_of_range`, `too_many_properties`.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def parse_event(raw: bytes | None, kind: TopicKind, now_ms: int, limits: Limits)
         (segment_validator if segment else native_validator)(doc)
     except JsonSchemaValueException as exc:
         _refine_schema_error(doc, kind, segment)
-        raise InvalidEvent("schema", exc.message) from None
+        raise InvalidEvent("schema", _schema_detail(doc, segment, exc.message)) from None
     if segment:
         return _from_segment(doc, kind, now_ms, limits)
     return _from_native(doc, kind, now_ms, limits)
@@ -225,7 +226,7 @@ def _type_error(
         named = f"Segment type {_shown(doc.get('type'))}"
     else:
         named = f"type {_shown(doc.get('type'))}"
-    return InvalidEvent("unknown_type", f"{named} is not an event type streamscore scores")
+    return InvalidEvent("unknown_type", f"{named} is not an event type")
 
 
 def _shown(value: object) -> str:
@@ -309,6 +310,17 @@ def _refine_schema_error(doc: dict[str, Any], kind: TopicKind, segment: bool) ->
             )
         if isinstance(value, float) and not value.is_integer():
             raise InvalidEvent("bad_time", f"{field} is not a whole number of epoch milliseconds")
+
+
+def _schema_detail(doc: dict[str, Any], segment: bool, message: str) -> str:
+    # fastjsonschema reports a failed anyOf as "data cannot be validated by any definition";
+    # name the two Segment disjunctions instead.
+    if segment:
+        if not isinstance(doc.get("userId"), str) and not isinstance(doc.get("anonymousId"), str):
+            return "data must contain a userId or anonymousId string"
+        if "timestamp" not in doc and "originalTimestamp" not in doc:
+            return "data must contain timestamp or originalTimestamp"
+    return message
 
 
 def _decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> InvalidEvent:
