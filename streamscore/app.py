@@ -12,6 +12,7 @@ from mode import Service
 
 from streamscore.agents import register_handoff_audit
 from streamscore.config import Settings
+from streamscore.events.schemas import compile_input_schemas
 from streamscore.kafka.clients import ensure_topics, make_producer
 from streamscore.metrics import Metrics, create_metrics
 from streamscore.ruleset import RulesHolder
@@ -52,6 +53,7 @@ class ScoringAgent(Service):
 
     async def on_start(self) -> None:
         settings = self.runtime.settings
+        compile_input_schemas()  # a missing or broken schemas directory fails the start
         created = await ensure_topics(settings)
         if created:
             log.info("created topics: %s", ", ".join(created))

@@ -295,8 +295,13 @@ class ScoringWorker:
                 exc.reason,
                 exc.detail,
             )
+            original, detail = m.value, exc.detail
+            if original is not None and len(original) > self.limits.max_event_bytes:
+                # Keep the dead letter itself under the broker's message size limit.
+                original = original[: self.limits.max_event_bytes]
+                detail = f"{detail}; original truncated to {len(original)} bytes"
             record = dead_letter_record(
-                m.value, exc.reason, exc.detail, tp.topic, tp.partition, m.offset, now
+                original, exc.reason, detail, tp.topic, tp.partition, m.offset, now
             )
             futures.append(
                 await self.producer.send(self.settings.topic_dead_letter, record, key=m.key)
