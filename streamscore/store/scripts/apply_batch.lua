@@ -96,9 +96,10 @@ for index, ev in ipairs(batch.ev) do
       order[#order + 1] = slot
     end
     local duplicate = false
-    if DEDUP_MS > 0 then
+    -- ZADD NX is one call for the common case (a new id); only a known id needs its time.
+    if DEDUP_MS > 0 and redis.call('ZADD', L.seen_key, 'NX', t, event_id) == 0 then
       local seen_at = tonumber(redis.call('ZSCORE', L.seen_key, event_id))
-      if seen_at and L.lt and seen_at >= L.lt - DEDUP_MS then
+      if L.lt and seen_at >= L.lt - DEDUP_MS then
         duplicate = true
       else
         redis.call('ZADD', L.seen_key, t, event_id)

@@ -5,7 +5,7 @@
 -- pen (penalties), lt (last evaluation ms), tier (0-based), arm, n (output sequence),
 -- dq/dqt (event flag and its time), fit/fdq/bant (derived from p:* attributes), ver,
 -- r:<rule> (normalised positive points), n:<rule> (penalties), p:<attr> (JSON record),
--- c:<rule> (JSON {window: points used}).
+-- c:<rule> (JSON {window: points used}), due (ms of the next inactivity drop, if any).
 local cfg = cjson.decode(ARGV[1])
 local H = cfg.half_life_ms
 local INF = math.huge
@@ -45,6 +45,11 @@ local function load_lead(key, lead_id)
   L.fit = tonumber(f.fit) or 0
   L.fdq = tonumber(f.fdq) or 0
   L.bant = tonumber(f.bant) or 0
+  local loaded = {}
+  for _, field in ipairs(CORE) do
+    if f[field] ~= nil then loaded[field] = L[field] end
+  end
+  L.loaded = loaded
   return L
 end
 
@@ -175,25 +180,34 @@ local function advance(L, until_ms, scored_at, outs)
 end
 
 local function save_lead(L, due_key)
+  -- Only fields that changed are formatted and written: most events touch e, lt and one rule.
   local args = {}
   for _, field in ipairs(CORE) do
     local v = L[field]
-    if v ~= nil then
+    if v ~= nil and v ~= L.loaded[field] then
       args[#args + 1] = field
       if type(v) == 'number' then args[#args + 1] = fmt(v) else args[#args + 1] = v end
     end
   end
-  args[#args + 1] = 'ver'
-  args[#args + 1] = cfg.version
+  if L.f.ver ~= cfg.version then
+    args[#args + 1] = 'ver'
+    args[#args + 1] = cfg.version
+  end
   for field in pairs(L.dirty) do
     args[#args + 1] = field
     args[#args + 1] = L.f[field]
   end
-  redis.call('HSET', L.key, unpack(args))
   local due = due_of(L)
-  if due == nil then
-    redis.call('ZREM', due_key, L.key)
-  else
-    redis.call('ZADD', due_key, due, L.key)
+  local old_due = tonumber(L.f.due)
+  if due ~= old_due then
+    if due == nil then
+      redis.call('ZREM', due_key, L.key)
+      redis.call('HDEL', L.key, 'due')
+    else
+      redis.call('ZADD', due_key, due, L.key)
+      args[#args + 1] = 'due'
+      args[#args + 1] = fmt(due)
+    end
   end
+  if #args > 0 then redis.call('HSET', L.key, unpack(args)) end
 end
