@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import faust
 from mode import Service
@@ -120,6 +122,8 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         store="memory://",
+        # Faust insists on a data directory even with in-memory tables; keep it out of the cwd.
+        datadir=str(Path(tempfile.gettempdir()) / f"streamscore-faust-{settings.consumer_group}"),
         topic_disable_leader=True,
         # Short group timeouts, or the first join takes ~30 s (Tansu holds joins that long).
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,

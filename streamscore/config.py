@@ -95,9 +95,10 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        scheme = value.get_secret_value().partition("://")[0]
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"scheme must be redis://, rediss:// or unix://, got {scheme}://")
+        scheme, sep, _ = value.get_secret_value().partition("://")
+        if not sep or scheme not in ("redis", "rediss", "unix"):
+            # Never echo the URL: it may hold a password.
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @model_validator(mode="after")
@@ -155,8 +156,15 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
             data: Any = tomllib.loads(text)
         else:
             data = yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"settings file {path}: not valid {path.suffix[1:]}: {exc}") from exc
+    except yaml.MarkedYAMLError as exc:
+        # Only the position and the problem: the offending line may hold a secret.
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"settings file {path}: {where}not valid YAML: {exc.problem}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {path}: not valid TOML: {exc}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"settings file {path}: not valid YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

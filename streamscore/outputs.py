@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +33,9 @@ def output_id(lead_id: str, seq: int) -> str:
 
 def rfc3339(ms: int) -> str:
     """Milliseconds since the epoch as an RFC 3339 UTC timestamp."""
-    return (
-        datetime.fromtimestamp(ms / 1000, tz=UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    # timedelta keeps integer milliseconds exact where a float division would round.
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def format_output(row: list[Any], tier_rank: dict[str, int]) -> OutputMessage:

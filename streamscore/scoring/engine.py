@@ -71,9 +71,10 @@ def _attribute_value(attr: Attribute, event: ScorableEvent) -> str | float | Non
     raw: Any = None
     for path in attr.sources:
         raw = _lookup(event, path)
-        if raw is not None and raw != "":
+        if raw is not None and not (isinstance(raw, str) and not raw.strip()):
             break
-    if raw is None or raw == "" or isinstance(raw, dict | list):
+        raw = None
+    if raw is None or isinstance(raw, dict | list):
         return None
     if attr.numeric:
         return to_number(raw)

@@ -104,31 +104,40 @@ class EngagementRuleSpec(_Strict):
 
     id: str = Field(pattern=RULE_ID)
     description: str = ""
-    when: dict[str, Any]
+    when: dict[str, Matcher]
     points: float = 0.0
     cap: CapSpec | None = None
     disqualify: bool = False
     requalify: bool = False
 
-    @field_validator("when")
+    @field_validator("when", mode="before")
     @classmethod
-    def _conditions(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not value:
+    def _conditions(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
             raise ValueError("`when` needs at least one condition, e.g. {type: page_view}")
-        out: dict[str, Any] = {}
-        for path, test in value.items():
-            root = path.split(".", 1)[0]
-            if root not in FIELD_ROOTS:
+        # Bare values mean equals, lists mean in; matcher errors keep their condition key.
+        return {
+            path: test if isinstance(test, dict) else {"in": test} if isinstance(test, list)
+            else {"equals": test}
+            for path, test in value.items()
+        }  # fmt: skip
+
+    @field_validator("when", mode="after")
+    @classmethod
+    def _known_fields_and_types(cls, value: dict[str, Matcher]) -> dict[str, Matcher]:
+        for path in value:
+            if path.split(".", 1)[0] not in FIELD_ROOTS:
                 raise ValueError(f"field {path!r} must start with one of {', '.join(FIELD_ROOTS)}")
-            if path == "type":
-                names = test if isinstance(test, list) else [test]
-                unknown = [n for n in names if n not in KNOWN_EVENT_TYPES]
-                if unknown:
-                    raise ValueError(
-                        f"unknown event type(s) {unknown}; known: {', '.join(KNOWN_EVENT_TYPES)}"
-                    )
-            out[path] = _as_matcher(test)
-        return out
+        type_test = value.get("type")
+        if type_test is not None:
+            named = [type_test.equals] if "equals" in type_test.model_fields_set else []
+            named += (type_test.in_ or []) + (type_test.not_in or [])
+            unknown = [n for n in named if n not in KNOWN_EVENT_TYPES]
+            if unknown:
+                raise ValueError(
+                    f"unknown event type(s) {unknown}; known: {', '.join(KNOWN_EVENT_TYPES)}"
+                )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> EngagementRuleSpec:
@@ -235,63 +244,76 @@ class RulesSpec(_Strict):
     tiers: list[TierSpec] = Field(min_length=2)
     handoff: HandoffSpec
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> RulesSpec:
-        ids = [r.id for r in self.engagement] + [r.id for r in self.fit]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"rule ids must be unique; repeated: {', '.join(dupes)}")
-        for i, rule in enumerate(self.fit):
-            if rule.attribute not in self.attributes:
-                raise ValueError(
-                    f"fit[{i}] ({rule.id}): attribute {rule.attribute!r} is not defined "
-                    "under attributes"
-                )
-        for name, crit in self.bant.items():
-            if crit.attribute not in self.attributes:
-                raise ValueError(f"bant.{name}: attribute {crit.attribute!r} is not defined")
-        if len(self.grades) not in (0, 3) or (
-            self.grades and not self.grades["A"] >= self.grades["B"] >= self.grades["C"]
-        ):
-            raise ValueError("grades must set A >= B >= C (the minimum fit points of each)")
-        self._check_tiers()
-        return self
 
-    def _check_tiers(self) -> None:
-        first, rest = self.tiers[0], self.tiers[1:]
-        if first.enter is not None or first.exit is not None:
-            raise ValueError(f"tiers[0] ({first.name}) is the floor tier: give it no enter/exit")
-        names = [t.name for t in self.tiers]
-        if len(set(names)) != len(names):
-            raise ValueError("tier names must be unique")
-        prev_enter, prev_exit = -math.inf, -math.inf
-        for i, tier in enumerate(rest, start=1):
-            if tier.enter is None:
-                raise ValueError(f"tiers[{i}] ({tier.name}): enter is required")
-            exit_ = tier.enter if tier.exit is None else tier.exit
-            if tier.enter <= prev_enter:
-                raise ValueError(f"tiers[{i}] ({tier.name}): enter must rise tier by tier")
-            if exit_ > tier.enter:
-                raise ValueError(f"tiers[{i}] ({tier.name}): exit must be <= enter (hysteresis)")
-            if exit_ <= prev_exit:
-                raise ValueError(f"tiers[{i}] ({tier.name}): exit must rise tier by tier")
-            lo, hi = self.score.floor, self.score.ceiling
-            if (lo is not None and exit_ <= lo) or (hi is not None and tier.enter > hi):
-                raise ValueError(f"tiers[{i}] ({tier.name}): thresholds outside floor/ceiling")
-            prev_enter, prev_exit = tier.enter, exit_
-        if (
-            self.score.floor is not None
-            and self.score.ceiling is not None
-            and self.score.floor >= self.score.ceiling
-        ):
-            raise ValueError("score.floor must be below score.ceiling")
-        if self.handoff.tier not in names[1:]:
-            raise ValueError(f"handoff.tier {self.handoff.tier!r} must name a tier above the first")
-        tier = self.tiers[names.index(self.handoff.tier)]
+Loc = tuple[str | int, ...]
+
+
+def cross_check(spec: RulesSpec) -> list[tuple[Loc, str]]:
+    """Checks that span fields, each with the location it concerns; empty when all is well."""
+    problems: list[tuple[Loc, str]] = []
+    seen: set[str] = set()
+    ids = [("engagement", i, r.id) for i, r in enumerate(spec.engagement)]
+    ids += [("fit", i, r.id) for i, r in enumerate(spec.fit)]
+    for section, i, rule_id in ids:
+        if rule_id in seen:
+            problems.append(((section, i, "id"), f"rule id {rule_id!r} is used twice"))
+        seen.add(rule_id)
+    for i, fit in enumerate(spec.fit):
+        if fit.attribute not in spec.attributes:
+            problems.append(
+                (("fit", i, "attribute"), f"attribute {fit.attribute!r} is not defined")
+            )
+    for name, crit in spec.bant.items():
+        if crit.attribute not in spec.attributes:
+            problems.append(
+                (("bant", name, "attribute"), f"attribute {crit.attribute!r} is not defined")
+            )
+    if len(spec.grades) not in (0, 3) or (
+        spec.grades and not spec.grades["A"] >= spec.grades["B"] >= spec.grades["C"]
+    ):
+        problems.append((("grades",), "grades must set A >= B >= C (minimum fit points of each)"))
+    return problems + _check_tiers(spec)
+
+
+def _check_tiers(spec: RulesSpec) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    first, rest = spec.tiers[0], spec.tiers[1:]
+    if first.enter is not None or first.exit is not None:
+        problems.append((("tiers", 0), f"{first.name} is the floor tier: give it no enter/exit"))
+    names = [t.name for t in spec.tiers]
+    if len(set(names)) != len(names):
+        problems.append((("tiers",), "tier names must be unique"))
+    lo, hi = spec.score.floor, spec.score.ceiling
+    if lo is not None and hi is not None and lo >= hi:
+        problems.append((("score", "floor"), "score.floor must be below score.ceiling"))
+    prev_enter, prev_exit = -math.inf, -math.inf
+    for i, tier in enumerate(rest, start=1):
+        if tier.enter is None:
+            problems.append((("tiers", i, "enter"), "enter is required"))
+            continue
+        exit_ = tier.enter if tier.exit is None else tier.exit
+        if tier.enter <= prev_enter:
+            problems.append((("tiers", i, "enter"), "enter must rise tier by tier"))
+        if exit_ > tier.enter:
+            problems.append((("tiers", i, "exit"), "exit must be <= enter (hysteresis)"))
+        elif exit_ <= prev_exit:
+            problems.append((("tiers", i, "exit"), "exit must rise tier by tier"))
+        if (lo is not None and exit_ <= lo) or (hi is not None and tier.enter > hi):
+            problems.append((("tiers", i), "thresholds outside score floor/ceiling"))
+        prev_enter, prev_exit = tier.enter, exit_
+    if spec.handoff.tier not in names[1:]:
+        problems.append(
+            (("handoff", "tier"), f"{spec.handoff.tier!r} must name a tier above the first")
+        )
+    else:
+        tier = spec.tiers[names.index(spec.handoff.tier)]
         handoff_exit = tier.enter if tier.exit is None else tier.exit
-        rearm = self.handoff.rearm_below
+        rearm = spec.handoff.rearm_below
         if rearm is not None and handoff_exit is not None and rearm > handoff_exit:
-            raise ValueError("handoff.rearm_below must be <= the handoff tier's exit threshold")
+            problems.append(
+                (("handoff", "rearm_below"), "must be <= the handoff tier's exit threshold")
+            )
+    return problems
 
 
 # ---------------------------------------------------------------- compiled form
@@ -634,16 +656,28 @@ def parse_rules_text(text: str, source: str) -> CompiledRules:
     try:
         spec = RulesSpec.model_validate(data)
     except ValidationError as exc:
-        lines = _line_index(text, is_yaml)
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            line = _nearest_line(lines, loc)
-            prefix = f"line {line}: " if line else ""
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{prefix}{_format_loc(loc)}: {msg}")
-        raise RulesError(source, problems) from None
+        located = [
+            (
+                tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p)),
+                err["msg"].removeprefix("Value error, "),
+            )
+            for err in exc.errors()
+        ]
+        raise RulesError(source, _locate(located, text, is_yaml)) from None
+    problems = cross_check(spec)
+    if problems:
+        raise RulesError(source, _locate(problems, text, is_yaml))
     return compile_rules(spec, source)
+
+
+def _locate(problems: list[tuple[Loc, str]], text: str, is_yaml: bool) -> list[str]:
+    lines = _line_index(text, is_yaml)
+    out = []
+    for loc, msg in problems:
+        line = _nearest_line(lines, loc)
+        prefix = f"line {line}: " if line else ""
+        out.append(f"{prefix}{_format_loc(loc)}: {msg}")
+    return out
 
 
 def _nearest_line(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int:

@@ -1,0 +1,157 @@
+"""format_output: the store's output rows become schema-valid handoff and tier-change messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from streamscore.outputs import format_output, output_id, rfc3339
+from streamscore.scoring.rules import BANT_CRITERIA, GRADES
+from tests.conftest import REPO_ROOT
+
+SCHEMAS = {
+    kind: Draft202012Validator(orjson.loads((REPO_ROOT / "schemas" / name).read_bytes()))
+    for kind, name in (("handoff", "handoff.v1.json"), ("tier_change", "tier-change.v1.json"))
+}
+TIERS = ["cold", "warm", "hot", "on-fire"]
+TIER_RANK = {name: i for i, name in enumerate(TIERS)}
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write
+YEAR_2200_MS = 7_258_118_400_000
+
+TEXT = st.characters(blacklist_categories=("Cs",))  # what a JSON document can carry
+LEAD_IDS = st.text(TEXT, min_size=1, max_size=256)
+# Numbers as the Lua script writes them: string.format('%.17g', x)
+LUA_NUMBERS = st.floats(-1e9, 1e9, allow_nan=False).map(lambda x: f"{x:.17g}")
+
+
+@st.composite
+def rows(draw: st.DrawFn, kind: str | None = None) -> list[Any]:
+    """An output row as apply_batch.lua / tick.lua return it."""
+    kind = kind or draw(st.sampled_from(["handoff", "tier_change"]))
+    old, new = draw(st.lists(st.sampled_from(TIERS), min_size=2, max_size=2, unique=True))
+    if kind == "handoff" and draw(st.booleans()):
+        old = new  # a lead already in the handoff tier that has just met the gates
+    reasons: Any = draw(
+        st.lists(
+            st.tuples(st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), LUA_NUMBERS).map(
+                list
+            ),
+            max_size=3,
+        )
+    )
+    if not reasons and draw(st.booleans()):
+        reasons = {}  # cjson encodes an empty Lua table as an object
+    cause = "decay" if kind == "tier_change" and draw(st.booleans()) else "event"
+    event_id = None if cause == "decay" else draw(st.text(TEXT, min_size=1, max_size=128))
+    return [
+        kind,
+        draw(LEAD_IDS),
+        draw(st.integers(1, 10**9)),
+        old,
+        new,
+        draw(LUA_NUMBERS),
+        draw(LUA_NUMBERS),
+        draw(LUA_NUMBERS),
+        draw(st.integers(1, 4)),
+        draw(st.integers(0, 15)),
+        reasons,
+        event_id,
+        draw(st.integers(0, YEAR_2200_MS)),
+        cause,
+        draw(st.from_regex(r"[A-Za-z0-9_.:+-]{1,64}", fullmatch=True)),
+        draw(st.integers(0, YEAR_2200_MS)),
+    ]
+
+
+def ms_of(stamp: str) -> int:
+    """Milliseconds since the epoch of an RFC 3339 stamp, in exact integer arithmetic."""
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(row=rows())
+def test_rows_become_schema_valid_messages(row: list[Any]) -> None:
+    (
+        kind,
+        lead_id,
+        seq,
+        old,
+        new,
+        score,
+        engagement,
+        fit,
+        grade,
+        bant,
+        reasons,
+        event_id,
+        time_ms,
+        cause,
+        version,
+        scored_at,
+    ) = row
+    msg = format_output(row, TIER_RANK)
+    body = orjson.loads(msg.value)
+    errors = [e.message for e in SCHEMAS[kind].iter_errors(body)]
+    assert not errors, (errors, body)
+    assert msg.kind == kind and msg.key == lead_id.encode() and msg.new_tier == new
+    assert msg.direction == ("up" if TIER_RANK[new] >= TIER_RANK[old] else "down")
+    assert (body["lead_id"], body["old_tier"], body["new_tier"]) == (lead_id, old, new)
+    assert body["score"] == round(float(score), 6)
+    assert body["triggering_event_id"] == event_id
+    assert body["rules_version"] == version
+    assert ms_of(body["event_time"]) == time_ms
+    assert ms_of(body["scored_at"]) == scored_at
+    if kind == "handoff":
+        assert body["handoff_id"] == output_id(lead_id, seq)
+        assert body["grade"] == GRADES[grade - 1]
+        assert [body["bant"][c] for c in BANT_CRITERIA] == [bool(bant >> i & 1) for i in range(4)]
+        assert body["bant_met"] == bin(bant).count("1")
+        assert body["engagement"] == round(float(engagement), 6)
+        assert body["fit"] == round(float(fit), 6)
+        assert [(r["rule"], r["points"]) for r in body["reasons"]] == [
+            (r, round(float(p), 6)) for r, p in (reasons or [])
+        ]
+    else:
+        assert body["change_id"] == output_id(lead_id, seq)
+        assert body["direction"] == msg.direction and body["cause"] == cause
+
+
+@settings(max_examples=25, deadline=None)
+@given(row=rows())
+def test_the_same_row_always_gives_the_same_message(row: list[Any]) -> None:
+    assert format_output(row, TIER_RANK) == format_output(list(row), TIER_RANK)
+    # seq may come back from Lua as a number or its decimal string
+    assert (
+        format_output([*row[:2], str(row[2]), *row[3:]], TIER_RANK).value
+        == format_output(row, TIER_RANK).value
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.tuples(LEAD_IDS, st.integers(1, 10**6)), b=st.tuples(LEAD_IDS, st.integers(1, 10**6)))
+def test_output_ids_are_deterministic_and_distinct(a: tuple[str, int], b: tuple[str, int]) -> None:
+    assert output_id(*a) == output_id(*a)
+    assume(a != b)
+    assert output_id(*a) != output_id(*b)
+
+
+def test_ids_differ_for_neighbouring_leads_and_seqs() -> None:
+    ids = {output_id(lead, seq) for lead in ("a", "a1", "1", "a\x001") for seq in (1, 2, 11, 12)}
+    assert len(ids) == 16
+
+
+@settings(max_examples=100, deadline=None)
+@given(ms=st.integers(0, MAX_MS))
+def test_rfc3339_keeps_every_millisecond_the_schema_can_hold(ms: int) -> None:
+    assert ms_of(rfc3339(ms)) == ms
+
+
+def test_rfc3339_examples() -> None:
+    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339(1_760_000_000_123) == "2025-10-09T08:53:20.123Z"
