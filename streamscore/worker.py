@@ -27,7 +27,7 @@ from streamscore.retry import with_retry
 from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide
 from streamscore.store.store import RedisStore, ScriptResult
-from streamscore.store.wire import ScoredEvent, encode_batches, output_rows
+from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches, output_rows
 from streamscore.stream.align import Aligner
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,16 @@ class Pending:
     event: Event
     offset: int
     append_ms: int
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """Events decided and encoded, waiting for (or in) their Redis call."""
+
+    ready: list[tuple[TopicPartition, Pending]]
+    groups: list[GroupBatch]
+    config: bytes
+    first_offsets: dict[TopicPartition, int]
 
 
 def _merge_key(p: Pending) -> tuple[int, str]:
@@ -106,6 +116,12 @@ class ScoringWorker:
         self.stream_time_ms = 0
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
+        # Batches decided but not yet applied: stage one prepares the next batch while stage
+        # two waits on Redis for this one. Their first offsets hold back commits.
+        self._in_flight: list[PreparedBatch] = []
+        self._queue: asyncio.Queue[PreparedBatch] = asyncio.Queue(maxsize=1)
+        self._holding = False
+        self._applier: asyncio.Task[None] | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._next_commit = 0.0
         self._next_lag = 0.0
@@ -130,7 +146,12 @@ class ScoringWorker:
         log.info("assigned %d partitions", len(assigned))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Finish the batch in flight, commit what was applied, and forget the partitions."""
+        """Finish the batches in flight, commit what was applied, and forget the partitions."""
+        self._holding = True
+        try:
+            await self._drain()
+        finally:
+            self._holding = False
         async with self._lock:
             if self.consumer is not None:
                 await self._commit(self.consumer, only=revoked)
@@ -148,10 +169,16 @@ class ScoringWorker:
         consumer = make_consumer(self.settings, _Rebalance(self))
         self.consumer = consumer
         await consumer.start()
+        applier = self._applier = asyncio.create_task(self._apply_loop(), name="scoring-apply")
         try:
             while not stopping.is_set():
+                if applier.done():
+                    applier.result()  # re-raises: Redis stayed away past the retry budget
+                    raise RuntimeError("apply stage stopped")
                 await self.step(consumer)
+            await self._drain()
         finally:
+            applier.cancel()
             try:
                 async with self._lock:
                     await self._commit(consumer)
@@ -160,8 +187,26 @@ class ScoringWorker:
                 await consumer.stop()
                 self.consumer = None
 
+    async def _drain(self) -> None:
+        """Wait until every prepared batch has been applied (or the apply stage died)."""
+        join = asyncio.ensure_future(self._queue.join())
+        waits: set[asyncio.Future[None]] = {join}
+        if self._applier is not None:
+            waits.add(self._applier)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        join.cancel()
+
+    async def _apply_loop(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._apply(batch)
+            finally:
+                self._in_flight.remove(batch)
+                self._queue.task_done()
+
     async def step(self, consumer: AIOKafkaConsumer) -> int:
-        """One fetch, then apply whatever the aligner releases; returns the events applied."""
+        """One fetch; hand what the aligner releases to the apply stage; returns its size."""
         records = await consumer.getmany(
             timeout_ms=self.settings.fetch_timeout_ms, max_records=self.settings.batch_max_events
         )
@@ -182,14 +227,15 @@ class ScoringWorker:
         if rejected:
             await self._dead_letter(rejected, now)
         await self._note_positions(consumer, now)
-        applied = 0
-        ready = self.aligner.pop_ready(now, self.settings.batch_max_events)
+        ready = [] if self._holding else self.aligner.pop_ready(now, self.settings.batch_max_events)
         if ready:
-            applied = await self._apply(ready)
+            batch = self._prepare(ready)
+            self._in_flight.append(batch)
+            await self._queue.put(batch)
         if time.monotonic() >= self._next_commit:
             async with self._lock:
                 await self._commit(consumer)
-        return applied
+        return len(ready)
 
     async def _note_positions(self, consumer: AIOKafkaConsumer, now: int) -> None:
         update_lag = time.monotonic() >= self._next_lag
@@ -215,40 +261,43 @@ class ScoringWorker:
 
     # ------------------------------------------------------------------ applying
 
-    async def _apply(self, ready: list[tuple[TopicPartition, Pending]]) -> int:
-        async with self._lock:
-            rules = self.rules.rules
-            config = self.rules.script_config
-            scored = [
+    def _prepare(self, ready: list[tuple[TopicPartition, Pending]]) -> PreparedBatch:
+        """Decide and encode released events: pure CPU work, done while Redis is busy."""
+        rules = self.rules.rules
+        first_offsets: dict[TopicPartition, int] = {}
+        scored = []
+        for tp, p in ready:
+            if tp not in first_offsets:
+                first_offsets[tp] = p.offset
+            ev = p.event
+            decision = decide(ev, rules)
+            scored.append(
                 ScoredEvent(
-                    p.event.lead_id,
-                    p.event.event_id,
-                    p.event.time_ms,
-                    tp.topic,
-                    tp.partition,
-                    p.offset,
-                    decide(p.event, rules),
+                    ev.lead_id, ev.event_id, ev.time_ms, tp.topic, tp.partition, p.offset, decision
                 )
-                for tp, p in ready
-                if tp in self.assigned
-            ]
+            )
+        groups = encode_batches(scored, self.store.keys)
+        return PreparedBatch(ready, groups, self.rules.script_config, first_offsets)
+
+    async def _apply(self, batch: PreparedBatch) -> None:
+        async with self._lock:
             scored_at = now_ms()
             outcomes: Tally[tuple[str, str]] = Tally()
-            for batch in encode_batches(scored, self.store.keys):
-                result = await self._redis(partial(self.store.apply, batch, config, scored_at))
+            for group in batch.groups:
+                result = await self._redis(
+                    partial(self.store.apply, group, batch.config, scored_at)
+                )
                 duplicates = set(result.duplicates)
-                for i, ev in enumerate(batch.events):
+                for i, ev in enumerate(group.events):
                     outcomes[(ev.topic, "duplicate" if i in duplicates else "scored")] += 1
                 await self._emit(result)
             done = now_ms()
             observe = self.metrics.event_to_scored_seconds.observe
-            for _, p in ready:
+            for _, p in batch.ready:
                 observe(max(done - p.append_ms, 0) / 1000.0)
             for (topic, outcome), n in outcomes.items():
                 self.metrics.events_total.labels(topic=topic, outcome=outcome).inc(n)
-            if ready:
-                self.stream_time_ms = max(self.stream_time_ms, ready[-1][1].event.time_ms)
-            return len(scored)
+            self.stream_time_ms = max(self.stream_time_ms, batch.ready[-1][1].event.time_ms)
 
     async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
         return await with_retry(
@@ -320,6 +369,10 @@ class ScoringWorker:
         offsets = {}
         for tp in only if only is not None else self.assigned:
             offset = self.aligner.commit_offset(tp)
+            for batch in self._in_flight:
+                first = batch.first_offsets.get(tp)
+                if first is not None and (offset is None or first < offset):
+                    offset = first
             if offset is not None:
                 offsets[tp] = offset
         if not offsets:
@@ -338,7 +391,8 @@ class ScoringWorker:
         now = now_ms()
         # While behind, judge "now" by the event time applied so far, so a replay does not drop
         # leads whose later events are still in the backlog.
-        until = now if self.aligner.caught_up() else min(now, self.stream_time_ms)
+        caught_up = self.aligner.caught_up() and not self._in_flight
+        until = now if caught_up else min(now, self.stream_time_ms)
         if until <= 0:
             return 0
         advanced = 0
