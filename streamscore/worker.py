@@ -122,6 +122,7 @@ class ScoringWorker:
         self._queue: asyncio.Queue[PreparedBatch] = asyncio.Queue(maxsize=1)
         self._holding = False
         self._applier: asyncio.Task[None] | None = None
+        self._acking: set[asyncio.Task[None]] = set()
         self._positions: dict[TopicPartition, int] = {}
         self._next_commit = 0.0
         self._next_lag = 0.0
@@ -177,6 +178,7 @@ class ScoringWorker:
                     raise RuntimeError("apply stage stopped")
                 await self.step(consumer)
             await self._drain()
+            await self.wait_acks()
         finally:
             applier.cancel()
             try:
@@ -310,13 +312,35 @@ class ScoringWorker:
         )
 
     async def _emit(self, result: ScriptResult) -> None:
-        """Send a script's outputs, wait for the broker, then drop them from the outbox."""
+        """Hand a script's outputs to the producer; acks are awaited off the apply path.
+
+        The outputs are already safe in the Redis outbox, so the next batch need not wait for
+        the broker: a background task awaits the acks, then drops the entry from the outbox.
+        """
         if not result.outbox_entry:
             return
-        await self._send_outputs(result.outputs)
-        await self._redis(partial(self.store.ack_outbox, result.group, [result.outbox_entry]))
+        acks = await self._queue_outputs(result.outputs)
+        task = asyncio.create_task(self._acknowledge(result, acks))
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def _acknowledge(self, result: ScriptResult, acks: list[asyncio.Future[Any]]) -> None:
+        try:
+            await asyncio.gather(*acks)
+            await self._redis(partial(self.store.ack_outbox, result.group, [result.outbox_entry]))
+        except KAFKA_TRANSIENT as exc:
+            # Left in the outbox: the re-drive timer sends it again with the same ids.
+            log.warning("output send failed, left for re-drive: %s", exc)
+
+    async def wait_acks(self) -> None:
+        """Wait for outputs handed to the producer to be acknowledged."""
+        if self._acking:
+            await asyncio.gather(*list(self._acking), return_exceptions=True)
 
     async def _send_outputs(self, encoded: bytes) -> None:
+        await asyncio.gather(*await self._queue_outputs(encoded))
+
+    async def _queue_outputs(self, encoded: bytes) -> list[asyncio.Future[Any]]:
         futures = []
         for row in output_rows(encoded):
             msg = format_output(row, self.rules.tier_rank)
@@ -329,7 +353,7 @@ class ScoringWorker:
                     direction=msg.direction, tier=msg.new_tier
                 ).inc()
             futures.append(await self.producer.send(topic, msg.value, key=msg.key))
-        await asyncio.gather(*futures)
+        return futures
 
     async def _dead_letter(
         self, rejected: list[tuple[TopicPartition, Any, InvalidEvent]], now: int

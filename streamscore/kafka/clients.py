@@ -60,7 +60,7 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
         max_poll_records=settings.batch_max_events,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         # Short group timeouts: a join waits up to about half the session timeout (Tansu).
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 6, 100),
