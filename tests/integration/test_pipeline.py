@@ -26,6 +26,7 @@ from tests.conftest import REPO_ROOT
 from tests.integration.harness import (
     WorkerProcess,
     event,
+    metric_total,
     produce,
     read_topic,
     topic_for,
@@ -66,16 +67,6 @@ def start_worker(tmp_path: Path) -> AsyncIterator[Callable[[Settings], WorkerPro
     for worker in workers:
         code = worker.terminate(timeout_s=10)
         assert code == 0, f"worker exit code {code} after SIGTERM:\n{worker.log()}"
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def reference_scores(events: list[tuple[str, bytes]], now_ms: int) -> dict[str, LeadState]:

@@ -11,8 +11,14 @@ import orjson
 import pytest
 
 from streamscore.config import Settings
-from tests.integration.harness import WorkerProcess, event, produce, read_topic, wait_for
-from tests.integration.test_pipeline import metric_total
+from tests.integration.harness import (
+    WorkerProcess,
+    event,
+    metric_total,
+    produce,
+    read_topic,
+    wait_for,
+)
 
 RULES = """
 version: {version}

@@ -141,9 +141,5 @@ for i, tp in ipairs(batch.tps) do
   if top[i] > applied[i] then redis.call('HSET', offsets_key, tp, fmt(top[i])) end
 end
 
-local entry, encoded = '', ''
-if #outs > 0 then
-  encoded = cjson.encode(outs)
-  entry = redis.call('XADD', outbox_key, '*', 'o', encoded)
-end
+local entry, encoded = record_outputs(outbox_key, outs)
 return {entry, encoded, cjson.encode(dups)}

@@ -179,6 +179,13 @@ local function advance(L, until_ms, scored_at, outs)
   end
 end
 
+-- Outputs go to the outbox stream in the same call that produced them (one entry per call).
+local function record_outputs(outbox_key, outs)
+  if #outs == 0 then return '', '' end
+  local encoded = cjson.encode(outs)
+  return redis.call('XADD', outbox_key, '*', 'o', encoded), encoded
+end
+
 local function save_lead(L, due_key)
   -- Only fields that changed are formatted and written: most events touch e, lt and one rule.
   local args = {}

@@ -18,9 +18,5 @@ for _, key in ipairs(members) do
     save_lead(L, due_key)
   end
 end
-local entry, encoded = '', ''
-if #outs > 0 then
-  encoded = cjson.encode(outs)
-  entry = redis.call('XADD', outbox_key, '*', 'o', encoded)
-end
+local entry, encoded = record_outputs(outbox_key, outs)
 return {entry, encoded, #members}
