@@ -33,6 +33,7 @@ from streamscore.stream.align import Aligner
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+COMMIT_TIMEOUT_S = 5.0
 REDIS_TRANSIENT = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -253,13 +254,38 @@ class ScoringWorker:
             # Tansu's "latest offset" answer is wrong for multi-record batches; the high
             # watermark that comes back with every fetch is right, so lag is computed from it.
             highwater = consumer.highwater(tp)
-            self.aligner.note_position(tp, highwater is not None and position >= highwater, now)
-            if update_lag and highwater is not None:
-                lag[tp.topic] += max(highwater - position, 0)
+            backlog = None if highwater is None else max(highwater - position, 0)
+            if highwater is not None and position > highwater:
+                await self._restart_partition(consumer, tp, position, highwater)
+                backlog = None
+            self.aligner.note_position(tp, backlog, now)
+            if update_lag and backlog is not None:
+                lag[tp.topic] += backlog
         if update_lag:
             self._next_lag = time.monotonic() + 1.0
             for topic in self.settings.input_topics:
                 self.metrics.consumer_lag_messages.labels(topic=topic).set(lag[topic])
+
+    async def _restart_partition(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, position: int, highwater: int
+    ) -> None:
+        """The partition shrank below our position: it was recreated or truncated.
+
+        Its old offsets mean nothing now, so the store forgets them and the partition is read
+        again from its beginning; without this, new records at reused offsets would be skipped.
+        """
+        log.error(
+            "%s[%d]: position %d is beyond the high watermark %d; the topic was recreated or "
+            "truncated. Forgetting its applied offsets and reading it from the beginning.",
+            tp.topic, tp.partition, position, highwater,
+        )  # fmt: skip
+        await self._drain()
+        async with self._lock:
+            await self._redis(partial(self.store.forget_offsets, f"{tp.topic}:{tp.partition}"))
+            self.aligner.revoke([tp])
+            self.aligner.assign([tp], now_ms())
+            await consumer.seek_to_beginning(tp)
+            self._positions[tp] = 0
 
     # ------------------------------------------------------------------ applying
 
@@ -402,11 +428,16 @@ class ScoringWorker:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
+            # aiokafka retries retriable commit errors forever; bound it, the next commit
+            # (or the next owner, helped by the store's recorded offsets) catches up.
+            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance is under way; the next owner resumes from the last commit and the
             # store's recorded offsets make the replayed events no-ops.
             log.warning("commit skipped: %s", exc)
+        except (TimeoutError, KafkaError) as exc:
+            self.metrics.retries_total.labels(operation="kafka_commit").inc()
+            log.warning("commit failed, will retry at the next interval: %r", exc)
 
     # ------------------------------------------------------------------ timers
 

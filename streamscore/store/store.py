@@ -115,6 +115,11 @@ class RedisStore:
         raw = await self.client.hgetall(self.keys.lead(self.keys.lead_ref(lead_id)))
         return {_text(k): _text(v) for k, v in raw.items()}
 
+    async def forget_offsets(self, topic_partition: str) -> None:
+        """Drop the applied offset of one "topic:partition" in every group."""
+        for group in range(self.keys.groups):
+            await self.client.hdel(self.keys.offsets(group), topic_partition)
+
     async def applied_offsets(self) -> dict[str, int]:
         """Highest applied offset per topic-partition, over all groups."""
         merged: dict[str, int] = {}

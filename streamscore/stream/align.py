@@ -4,9 +4,10 @@ A lead's events arrive on several topics, and how their fetches interleave is ch
 them in fetch order would make hysteresis (and so handoffs) depend on that chance. The aligner
 holds records per partition and releases them as a k-way merge by (event time, event id,
 partition rank): it only releases the smallest head when every other assigned partition either
-has a buffered head to compare with, is caught up with its high watermark (nothing more exists
-at the broker), or has been silent for longer than `max_wait_ms`. On a replay every partition
-has data, so the merge is exact and the same on every run.
+has a buffered head to compare with, or is caught up with its high watermark (nothing more
+exists at the broker), or was never fetched and has been silent for longer than `max_wait_ms`.
+A partition known to be behind is always waited for (up to BEHIND_MAX_WAIT_MS). On a replay
+every partition has data, so the merge is exact and the same on every run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+#: Longest wait for a partition known to have records at the broker that were not fetched yet.
+BEHIND_MAX_WAIT_MS = 30_000
 P = TypeVar("P", bound=Hashable)
 
 
@@ -31,7 +34,7 @@ class Aligner(Generic[P, T]):
         self._max_wait_ms = max_wait_ms
         self._queues: dict[P, deque[T]] = {}
         self._rank: dict[P, int] = {}
-        self._caught_up: dict[P, bool] = {}
+        self._backlog: dict[P, int | None] = {}
         self._empty_since: dict[P, int] = {}
         self._next_offset: dict[P, int] = {}
 
@@ -40,7 +43,7 @@ class Aligner(Generic[P, T]):
         for p in partitions:
             if p not in self._queues:
                 self._queues[p] = deque()
-                self._caught_up[p] = False
+                self._backlog[p] = None
                 self._empty_since[p] = now_ms
         for rank, p in enumerate(sorted(self._queues, key=repr)):
             self._rank[p] = rank
@@ -48,7 +51,7 @@ class Aligner(Generic[P, T]):
     def revoke(self, partitions: Iterable[P]) -> None:
         """Forget partitions and drop what was buffered for them (it was not applied)."""
         for p in partitions:
-            for table in (self._queues, self._rank, self._caught_up, self._empty_since):
+            for table in (self._queues, self._rank, self._backlog, self._empty_since):
                 table.pop(p, None)
             self._next_offset.pop(p, None)
 
@@ -60,19 +63,25 @@ class Aligner(Generic[P, T]):
         queue.extend(records)
         self._next_offset[partition] = next_offset
 
-    def note_position(self, partition: P, caught_up: bool, now_ms: int) -> None:
-        """Record whether the partition has nothing more at the broker right now."""
-        if partition in self._caught_up:
-            if not self._queues[partition] and not caught_up and self._caught_up[partition]:
+    def note_position(self, partition: P, backlog: int | None, now_ms: int) -> None:
+        """Record how many records the broker holds beyond what was fetched (None: unknown)."""
+        if partition in self._backlog:
+            if not self._queues[partition] and backlog != 0 and self._backlog[partition] == 0:
                 self._empty_since[partition] = now_ms
-            self._caught_up[partition] = caught_up
+            self._backlog[partition] = backlog
 
     def _blocking(self, partition: P, now_ms: int) -> bool:
-        return (
-            not self._queues[partition]
-            and not self._caught_up[partition]
-            and now_ms - self._empty_since[partition] < self._max_wait_ms
-        )
+        if self._queues[partition]:
+            return False
+        backlog = self._backlog[partition]
+        if backlog == 0:
+            return False  # caught up: nothing older can be waiting at the broker
+        waited = now_ms - self._empty_since[partition]
+        if backlog is None:
+            return waited < self._max_wait_ms  # never fetched yet: wait a little
+        # Records exist at the broker and are on their way: releasing now would break the
+        # merge order, so wait for them (bounded, in case they never come, e.g. control records).
+        return waited < BEHIND_MAX_WAIT_MS
 
     def pop_ready(self, now_ms: int, limit: int) -> list[tuple[P, T]]:
         """Release up to `limit` records in merge order; stop where a partition must be awaited."""
@@ -108,4 +117,4 @@ class Aligner(Generic[P, T]):
 
     def caught_up(self) -> bool:
         """True when nothing is buffered and every partition is at its high watermark."""
-        return all(self._caught_up.values()) and not any(self._queues.values())
+        return all(b == 0 for b in self._backlog.values()) and not any(self._queues.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,18 @@ def metric_total(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def bounded(timeout_s: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Cancel a test that overruns, so the traceback shows the await it was stuck in (the
+    pytest-timeout traceback of an asyncio test only shows the idle event loop)."""
+
+    def decorate(test: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            async with asyncio.timeout(timeout_s):
+                await test(*args, **kwargs)
+
+        return run
+
+    return decorate

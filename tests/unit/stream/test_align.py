@@ -84,7 +84,7 @@ def test_caught_up_partitions_release_exactly_the_merge(
     aligner = make(parts)
     push_all(aligner, parts, chunk)
     for p in parts:
-        aligner.note_position(p, True, T_ASSIGN)
+        aligner.note_position(p, 0, T_ASSIGN)
     out = drain(aligner, T_ASSIGN, limits)
     assert out == merged(parts)
     # nothing lost or duplicated, each partition's own order kept
@@ -103,15 +103,15 @@ def test_an_empty_partition_that_is_behind_blocks_until_max_wait(
     aligner = make({**parts, blocked: []}, max_wait_ms)
     push_all(aligner, parts)
     for p in parts:
-        aligner.note_position(p, data.draw(st.booleans()), T_ASSIGN)
-    aligner.note_position(blocked, False, T_ASSIGN)
+        aligner.note_position(p, data.draw(st.sampled_from([0, None])), T_ASSIGN)
+    aligner.note_position(blocked, None, T_ASSIGN)
     early = T_ASSIGN + data.draw(st.integers(0, max_wait_ms - 1))
     assert aligner.pop_ready(early, 1000) == []
     assert aligner.buffered() == sum(len(r) for r in parts.values())
     # Once it has been silent for max_wait_ms, the others go ahead without it.
     late = T_ASSIGN + max_wait_ms + data.draw(st.integers(0, 1000))
     for p in parts:
-        aligner.note_position(p, True, late)
+        aligner.note_position(p, 0, late)
     assert drain(aligner, late, []) == merged(parts)
 
 
@@ -121,13 +121,13 @@ def test_catching_up_unblocks_at_once(parts: dict[str, list[Rec]], data: st.Data
     aligner = make({**parts, "z": []}, max_wait_ms=60_000)
     push_all(aligner, parts)
     for p in parts:
-        aligner.note_position(p, True, T_ASSIGN)
+        aligner.note_position(p, 0, T_ASSIGN)
     assert aligner.pop_ready(T_ASSIGN + 1, 1000) == []
-    aligner.note_position("z", True, T_ASSIGN + 2)
+    aligner.note_position("z", 0, T_ASSIGN + 2)
     assert drain(aligner, T_ASSIGN + 2, []) == merged(parts)
     # Falling behind again (new data at the broker) blocks again, for a fresh max_wait_ms.
     aligner.push("a" if "a" in parts else next(iter(parts)), [Rec(0, "x", 10**6)], 10**6 + 1)
-    aligner.note_position("z", False, T_ASSIGN + 5)
+    aligner.note_position("z", None, T_ASSIGN + 5)
     assert aligner.pop_ready(T_ASSIGN + 5 + 59_999, 1000) == []
     assert len(aligner.pop_ready(T_ASSIGN + 5 + 60_000, 1000)) == 1
 
@@ -141,7 +141,7 @@ def test_release_stops_where_a_partition_behind_runs_dry(
     aligner = make(parts)
     push_all(aligner, parts)
     for p in parts:
-        aligner.note_position(p, p != behind, T_ASSIGN)
+        aligner.note_position(p, 0 if p != behind else None, T_ASSIGN)
     full = merged(parts)
     out = drain(aligner, T_ASSIGN, [])
     if parts[behind]:
@@ -158,7 +158,7 @@ def test_release_stops_where_a_partition_behind_runs_dry(
     ]
     if extra:
         aligner.push(behind, extra, extra[-1].offset + 1)
-    aligner.note_position(behind, True, T_ASSIGN)
+    aligner.note_position(behind, 0, T_ASSIGN)
     rest = drain(aligner, T_ASSIGN, [])
     remaining = {p: [r for q, r in full if q == p and (q, r) not in out] for p in parts}
     remaining[behind] = remaining[behind] + extra
@@ -175,7 +175,7 @@ def test_commit_offset_is_the_first_buffered_record_or_the_next_offset(
         assert aligner.commit_offset(p) is None  # nothing fetched yet
     push_all(aligner, parts)
     for p in parts:
-        aligner.note_position(p, True, T_ASSIGN)
+        aligner.note_position(p, 0, T_ASSIGN)
     released: list[tuple[str, Rec]] = []
     for limit in data.draw(st.lists(st.integers(1, 4), max_size=6)):
         released += aligner.pop_ready(T_ASSIGN, limit)
@@ -194,7 +194,7 @@ def test_revoke_drops_buffers(parts: dict[str, list[Rec]], data: st.DataObject) 
     gone = data.draw(st.sampled_from(sorted(parts)))
     for p in parts:
         # The revoked partition is behind: had it stayed, it would block.
-        aligner.note_position(p, p != gone, T_ASSIGN)
+        aligner.note_position(p, 0 if p != gone else None, T_ASSIGN)
     aligner.revoke([gone])
     assert aligner.buffered(gone) == 0
     assert aligner.commit_offset(gone) is None
@@ -209,8 +209,23 @@ def test_caught_up_needs_every_partition_caught_up_and_nothing_buffered() -> Non
     aligner = make({"a": [], "b": []})
     assert not aligner.caught_up()
     aligner.push("a", [Rec(1, "x", 0)], 1)
-    aligner.note_position("a", True, T_ASSIGN)
-    aligner.note_position("b", True, T_ASSIGN)
+    aligner.note_position("a", 0, T_ASSIGN)
+    aligner.note_position("b", 0, T_ASSIGN)
     assert not aligner.caught_up()
     assert aligner.pop_ready(T_ASSIGN, 10) == [("a", Rec(1, "x", 0))]
     assert aligner.caught_up()
+
+
+def test_a_partition_known_to_be_behind_is_waited_for_past_max_wait() -> None:
+    """Records at the broker not yet fetched hold the merge, however long the fetch takes."""
+    max_wait = 200
+    aligner: Aligner[str, Rec] = Aligner(key, offset, max_wait_ms=max_wait)
+    aligner.assign(["p", "q"], T_ASSIGN)
+    aligner.push("p", [Rec(10, "p0", 0), Rec(30, "p1", 1)], 2)
+    aligner.note_position("p", 0, T_ASSIGN)
+    aligner.note_position("q", 5, T_ASSIGN)  # five records at the broker, none fetched yet
+    assert aligner.pop_ready(T_ASSIGN + 10 * max_wait, 100) == []
+    aligner.push("q", [Rec(20, "q0", 0)], 1)
+    aligner.note_position("q", 4, T_ASSIGN + 10 * max_wait)
+    released = [r for _, r in aligner.pop_ready(T_ASSIGN + 10 * max_wait, 100)]
+    assert released[:2] == [Rec(10, "p0", 0), Rec(20, "q0", 0)]
