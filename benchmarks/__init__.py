@@ -1,0 +1,1 @@
+"""Benchmarks of streamscore: throughput against baselines, latency, Redis memory per lead."""

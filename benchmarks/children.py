@@ -1,0 +1,99 @@
+"""Child processes of the benchmark (worker, baselines), configured by STREAMSCORE_* variables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from benchmarks.procstat import ProcSample, sample
+from streamscore import devstack
+from streamscore.config import ENV_PREFIX, Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """STREAMSCORE_* variables that reproduce `settings` in a child process."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"{ENV_PREFIX}{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    return env
+
+
+class Child:
+    """One Python child process (`python -m module args`), stopped by its PID."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        settings: Settings,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(settings_env(settings))
+        env.update(extra_env or {})
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # The child gets SIGKILL if the benchmark dies, so nothing is left behind.
+            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - one thread
+        )
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        """The child's PID."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        return self.proc.poll() is None
+
+    def sample(self) -> ProcSample | None:
+        """CPU seconds and memory now."""
+        return sample(self.pid)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of its output."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL if it overruns; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode

@@ -1,0 +1,267 @@
+"""Handoff latency at fixed input rates: paced producer, handoff consumer, worker histogram."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from benchmarks.workload import LiveEvent, LiveStream
+
+_BUCKET = re.compile(r'^streamscore_event_to_scored_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+
+
+@dataclass
+class RateResult:
+    """Latency figures for one input rate."""
+
+    target_rate: float
+    achieved_rate: float
+    seconds: float
+    events: int
+    hot_leads: int
+    handoffs: int
+    handoffs_unmatched: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    p50_from_ack_ms: float
+    scored_p50_ms: float
+    scored_p99_ms: float
+    scored_count: int
+    cpu_cores: dict[str, float]  # CPU seconds per second while the input was paced
+    events_per_apply: float  # worker metrics over the rate's window
+    ms_per_apply: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(int(-(-q * len(ordered) // 100)), 1)  # ceil(q/100 * n), at least 1
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def scrape_histogram(metrics_url: str) -> dict[float, float]:
+    """Cumulative bucket counts of streamscore_event_to_scored_seconds, by upper bound."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {float(le): float(n) for le, n in _BUCKET.findall(text)}
+
+
+def scrape_worker_metrics(metrics_url: str) -> dict[str, float]:
+    """Batch and script figures of a worker: events per EVALSHA and seconds per EVALSHA."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    wanted = {
+        "streamscore_batch_events_sum": "batch_events_sum",
+        "streamscore_batch_events_count": "apply_calls",
+        'streamscore_redis_script_seconds_sum{script="apply_batch"}': "apply_seconds_sum",
+    }
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    calls = out.get("apply_calls", 0.0)
+    if calls:
+        out["events_per_apply"] = out.get("batch_events_sum", 0.0) / calls
+        out["ms_per_apply"] = out.get("apply_seconds_sum", 0.0) / calls * 1000.0
+    return out
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Prometheus-style quantile (linear within a bucket) of the observations between scrapes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            inside = count - prev_count
+            frac = (rank - prev_count) / inside if inside > 0 else 1.0
+            return prev_bound + (bound - prev_bound) * frac
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+class LatencyProbe:
+    """Paced producer and handoff consumer sharing one thread (no GIL contention between them)."""
+
+    def __init__(self, bootstrap: str, input_topics: Sequence[str], handoff_topic: str) -> None:
+        self.input_topics = list(input_topics)
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all", "log_level": 3}
+        )
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-handoff-probe-{time.monotonic_ns()}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,
+                "fetch.min.bytes": 1,
+                "log_level": 3,
+            }
+        )
+        self.handoff_topic = handoff_topic
+        # event id -> (record timestamp ms, ack wall-clock ms)
+        self.acks: dict[str, tuple[int, float]] = {}
+        # (lead id, triggering event id, consumed wall-clock ms)
+        self.handoffs: list[tuple[str, str, float]] = []
+        self.errors: list[str] = []
+
+    def assign(self, partitions: int) -> None:
+        """Read the handoff topic from its start."""
+        self.consumer.assign(
+            [TopicPartition(self.handoff_topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+
+    def _on_delivery(self, event_id: str, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+            return
+        self.acks[event_id] = (msg.timestamp()[1], time.time() * 1000.0)
+
+    def _consume(self, timeout_s: float) -> None:
+        for msg in self.consumer.consume(1000, timeout_s):
+            if msg.error() is not None:
+                continue
+            seen_ms = time.time() * 1000.0
+            body = orjson.loads(msg.value())
+            self.handoffs.append((body["lead_id"], body["triggering_event_id"], seen_ms))
+
+    def send_paced(self, events: Sequence[LiveEvent], rate: float) -> tuple[float, float]:
+        """Send events at `rate` per second (each stamped with its send time); returns (s, rate)."""
+        produce, poll = self.producer.produce, self.producer.poll
+        topics = self.input_topics
+        started = time.monotonic()
+        sent = 0
+        n = len(events)
+        while sent < n:
+            target = min(int((time.monotonic() - started) * rate) + 1, n)
+            while sent < target:
+                ev = events[sent]
+                ev.doc["time"] = time.time_ns() // 1_000_000
+                while True:
+                    try:
+                        produce(
+                            topics[ev.topic],
+                            orjson.dumps(ev.doc),
+                            ev.key,
+                            partition=ev.partition,
+                            on_delivery=partial(self._on_delivery, ev.event_id),
+                        )
+                        break
+                    except BufferError:
+                        poll(0.001)
+                sent += 1
+            poll(0)
+            self._consume(0.001)
+        elapsed = time.monotonic() - started
+        self.producer.flush(30)
+        return elapsed, n / elapsed
+
+    def drain(self, want: int, prefix: str, timeout_s: float) -> None:
+        """Keep reading handoffs until `want` of leads with `prefix` arrived, or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.producer.poll(0)
+            self._consume(0.05)
+            if sum(1 for lead, _, _ in self.handoffs if lead.startswith(prefix)) >= want:
+                return
+
+    def close(self) -> None:
+        """Flush and close both clients."""
+        self.producer.flush(10)
+        self.consumer.close()
+
+
+def measure_rate(
+    probe: LatencyProbe,
+    metrics_url: str,
+    rate: float,
+    seconds: float,
+    hot_leads: int,
+    seed: int,
+    tag: str,
+    partitions: int,
+    cpu: Callable[[], dict[str, float]] | None = None,
+) -> RateResult:
+    """Pace `rate` events/s for `seconds`, then match each handoff to its triggering event."""
+    stream = LiveStream(seed, tag, partitions, background_leads=max(int(rate * seconds), 1000))
+    events = stream.build(int(rate * seconds), hot_leads)
+    before = scrape_histogram(metrics_url)
+    applies_before = scrape_worker_metrics(metrics_url)
+    cpu_before = cpu() if cpu else {}
+    elapsed, achieved = probe.send_paced(events, rate)
+    cpu_after = cpu() if cpu else {}
+    cores = {k: (cpu_after[k] - v) / elapsed for k, v in cpu_before.items() if k in cpu_after}
+    if "all" in cores:
+        # Whatever else ran on the machine meanwhile (other users' processes).
+        cores["others"] = max(cores["all"] - sum(v for k, v in cores.items() if k != "all"), 0.0)
+    # An overloaded worker catches up after the input stops; wait for it (bounded).
+    probe.drain(hot_leads, f"{tag}-hot-", timeout_s=max(15.0, 3 * seconds))
+    time.sleep(0.5)  # let the worker observe the last events' histogram samples
+    after = scrape_histogram(metrics_url)
+    applies_after = scrape_worker_metrics(metrics_url)
+    calls = applies_after.get("apply_calls", 0.0) - applies_before.get("apply_calls", 0.0)
+    applied = applies_after.get("batch_events_sum", 0.0) - applies_before.get(
+        "batch_events_sum", 0.0
+    )
+    apply_s = applies_after.get("apply_seconds_sum", 0.0) - applies_before.get(
+        "apply_seconds_sum", 0.0
+    )
+    latencies, from_ack = [], []
+    unmatched = 0
+    handoffs = [(lead, trig, seen) for lead, trig, seen in probe.handoffs if lead.startswith(tag)]
+    for _, trig, seen in handoffs:
+        ack = probe.acks.get(trig)
+        if ack is None:
+            unmatched += 1
+            continue
+        latencies.append(seen - ack[0])
+        from_ack.append(seen - ack[1])
+    scored_total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    return RateResult(
+        target_rate=rate,
+        achieved_rate=achieved,
+        seconds=elapsed,
+        events=len(events),
+        hot_leads=hot_leads,
+        handoffs=len(handoffs),
+        handoffs_unmatched=unmatched,
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
+        max_ms=max(latencies) if latencies else float("nan"),
+        p50_from_ack_ms=percentile(from_ack, 50),
+        scored_p50_ms=histogram_quantile(before, after, 0.50) * 1000.0,
+        scored_p99_ms=histogram_quantile(before, after, 0.99) * 1000.0,
+        scored_count=int(scored_total),
+        cpu_cores=cores,
+        events_per_apply=applied / calls if calls else float("nan"),
+        ms_per_apply=apply_s / calls * 1000.0 if calls else float("nan"),
+    )
