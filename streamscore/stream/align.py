@@ -5,9 +5,9 @@ them in fetch order would make hysteresis (and so handoffs) depend on that chanc
 holds records per partition and releases them as a k-way merge by (event time, event id,
 partition rank): it only releases the smallest head when every other assigned partition either
 has a buffered head to compare with, or is caught up with its high watermark (nothing more
-exists at the broker), or was never fetched and has been silent for longer than `max_wait_ms`.
-A partition known to be behind is always waited for (up to BEHIND_MAX_WAIT_MS). On a replay
-every partition has data, so the merge is exact and the same on every run.
+exists at the broker), or has been empty for longer than `max_wait_ms`. On a replay every
+partition has data; with a `max_wait_ms` longer than any fetch takes, the merge is exact and
+the same on every run. Live, a short `max_wait_ms` bounds the latency it adds.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-#: Longest wait for a partition known to have records at the broker that were not fetched yet.
-BEHIND_MAX_WAIT_MS = 30_000
 P = TypeVar("P", bound=Hashable)
 
 
@@ -76,12 +74,11 @@ class Aligner(Generic[P, T]):
         backlog = self._backlog[partition]
         if backlog == 0:
             return False  # caught up: nothing older can be waiting at the broker
-        waited = now_ms - self._empty_since[partition]
-        if backlog is None:
-            return waited < self._max_wait_ms  # never fetched yet: wait a little
-        # Records exist at the broker and are on their way: releasing now would break the
-        # merge order, so wait for them (bounded, in case they never come, e.g. control records).
-        return waited < BEHIND_MAX_WAIT_MS
+        # Never fetched, or records at the broker not yet handed over: wait, but only up to
+        # max_wait_ms, so live traffic is not held by a partition whose fetch lags. On a
+        # broker whose high watermark runs ahead of each fetch (Tansu), an unbounded wait here
+        # costs hundreds of ms live; exact replays set a long max_wait_ms instead.
+        return now_ms - self._empty_since[partition] < self._max_wait_ms
 
     def pop_ready(self, now_ms: int, limit: int) -> list[tuple[P, T]]:
         """Release up to `limit` records in merge order; stop where a partition must be awaited."""

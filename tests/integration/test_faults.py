@@ -54,6 +54,9 @@ HOUR_MS = 3_600_000
 # No inactivity timer during these tests: decay between events is still applied by the event
 # path (the same in the reference), and the comparison does not depend on wall-clock ticks.
 QUIET = {"decay_tick_s": 3600}
+# Exact replay order: hold the merge for any partition that is behind for as long as a fetch
+# can take here (the default 200 ms favours live latency; see Aligner and the README).
+REPLAY_WAIT = {"align_max_wait_ms": 5000}
 
 
 # --------------------------------------------------------------------------- traffic
@@ -469,7 +472,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     rng = random.Random(20240611)
     settings = settings_factory(
-        batch_max_events=200, kafka_session_timeout_ms=3000, **QUIET
+        batch_max_events=200, kafka_session_timeout_ms=3000, **QUIET, **REPLAY_WAIT
     )
     now = int(time.time() * 1000)
     sent = make_traffic(rng, unique, 200, 4000, now - 4 * HOUR_MS, now - 60_000)
@@ -610,7 +613,7 @@ async def test_sigterm_mid_stream_exits_cleanly_and_the_next_worker_resumes(
     redis_url: str,
 ) -> None:
     rng = random.Random(99)
-    settings = settings_factory(batch_max_events=200, **QUIET)
+    settings = settings_factory(batch_max_events=200, **QUIET, **REPLAY_WAIT)
     now = int(time.time() * 1000)
     stream = make_traffic(rng, unique, 120, 3000, now - 3 * HOUR_MS, now - 60_000)
     landed = await produce_positions(settings, messages_for(settings, stream))
