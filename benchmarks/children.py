@@ -9,28 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from benchmarks.procstat import ProcSample, sample
 from streamscore import devstack
-from streamscore.config import ENV_PREFIX, Settings
+from streamscore.config import ENV_PREFIX, Settings, settings_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """STREAMSCORE_* variables that reproduce `settings` in a child process."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"{ENV_PREFIX}{name.upper()}"] = (
-            str(value).lower() if isinstance(value, bool) else str(value)
-        )
-    return env
 
 
 class Child:

@@ -191,3 +191,17 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
                 where = source
             problems.append(f"{where}: field {field}: {err['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """STREAMSCORE_* variables that reproduce `settings` in a child process (secrets included)."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"{ENV_PREFIX}{name.upper()}"] = text
+    return env

@@ -17,26 +17,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import SecretStr
 
 from streamscore import devstack
-from streamscore.config import ENV_PREFIX, Settings
+from streamscore.config import ENV_PREFIX, Settings, settings_env
 from streamscore.kafka.clients import ensure_topics
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """STREAMSCORE_* variables that reproduce `settings` in a child process."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"{ENV_PREFIX}{name.upper()}"] = (
-            str(value).lower() if isinstance(value, bool) else str(value)
-        )
-    return env
 
 
 class WorkerProcess:
