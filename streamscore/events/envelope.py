@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 import orjson
 from fastjsonschema import JsonSchemaValueException
@@ -53,20 +53,7 @@ RejectReason = Literal[
     "too_many_properties",
     "bad_lead_id",
 ]
-REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
-    "too_large",
-    "empty",
-    "not_utf8",
-    "malformed_json",
-    "not_an_object",
-    "schema",
-    "unknown_type",
-    "wrong_topic",
-    "bad_time",
-    "time_out_of_range",
-    "too_many_properties",
-    "bad_lead_id",
-)
+REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
 MAX_LEAD_ID_CHARS: Final = 256
 
