@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tomllib
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamscore.errors import RulesError
 from streamscore.scoring.durations import parse_duration_s
+
+#: Distinct strings each regex test remembers its answer for.
+REGEX_CACHE_SIZE = 4096
 
 #: Event types a rule may name; kept in step with streamscore.events.types by a unit test.
 KNOWN_EVENT_TYPES = (
@@ -469,8 +473,7 @@ def _compile_matcher(m: Matcher) -> Predicate:
         part = m.contains
         tests.append(lambda v: isinstance(v, str) and part in v)
     if m.regex is not None:
-        search = re.compile(m.regex).search
-        tests.append(lambda v: isinstance(v, str) and search(v) is not None)
+        tests.append(_regex_test(re.compile(m.regex)))
     comparisons: tuple[tuple[float | None, Callable[[float, float], bool]], ...] = (
         (m.gte, float.__ge__),
         (m.gt, float.__gt__),
@@ -483,6 +486,16 @@ def _compile_matcher(m: Matcher) -> Predicate:
     if len(tests) == 1:
         return tests[0]
     return lambda v: all(t(v) for t in tests)
+
+
+def _regex_test(pattern: re.Pattern[str]) -> Predicate:
+    # Regexes mostly run over user agents and referrers, which repeat a lot, and a search over
+    # a long user agent costs several microseconds; the cache is per rule and bounded.
+    @functools.lru_cache(maxsize=REGEX_CACHE_SIZE)
+    def found(v: str) -> bool:
+        return pattern.search(v) is not None
+
+    return lambda v: isinstance(v, str) and found(v)
 
 
 def _numeric_test(op: Callable[[float, float], bool], bound: float) -> Predicate:

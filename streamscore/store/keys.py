@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
+
+
+@functools.lru_cache(maxsize=65_536)
+def _digest(lead_id: str) -> tuple[int, str]:
+    # Active leads recur batch after batch (activity is Zipf-like), so the hash is cached.
+    raw = hashlib.blake2b(lead_id.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+    return int.from_bytes(raw[:4], "big"), raw.hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +35,8 @@ class KeySpace:
 
     def lead_ref(self, lead_id: str) -> LeadRef:
         """Hash a lead id (any characters) to its group and digest."""
-        digest = hashlib.blake2b(lead_id.encode("utf-8", "surrogatepass"), digest_size=12)
-        raw = digest.digest()
-        return LeadRef(int.from_bytes(raw[:4], "big") % self.groups, raw.hex())
+        head, digest = _digest(lead_id)
+        return LeadRef(head % self.groups, digest)
 
     def _tag(self, group: int) -> str:
         return f"{self.prefix}:{{g{group}}}"
