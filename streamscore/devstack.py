@@ -297,8 +297,10 @@ class DevStack:
         *,
         host: str = "127.0.0.1",
         timeout_s: float = 15,
+        redis_binary: Path | None = None,
     ) -> None:
         self._given_bootstrap = kafka_bootstrap
+        self._redis_binary = redis_binary
         self._given_redis_url = redis_url
         self._host = host
         self._timeout_s = timeout_s
@@ -340,7 +342,9 @@ class DevStack:
             if self._given_bootstrap is None:
                 self.broker = start_broker(host=self._host, timeout_s=self._timeout_s)
             if self._given_redis_url is None:
-                self.valkey = start_valkey(host=self._host, timeout_s=self._timeout_s)
+                self.valkey = start_valkey(
+                    host=self._host, timeout_s=self._timeout_s, binary=self._redis_binary
+                )
         except BaseException:
             self.close()
             raise
@@ -356,7 +360,11 @@ class DevStack:
             )
         old.stop(timeout_s)
         self.valkey = start_valkey(
-            port=old.port, host=self._host, password=old.password, timeout_s=self._timeout_s
+            port=old.port,
+            host=self._host,
+            password=old.password,
+            timeout_s=self._timeout_s,
+            binary=self._redis_binary,
         )
         return self.valkey
 
