@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from streamscore.scoring.engine import Decision
 from streamscore.scoring.model import Output
-from streamscore.store.keys import KeySpace, LeadRef
+from streamscore.store.keys import KeySpace
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,58 +36,82 @@ class GroupBatch:
     events: list[ScoredEvent]
 
 
+@dataclass(slots=True)
+class _GroupColumns:
+    """The batch of one key group, by column (the layout apply_batch.lua reads)."""
+
+    keys: list[str]
+    slots_by_digest: dict[str, int] = field(default_factory=dict)
+    tps: dict[str, int] = field(default_factory=dict)
+    leads: list[str] = field(default_factory=list)
+    slot: list[int] = field(default_factory=list)
+    event_id: list[str] = field(default_factory=list)
+    time_ms: list[int] = field(default_factory=list)
+    tp: list[int] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+    flag: list[int] = field(default_factory=list)
+    awards: list[list[float]] = field(default_factory=list)
+    attributes: list[tuple[int, list[tuple[Any, ...]]]] = field(default_factory=list)
+    events: list[ScoredEvent] = field(default_factory=list)
+
+    def payload(self) -> bytes:
+        return orjson.dumps(
+            {
+                "tps": list(self.tps),
+                "leads": self.leads,
+                "slot": self.slot,
+                "id": self.event_id,
+                "t": self.time_ms,
+                "tp": self.tp,
+                "off": self.offset,
+                "flag": self.flag,
+                "aw": self.awards,
+                "at": self.attributes,
+            }
+        )
+
+
 def encode_batches(events: Sequence[ScoredEvent], keyspace: KeySpace) -> list[GroupBatch]:
     """Split events by key group (order kept) and encode each group for apply_batch.lua."""
-    by_group: dict[
-        int, tuple[list[str], dict[str, int], dict[str, int], list[Any], list[ScoredEvent]]
-    ]
-    by_group = {}
-    refs: dict[str, LeadRef] = {}
+    by_group: dict[int, _GroupColumns] = {}
     for ev in events:
-        ref = refs.get(ev.lead_id)
-        if ref is None:
-            ref = refs[ev.lead_id] = keyspace.lead_ref(ev.lead_id)
-        entry = by_group.get(ref.group)
-        if entry is None:
-            entry = by_group[ref.group] = (
-                [keyspace.offsets(ref.group), keyspace.due(ref.group), keyspace.outbox(ref.group)],
-                {},
-                {},
-                [],
-                [],
+        ref = keyspace.lead_ref(ev.lead_id)
+        g = by_group.get(ref.group)
+        if g is None:
+            g = by_group[ref.group] = _GroupColumns(
+                [keyspace.offsets(ref.group), keyspace.due(ref.group), keyspace.outbox(ref.group)]
             )
-        keys, slots, tps, rows, kept = entry
-        slot = slots.get(ref.digest)
+        slot = g.slots_by_digest.get(ref.digest)
         if slot is None:
-            slot = slots[ref.digest] = len(slots)
-            keys.append(keyspace.lead(ref))
-            keys.append(keyspace.seen(ref))
+            slot = g.slots_by_digest[ref.digest] = len(g.leads)
+            g.leads.append(ev.lead_id)
+            g.keys.append(keyspace.lead(ref))
+            g.keys.append(keyspace.seen(ref))
         tp = f"{ev.topic}:{ev.partition}"
-        tp_index = tps.get(tp)
+        tp_index = g.tps.get(tp)
         if tp_index is None:
-            tp_index = tps[tp] = len(tps)
+            tp_index = g.tps[tp] = len(g.tps)
         d = ev.decision
-        rows.append(
-            [
-                slot,
-                ev.lead_id,
-                ev.event_id,
-                ev.time_ms,
-                tp_index,
-                ev.offset,
-                d.awards,
-                [
-                    (a.attribute, a.value, a.fit_points, a.bant_mask, int(a.disqualify), a.reasons)
-                    for a in d.attributes
-                ],
-                d.flag,
-            ]
-        )
-        kept.append(ev)
-    return [
-        GroupBatch(group, keys, orjson.dumps({"tps": list(tps), "ev": rows}), kept)
-        for group, (keys, _, tps, rows, kept) in by_group.items()
-    ]
+        if d.attributes:
+            g.attributes.append(
+                (
+                    len(g.slot),
+                    [
+                        (a.attribute, a.value, a.fit_points, a.bant_mask, int(a.disqualify),
+                         a.reasons)
+                        for a in d.attributes
+                    ],
+                )
+            )  # fmt: skip
+        g.slot.append(slot)
+        g.event_id.append(ev.event_id)
+        g.time_ms.append(ev.time_ms)
+        g.tp.append(tp_index)
+        g.offset.append(ev.offset)
+        g.flag.append(d.flag)
+        g.awards.append([x for award in d.awards for x in award])
+        g.events.append(ev)
+    return [GroupBatch(group, g.keys, g.payload(), g.events) for group, g in by_group.items()]
 
 
 def decode_outputs(encoded: bytes | str) -> list[Output]:

@@ -3,9 +3,11 @@
 -- KEYS[2] due sorted set (lead key -> ms of its next inactivity tier drop)
 -- KEYS[3] outbox stream (one entry per call that produced outputs)
 -- KEYS[4 + 2*i], KEYS[5 + 2*i] lead hash and seen-ids sorted set of batch lead slot i
--- ARGV[1] rules config JSON; ARGV[2] batch JSON {"tps": [...], "ev": [[slot, lead_id,
---   event_id, time_ms, tp_index, offset, [[rule, points]...], [[attr, value, fit, bant_mask,
---   dq, [[rule, points]...]]...], flag]...]}; ARGV[3] scored_at ms
+-- ARGV[1] rules config JSON; ARGV[3] scored_at ms
+-- ARGV[2] batch JSON, by column so that decoding makes few tables: {"tps": [topic:partition],
+--   "leads": [lead id per slot], "slot", "id", "t", "tp", "off", "flag": [one per event],
+--   "aw": [[rule, points, rule, points...] per event],
+--   "at": [[event index, [[attr, value, fit, bant_mask, dq, [[rule, points]...]]...]]...]}
 -- Returns {outbox entry id or "", outputs JSON or "", duplicate event indices JSON}.
 -- Idempotent: an event at or below its partition's recorded offset, or whose id was seen
 -- within the dedup window, changes nothing, so redelivery after a crash is harmless.
@@ -27,8 +29,7 @@ local function add_points(L, rule, points, t)
     local cap = cfg.caps[rule + 1]
     if cap[1] > 0 then
       local field = 'c:' .. rule_id
-      local used_by_window = {}
-      if L.f[field] then used_by_window = cjson.decode(L.f[field]) end
+      local used_by_window = as_table(L, field) or {}
       local window = math.floor(t / cap[2])
       local key = fmt(window)
       local used = used_by_window[key] or 0
@@ -38,7 +39,7 @@ local function add_points(L, rule, points, t)
       for k in pairs(used_by_window) do
         if tonumber(k) < window - CAP_WINDOWS_KEPT then used_by_window[k] = nil end
       end
-      set_field(L, field, cjson.encode(used_by_window))
+      set_field(L, field, used_by_window)
     end
     if L.a == nil then L.a = t end
     if (t - L.a) / H > 500 then
@@ -46,16 +47,16 @@ local function add_points(L, rule, points, t)
       local factor = math.pow(2, (L.a - t) / H)
       L.e = L.e * factor
       for field, value in pairs(L.f) do
-        if string.sub(field, 1, 2) == 'r:' then set_field(L, field, fmt(tonumber(value) * factor)) end
+        if string.sub(field, 1, 2) == 'r:' then set_field(L, field, tonumber(value) * factor) end
       end
       L.a = t
     end
     local w = points * math.pow(2, (t - L.a) / H)
     L.e = L.e + w
-    set_field(L, 'r:' .. rule_id, fmt((tonumber(L.f['r:' .. rule_id]) or 0) + w))
+    set_field(L, 'r:' .. rule_id, (tonumber(L.f['r:' .. rule_id]) or 0) + w)
   else
     L.pen = L.pen + points
-    set_field(L, 'n:' .. rule_id, fmt((tonumber(L.f['n:' .. rule_id]) or 0) + points))
+    set_field(L, 'n:' .. rule_id, (tonumber(L.f['n:' .. rule_id]) or 0) + points)
   end
 end
 
@@ -63,17 +64,17 @@ local function set_attributes(L, updates, t)
   local changed = false
   for _, u in ipairs(updates) do
     local field = 'p:' .. cfg.attributes[u[1] + 1]
-    local cur = L.f[field] and cjson.decode(L.f[field])
+    local cur = as_table(L, field)
     if cur == nil or t > cur[1] or (t == cur[1] and u[2] >= cur[2]) then
-      set_field(L, field, cjson.encode({t, u[2], u[3], u[4], u[5], u[6]}))
+      set_field(L, field, {t, u[2], u[3], u[4], u[5], u[6]})
       changed = true
     end
   end
   if not changed then return end
   local fit, fdq, mask = 0, 0, 0
-  for field, value in pairs(L.f) do
+  for field in pairs(L.f) do
     if string.sub(field, 1, 2) == 'p:' then
-      local rec = cjson.decode(value)
+      local rec = as_table(L, field)
       fit = fit + rec[3]
       if rec[5] == 1 then fdq = 1 end
       mask = bor4(mask, rec[4])
@@ -82,15 +83,21 @@ local function set_attributes(L, updates, t)
   L.fit, L.fdq, L.bant = fit, fdq, mask
 end
 
-for index, ev in ipairs(batch.ev) do
-  local slot, lead_id, event_id, t, tpi, offset = ev[1], ev[2], ev[3], ev[4], ev[5] + 1, ev[6]
+local slots, ids, times, tpis, offs = batch.slot, batch.id, batch.t, batch.tp, batch.off
+local awards, flags = batch.aw, batch.flag
+local attributes_at = {}
+for _, pair in ipairs(batch.at) do attributes_at[pair[1] + 1] = pair[2] end
+
+for index = 1, #slots do
+  local slot, event_id, t, tpi, offset = slots[index], ids[index], times[index], tpis[index] + 1,
+    offs[index]
   if offset <= applied[tpi] then
     dups[#dups + 1] = index - 1
   else
     if offset > top[tpi] then top[tpi] = offset end
     local L = leads[slot]
     if L == nil then
-      L = load_lead(KEYS[4 + 2 * slot], lead_id)
+      L = load_lead(KEYS[4 + 2 * slot], batch.leads[slot + 1])
       L.seen_key = KEYS[5 + 2 * slot]
       leads[slot] = L
       order[#order + 1] = slot
@@ -114,9 +121,11 @@ for index, ev in ipairs(batch.ev) do
         advance(L, t_eval, scored_at, outs)
       end
       if L.arm == 0 and score_at(L, t_eval) < REARM then L.arm = 1 end
-      for _, award in ipairs(ev[7]) do add_points(L, award[1], award[2], t) end
-      set_attributes(L, ev[8], t)
-      local flag = ev[9]
+      local aw = awards[index]
+      for j = 1, #aw, 2 do add_points(L, aw[j], aw[j + 1], t) end
+      local updates = attributes_at[index]
+      if updates then set_attributes(L, updates, t) end
+      local flag = flags[index]
       if flag ~= 0 then
         local new_dq = (flag == 1) and 1 or 0
         local cur_dq = (L.dq == 1) and 1 or 0
@@ -133,7 +142,10 @@ end
 for _, slot in ipairs(order) do
   local L = leads[slot]
   save_lead(L, due_key)
-  if DEDUP_MS > 0 and L.lt then
+  -- Ids older than the window are ignored by the check above, so trimming them is only for
+  -- memory: it runs when the lead's time enters a new quarter window, not on every batch.
+  if DEDUP_MS > 0 and L.lt and (L.loaded.lt == nil
+      or math.floor(L.lt / TRIM_EVERY_MS) ~= math.floor(L.loaded.lt / TRIM_EVERY_MS)) then
     redis.call('ZREMRANGEBYSCORE', L.seen_key, '-inf', '(' .. fmt(L.lt - DEDUP_MS))
   end
 end

@@ -23,6 +23,7 @@ local GRADES = {nz(cfg.grades[1], INF), nz(cfg.grades[2], INF), nz(cfg.grades[3]
 local TOTAL = cfg.basis_total
 local DEDUP_MS = cfg.dedup_window_ms
 local CAP_WINDOWS_KEPT = 8
+local TRIM_EVERY_MS = math.max(math.floor(DEDUP_MS / 4), 1)
 local CORE = {'id', 'a', 'e', 'pen', 'lt', 'tier', 'arm', 'n', 'dq', 'dqt', 'fit', 'fdq', 'bant'}
 
 local function fmt(x) return string.format('%.17g', x) end
@@ -53,9 +54,26 @@ local function load_lead(key, lead_id)
   return L
 end
 
+-- Values in L.f stay as loaded (strings) until used; a field set during the call holds its
+-- number or table, and is formatted once, when saved, however many events touched it.
 local function set_field(L, field, value)
   L.f[field] = value
   L.dirty[field] = true
+end
+
+local function as_table(L, field)
+  local v = L.f[field]
+  if type(v) == 'string' then
+    v = cjson.decode(v)
+    L.f[field] = v  -- parsed once per call; not dirty, so not written back
+  end
+  return v
+end
+
+local function encoded(v)
+  if type(v) == 'number' then return fmt(v) end
+  if type(v) == 'table' then return cjson.encode(v) end
+  return v
 end
 
 local function engagement_at(L, t)
@@ -113,7 +131,7 @@ local function reasons_at(L, t)
     elseif kind == 'n:' then
       add(name, tonumber(value))
     elseif kind == 'p:' then
-      for _, pair in ipairs(cjson.decode(value)[6]) do add(pair[1], pair[2]) end
+      for _, pair in ipairs(as_table(L, field)[6]) do add(pair[1], pair[2]) end
     end
   end
   table.sort(order, function(x, y)
@@ -123,6 +141,14 @@ local function reasons_at(L, t)
   local top = {}
   for i = 1, math.min(3, #order) do top[i] = {order[i], fmt(by_rule[order[i]])} end
   return top
+end
+
+-- Not a closure inside evaluate: that would allocate one per event.
+local function emit(L, kind, old, s, grade, t, event_id, event_ms, cause, scored_at, outs)
+  L.n = L.n + 1
+  outs[#outs + 1] = {kind, L.id, L.n, cfg.tiers[old + 1], cfg.tiers[L.tier + 1], fmt(s),
+    fmt(engagement_at(L, t)), fmt(L.fit), grade, L.bant, reasons_at(L, t),
+    event_id or cjson.null, event_ms, cause, cfg.version, scored_at}
 end
 
 local function evaluate(L, t, cause, event_id, event_ms, scored_at, outs)
@@ -139,23 +165,17 @@ local function evaluate(L, t, cause, event_id, event_ms, scored_at, outs)
     while new > 0 and s < EXIT[new + 1] do new = new - 1 end
   end
   local grade = grade_of(L.fit)
-  local function emit(kind, old)
-    L.n = L.n + 1
-    outs[#outs + 1] = {kind, L.id, L.n, cfg.tiers[old + 1], cfg.tiers[L.tier + 1], fmt(s),
-      fmt(engagement_at(L, t)), fmt(L.fit), grade, L.bant, reasons_at(L, t),
-      event_id or cjson.null, event_ms, cause, cfg.version, scored_at}
-  end
   if new ~= L.tier then
     local old = L.tier
     L.tier = new
-    emit('tier_change', old)
+    emit(L, 'tier_change', old, s, grade, t, event_id, event_ms, cause, scored_at, outs)
   end
   if s < REARM then L.arm = 1 end
   local qualified = L.tier >= cfg.handoff_tier and grade <= cfg.min_grade
     and bits(L.bant) >= cfg.min_bant and L.dq ~= 1 and L.fdq ~= 1
   if qualified and L.arm == 1 then
     L.arm = 0
-    emit('handoff', before)
+    emit(L, 'handoff', before, s, grade, t, event_id, event_ms, cause, scored_at, outs)
   end
 end
 
@@ -202,7 +222,7 @@ local function save_lead(L, due_key)
   end
   for field in pairs(L.dirty) do
     args[#args + 1] = field
-    args[#args + 1] = L.f[field]
+    args[#args + 1] = encoded(L.f[field])
   end
   local due = due_of(L)
   local old_due = tonumber(L.f.due)
