@@ -657,15 +657,15 @@ class Bench:
                 f"per lead** (includes the due set and allocator overhead)."
             )
             parts.append(
-                f"- MEMORY USAGE over {mem['sample_size']:,} sampled leads: lead hash "
-                f"{mem['lead_hash_bytes']:,.0f} B + seen zset {mem['seen_zset_bytes']:,.0f} B = "
+                f"- MEMORY USAGE over {mem['sample_size']:,} sampled leads: lead state "
+                f"{mem['lead_state_bytes']:,.0f} B + seen zset {mem['seen_zset_bytes']:,.0f} B = "
                 f"{mem['bytes_per_lead_keys']:,.0f} B per lead; due zset "
                 f"{mem['due_zset_bytes']:,} B in all."
             )
             if mem.get("workload_sample_size"):
                 parts.append(
                     f"- Replay workload's leads ((a), {mem['workload_sample_size']:,} sampled): "
-                    f"lead hash {mem['workload_lead_hash_bytes']:,.0f} B + seen zset "
+                    f"lead state {mem['workload_lead_state_bytes']:,.0f} B + seen zset "
                     f"{mem['workload_seen_zset_bytes']:,.0f} B "
                     f"({mem['workload_seen_ids']:.1f} event ids in the 7-day dedup window)."
                 )

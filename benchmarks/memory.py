@@ -39,12 +39,12 @@ class MemoryResult:
     used_memory_delta_bytes: int
     bytes_per_lead_info: float
     sample_size: int
-    lead_hash_bytes: float
+    lead_state_bytes: float
     seen_zset_bytes: float
     bytes_per_lead_keys: float
     due_zset_bytes: int
     workload_sample_size: int = 0
-    workload_lead_hash_bytes: float = float("nan")
+    workload_lead_state_bytes: float = float("nan")
     workload_seen_zset_bytes: float = float("nan")
     workload_seen_ids: float = float("nan")
 
@@ -119,10 +119,10 @@ def measure_memory(
         keys = KeySpace(prefix)
         rng = random.Random(seed + 1)
         sample = rng.sample(range(leads), min(sample_size, leads))
-        hash_total = zset_total = 0
+        state_total = zset_total = 0
         for lead in sample:
             ref = keys.lead_ref(lead_id_of(lead, "M"))
-            hash_total += int(client.memory_usage(keys.lead(ref), samples=0) or 0)
+            state_total += int(client.memory_usage(keys.lead(ref), samples=0) or 0)
             zset_total += int(client.memory_usage(keys.seen(ref), samples=0) or 0)
         n = len(sample)
         result = MemoryResult(
@@ -131,9 +131,9 @@ def measure_memory(
             used_memory_delta_bytes=after - before,
             bytes_per_lead_info=(after - before) / leads,
             sample_size=n,
-            lead_hash_bytes=hash_total / n,
+            lead_state_bytes=state_total / n,
             seen_zset_bytes=zset_total / n,
-            bytes_per_lead_keys=(hash_total + zset_total) / n,
+            bytes_per_lead_keys=(state_total + zset_total) / n,
             due_zset_bytes=int(client.memory_usage(keys.due(0), samples=0) or 0),
         )
         if workload_prefix is not None:
@@ -154,14 +154,14 @@ def _sample_workload(
             break
     if not lead_keys:
         return
-    hash_total = zset_total = ids = 0
+    state_total = zset_total = ids = 0
     for key in lead_keys:
         seen_key = key.replace(b":lead:", b":seen:")
-        hash_total += int(client.memory_usage(key, samples=0) or 0)
+        state_total += int(client.memory_usage(key, samples=0) or 0)
         zset_total += int(client.memory_usage(seen_key, samples=0) or 0)
         ids += int(client.zcard(seen_key))
     n = len(lead_keys)
     result.workload_sample_size = n
-    result.workload_lead_hash_bytes = hash_total / n
+    result.workload_lead_state_bytes = state_total / n
     result.workload_seen_zset_bytes = zset_total / n
     result.workload_seen_ids = ids / n

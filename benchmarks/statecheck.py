@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from streamscore.store.keys import KeySpace
+from streamscore.store.wire import decode_lead_state
 
 FIELDS = ("id", "a", "e", "pen", "lt", "tier", "fit")
 REL_TOL = 1e-9
@@ -61,11 +62,11 @@ def read_scores(
             chunk = keys[i : i + 2000]
             pipe = client.pipeline(transaction=False)
             for key in chunk:
-                pipe.hmget(key, FIELDS)
-            for values in pipe.execute():
-                lead_id, a, e, pen, lt, tier, fit = (
-                    v.decode() if isinstance(v, bytes) else v for v in values
-                )
+                pipe.get(key)
+            for raw in pipe.execute():
+                state = decode_lead_state(raw)
+                lead_id, a, e, pen, lt, tier, fit = (state.get(name) for name in FIELDS)
+                assert lead_id is not None
                 lt_ms = int(float(lt)) if lt is not None else 0
                 score = float(fit or 0) + float(pen or 0)
                 if a is not None:

@@ -42,7 +42,7 @@ class KeySpace:
         return f"{self.prefix}:{{g{group}}}"
 
     def lead(self, ref: LeadRef) -> str:
-        """Hash with the lead's score state."""
+        """String with the lead's score state (a MessagePack map)."""
         return f"{self._tag(ref.group)}:lead:{ref.digest}"
 
     def seen(self, ref: LeadRef) -> str:

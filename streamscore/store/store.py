@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 
 from streamscore.metrics import Metrics
 from streamscore.store.keys import KeySpace
-from streamscore.store.wire import GroupBatch
+from streamscore.store.wire import GroupBatch, decode_lead_state
 
 
 def _script(name: str) -> str:
@@ -111,9 +111,9 @@ class RedisStore:
         return total
 
     async def lead_fields(self, lead_id: str) -> dict[str, str]:
-        """The raw state hash of one lead (empty when unknown)."""
-        raw = await self.client.hgetall(self.keys.lead(self.keys.lead_ref(lead_id)))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        """The stored state of one lead, field by field (empty when unknown)."""
+        raw = await self.client.get(self.keys.lead(self.keys.lead_ref(lead_id)))
+        return decode_lead_state(None if raw is None else _bytes(raw))
 
     async def forget_offsets(self, topic_partition: str) -> None:
         """Drop the applied offset of one "topic:partition" in every group."""

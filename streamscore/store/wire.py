@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgpack
 import orjson
 
 from streamscore.scoring.engine import Decision
@@ -13,8 +14,7 @@ from streamscore.scoring.model import Output
 from streamscore.store.keys import KeySpace
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredEvent:
+class ScoredEvent(NamedTuple):
     """An event ready for the store: identity, time, source position and decision."""
 
     lead_id: str
@@ -157,6 +157,24 @@ def decode_outputs(encoded: bytes | str) -> list[Output]:
             )
         )
     return outputs
+
+
+def decode_lead_state(raw: bytes | None) -> dict[str, str]:
+    """A lead's stored MessagePack map as text fields: numbers as numerals, records as JSON."""
+    if not raw:
+        return {}
+    state: dict[str, Any] = msgpack.unpackb(
+        raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape"
+    )
+    return {name: _as_text(value) for name, value in state.items()}
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    return orjson.dumps(value).decode()
 
 
 def output_rows(encoded: bytes | str) -> list[list[Any]]:

@@ -39,6 +39,7 @@ from streamscore.events.envelope import (
 )
 from streamscore.events.types import SEGMENT_TRACK_ALIASES, TYPES_BY_TOPIC, TopicKind
 from streamscore.store.keys import KeySpace
+from streamscore.store.wire import decode_lead_state
 from tests.conftest import REPO_ROOT
 from tests.integration.harness import (
     WorkerProcess,
@@ -448,12 +449,12 @@ async def check_redis(
     for case in valid:
         assert case.lead_id is not None and case.event_id is not None
         ref = keys.lead_ref(case.lead_id)
-        pipe.hget(keys.lead(ref), "id")
+        pipe.get(keys.lead(ref))
         pipe.zscore(keys.seen(ref), case.event_id)
     found = await pipe.execute()
     for i, case in enumerate(valid):
-        stored_id, seen_at = found[2 * i], found[2 * i + 1]
-        assert stored_id == str(case.lead_id).encode(), (case, stored_id)
+        stored_id, seen_at = decode_lead_state(found[2 * i]).get("id"), found[2 * i + 1]
+        assert stored_id == case.lead_id, (case, stored_id)
         assert seen_at is not None, f"valid event never applied: {case}"
 
     own_keys = {keys.offsets(0), keys.outbox(0)}

@@ -2,7 +2,7 @@
 -- KEYS[1] offsets hash (field "topic:partition" -> last applied offset)
 -- KEYS[2] due sorted set (lead key -> ms of its next inactivity tier drop)
 -- KEYS[3] outbox stream (one entry per call that produced outputs)
--- KEYS[4 + 2*i], KEYS[5 + 2*i] lead hash and seen-ids sorted set of batch lead slot i
+-- KEYS[4 + 2*i], KEYS[5 + 2*i] lead state and seen-ids sorted set of batch lead slot i
 -- ARGV[1] rules config JSON; ARGV[3] scored_at ms
 -- ARGV[2] batch JSON, by column so that decoding makes few tables: {"tps": [topic:partition],
 --   "leads": [lead id per slot], "slot", "id", "t", "tp", "off", "flag": [one per event],
@@ -29,7 +29,7 @@ local function add_points(L, rule, points, t)
     local cap = cfg.caps[rule + 1]
     if cap[1] > 0 then
       local field = 'c:' .. rule_id
-      local used_by_window = as_table(L, field) or {}
+      local used_by_window = L.f[field] or {}
       local window = math.floor(t / cap[2])
       local key = fmt(window)
       local used = used_by_window[key] or 0
@@ -64,7 +64,7 @@ local function set_attributes(L, updates, t)
   local changed = false
   for _, u in ipairs(updates) do
     local field = 'p:' .. cfg.attributes[u[1] + 1]
-    local cur = as_table(L, field)
+    local cur = L.f[field]
     if cur == nil or t > cur[1] or (t == cur[1] and u[2] >= cur[2]) then
       set_field(L, field, {t, u[2], u[3], u[4], u[5], u[6]})
       changed = true
@@ -74,7 +74,7 @@ local function set_attributes(L, updates, t)
   local fit, fdq, mask = 0, 0, 0
   for field in pairs(L.f) do
     if string.sub(field, 1, 2) == 'p:' then
-      local rec = as_table(L, field)
+      local rec = L.f[field]
       fit = fit + rec[3]
       if rec[5] == 1 then fdq = 1 end
       mask = bor4(mask, rec[4])
@@ -143,7 +143,8 @@ for _, slot in ipairs(order) do
   local L = leads[slot]
   save_lead(L, due_key)
   -- Ids older than the window are ignored by the check above, so trimming them is only for
-  -- memory: it runs when the lead's time enters a new quarter window, not on every batch.
+  -- memory: it runs when the lead's time enters a new window, not on every batch, and so
+  -- keeps at most two windows of ids.
   if DEDUP_MS > 0 and L.lt and (L.loaded.lt == nil
       or math.floor(L.lt / TRIM_EVERY_MS) ~= math.floor(L.loaded.lt / TRIM_EVERY_MS)) then
     redis.call('ZREMRANGEBYSCORE', L.seen_key, '-inf', '(' .. fmt(L.lt - DEDUP_MS))

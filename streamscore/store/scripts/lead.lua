@@ -1,11 +1,12 @@
 -- lead.lua: lead-state arithmetic shared by apply_batch.lua and tick.lua.
 -- Mirrors streamscore/scoring/model.py (the reference); the parity tests compare them.
 -- Expects ARGV[1] = rules config JSON (CompiledRules.script_config() plus dedup_window_ms).
--- Lead hash fields: id, a (anchor ms), e (positive points normalised to the anchor),
--- pen (penalties), lt (last evaluation ms), tier (0-based), arm, n (output sequence),
+-- Lead fields (a MessagePack map in one string key): id, a (anchor ms), e (positive points
+-- normalised to the anchor), pen (penalties), lt (last evaluation ms), tier (0-based), arm, n (output sequence),
 -- dq/dqt (event flag and its time), fit/fdq/bant (derived from p:* attributes), ver,
--- r:<rule> (normalised positive points), n:<rule> (penalties), p:<attr> (JSON record),
--- c:<rule> (JSON {window: points used}), due (ms of the next inactivity drop, if any).
+-- r:<rule> (normalised positive points), n:<rule> (penalties), p:<attr> ({time, value, fit,
+-- bant mask, disqualifies, reasons}), c:<rule> ({window: points used}), due (ms of the next
+-- inactivity drop, if any).
 local cfg = cjson.decode(ARGV[1])
 local H = cfg.half_life_ms
 local INF = math.huge
@@ -23,15 +24,18 @@ local GRADES = {nz(cfg.grades[1], INF), nz(cfg.grades[2], INF), nz(cfg.grades[3]
 local TOTAL = cfg.basis_total
 local DEDUP_MS = cfg.dedup_window_ms
 local CAP_WINDOWS_KEPT = 8
-local TRIM_EVERY_MS = math.max(math.floor(DEDUP_MS / 4), 1)
+local TRIM_EVERY_MS = math.max(DEDUP_MS, 1)
 local CORE = {'id', 'a', 'e', 'pen', 'lt', 'tier', 'arm', 'n', 'dq', 'dqt', 'fit', 'fdq', 'bant'}
 
 local function fmt(x) return string.format('%.17g', x) end
 
+-- A lead is one string key holding a MessagePack map of its fields: one GET and one SET per
+-- lead and call. A hash cost about 3x as much here (HGETALL into a table, HSET of the changed
+-- fields), and most of a script's time goes to leads touched once or twice per batch.
 local function load_lead(key, lead_id)
-  local raw = redis.call('HGETALL', key)
+  local raw = redis.call('GET', key)
   local f = {}
-  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  if raw then f = cmsgpack.unpack(raw) end
   local L = {key = key, f = f, dirty = {}}
   L.id = f.id or lead_id
   L.a = tonumber(f.a)
@@ -54,27 +58,12 @@ local function load_lead(key, lead_id)
   return L
 end
 
--- Values in L.f stay as loaded (strings) until used; a field set during the call holds its
--- number or table, and is formatted once, when saved, however many events touched it.
+-- Fields hold Lua values (numbers, strings, tables); the lead is packed once, when saved.
 local function set_field(L, field, value)
   L.f[field] = value
   L.dirty[field] = true
 end
 
-local function as_table(L, field)
-  local v = L.f[field]
-  if type(v) == 'string' then
-    v = cjson.decode(v)
-    L.f[field] = v  -- parsed once per call; not dirty, so not written back
-  end
-  return v
-end
-
-local function encoded(v)
-  if type(v) == 'number' then return fmt(v) end
-  if type(v) == 'table' then return cjson.encode(v) end
-  return v
-end
 
 local function engagement_at(L, t)
   if L.a == nil then return 0 end
@@ -131,7 +120,7 @@ local function reasons_at(L, t)
     elseif kind == 'n:' then
       add(name, tonumber(value))
     elseif kind == 'p:' then
-      for _, pair in ipairs(as_table(L, field)[6]) do add(pair[1], pair[2]) end
+      for _, pair in ipairs(L.f[field][6]) do add(pair[1], pair[2]) end
     end
   end
   table.sort(order, function(x, y)
@@ -207,34 +196,27 @@ local function record_outputs(outbox_key, outs)
 end
 
 local function save_lead(L, due_key)
-  -- Only fields that changed are formatted and written: most events touch e, lt and one rule.
-  local args = {}
+  local changed = next(L.dirty) ~= nil
   for _, field in ipairs(CORE) do
     local v = L[field]
     if v ~= nil and v ~= L.loaded[field] then
-      args[#args + 1] = field
-      if type(v) == 'number' then args[#args + 1] = fmt(v) else args[#args + 1] = v end
+      L.f[field] = v
+      changed = true
     end
   end
   if L.f.ver ~= cfg.version then
-    args[#args + 1] = 'ver'
-    args[#args + 1] = cfg.version
-  end
-  for field in pairs(L.dirty) do
-    args[#args + 1] = field
-    args[#args + 1] = encoded(L.f[field])
+    L.f.ver = cfg.version
+    changed = true
   end
   local due = due_of(L)
-  local old_due = tonumber(L.f.due)
-  if due ~= old_due then
+  if due ~= L.f.due then
     if due == nil then
       redis.call('ZREM', due_key, L.key)
-      redis.call('HDEL', L.key, 'due')
     else
       redis.call('ZADD', due_key, due, L.key)
-      args[#args + 1] = 'due'
-      args[#args + 1] = fmt(due)
     end
+    L.f.due = due
+    changed = true
   end
-  if #args > 0 then redis.call('HSET', L.key, unpack(args)) end
+  if changed then redis.call('SET', L.key, cmsgpack.pack(L.f)) end
 end
