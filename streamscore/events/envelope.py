@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, get_args
 
 import orjson
 from fastjsonschema import JsonSchemaValueException
@@ -76,8 +76,7 @@ _TYPE_ALIASES: dict[str, EventType] = dict(SEGMENT_TYPE_ALIASES)
 _DETAIL_VALUE_CHARS = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One validated input event; `type` is an EventType member, `time_ms` epoch milliseconds."""
 
     event_id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from streamscore.scoring.rules import Attribute, CompiledRules, to_number
 
@@ -37,8 +37,7 @@ class AttributeUpdate:
     reasons: tuple[tuple[str, float], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What one event contributes, before any per-lead state is applied."""
 
     awards: tuple[tuple[int, float], ...]  # (rule index, points)

@@ -487,7 +487,7 @@ def test_extra_top_level_fields_are_ignored() -> None:
 
 def test_event_is_frozen() -> None:
     event = parse(native())
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         event.lead_id = "other"  # type: ignore[misc]
 
 
