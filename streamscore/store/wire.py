@@ -159,14 +159,31 @@ def decode_outputs(encoded: bytes | str) -> list[Output]:
     return outputs
 
 
+#: Core fields that lead.lua leaves out of the stored state while they hold these values.
+LEAD_DEFAULTS: dict[str, int] = {
+    "e": 0,
+    "pen": 0,
+    "tier": 0,
+    "arm": 1,
+    "n": 0,
+    "dq": 0,
+    "fit": 0,
+    "fdq": 0,
+    "bant": 0,
+}
+
+
 def decode_lead_state(raw: bytes | None) -> dict[str, str]:
-    """A lead's stored MessagePack map as text fields: numbers as numerals, records as JSON."""
+    """A lead's stored state as text fields (numbers as numerals, records as JSON).
+
+    Core fields the script left out because they held their default are filled in.
+    """
     if not raw:
         return {}
     state: dict[str, Any] = msgpack.unpackb(
         raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape"
     )
-    return {name: _as_text(value) for name, value in state.items()}
+    return {name: _as_text(value) for name, value in {**LEAD_DEFAULTS, **state}.items()}
 
 
 def _as_text(value: Any) -> str:

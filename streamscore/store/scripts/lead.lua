@@ -26,6 +26,10 @@ local DEDUP_MS = cfg.dedup_window_ms
 local CAP_WINDOWS_KEPT = 8
 local TRIM_EVERY_MS = math.max(DEDUP_MS, 1)
 local CORE = {'id', 'a', 'e', 'pen', 'lt', 'tier', 'arm', 'n', 'dq', 'dqt', 'fit', 'fdq', 'bant'}
+-- Core fields at these values are not stored (absent reads as the default): most leads have
+-- no penalties, profile or flags, and every stored field costs packing on every save.
+-- Kept equal to streamscore.store.wire.LEAD_DEFAULTS by a unit test.
+local DEFAULTS = {e = 0, pen = 0, tier = 0, arm = 1, n = 0, dq = 0, fit = 0, fdq = 0, bant = 0}
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -199,7 +203,8 @@ local function save_lead(L, due_key)
   local changed = next(L.dirty) ~= nil
   for _, field in ipairs(CORE) do
     local v = L[field]
-    if v ~= nil and v ~= L.loaded[field] then
+    if v == DEFAULTS[field] then v = nil end
+    if v ~= L.f[field] then
       L.f[field] = v
       changed = true
     end

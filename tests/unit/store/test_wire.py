@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import msgpack
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamscore.scoring.engine import AttributeUpdate, Decision
+from streamscore.store import wire
 from streamscore.store.keys import KeySpace
 from streamscore.store.wire import ScoredEvent, decode_lead_state, encode_batches
 
@@ -65,3 +69,17 @@ def test_lead_state_is_decoded_to_text_fields() -> None:
 def test_numbers_survive_the_round_trip_exactly(value: float) -> None:
     fields = decode_lead_state(msgpack.packb({"e": value}))
     assert float(fields["e"]) == value
+
+
+def test_defaults_match_the_script() -> None:
+    source = (Path(wire.__file__).parent / "scripts" / "lead.lua").read_text()
+    line = next(x for x in source.splitlines() if x.startswith("local DEFAULTS = {"))
+    pairs = re.findall(r"(\w+) = (-?\d+)", line.split("{", 1)[1])
+    assert {name: int(value) for name, value in pairs} == wire.LEAD_DEFAULTS
+
+
+def test_absent_core_fields_read_as_their_defaults() -> None:
+    fields = decode_lead_state(msgpack.packb({"id": "lead-1", "lt": 5}))
+    assert fields["arm"] == "1"
+    assert float(fields["pen"]) == 0.0
+    assert fields["lt"] == "5"
