@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps demo dev test test-unit lint bench clean
+.PHONY: help install system-deps demo dev test test-unit lint bench bench-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,8 +40,14 @@ lint: install ## ruff lint and format check, mypy strict
 	$(BIN)/ruff format --check streamscore tests benchmarks
 	$(BIN)/mypy
 
-bench: install ## the benchmark: streamscore vs a per-event Faust app vs a bare batch loop
+bench: install bench-deps ## the benchmark: streamscore vs a per-event Faust app vs a bare batch loop
 	$(PY) -m benchmarks.bench
+
+bench-deps: ## install Debian's redis-server (Redis 7) when missing; the benchmark runs on it
+	@command -v redis-server >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

