@@ -380,32 +380,70 @@ class Bench:
             )
 
     def latency(self) -> None:
-        """Paced input at fixed rates against a caught-up worker; handoff latency."""
+        """Paced input at fixed rates against a caught-up worker; handoff latency.
+
+        Every run gets a fresh broker, topics and worker: Tansu keeps everything in memory and
+        its CPU per request grew run after run on one broker (p50 17, then 171, then 463 ms at
+        2,000 events/s), which would measure the broker's history rather than the worker.
+        """
         args = self.args
-        lat_suffix = f"{self.suffix}-lat"
-        settings = self.settings(lat_suffix, "lat", decay_tick_s=1.0)
-        asyncio.run(ensure_topics(settings))
-        worker = self.start("latency-worker", "streamscore.cli", ["worker"], settings)
-        metrics_url = f"http://127.0.0.1:{settings.web_port}/metrics"
-        self._wait_ready(worker, f"http://127.0.0.1:{settings.web_port}/readyz")
-        probe = LatencyProbe(
-            settings.kafka_bootstrap, settings.input_topics, settings.topic_handoffs
-        )
         results: list[dict[str, Any]] = []
         all_runs: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for i, rate in enumerate(float(r) for r in args.rates.split(",")):
+            per_rate: list[RateResult] = []
+            for rep in range(args.repeat):
+                say(f"latency: {rate:,.0f} events/s for {args.rate_seconds:.0f}s (run {rep})")
+                result, run_errors = self._latency_run(rate, i, rep)
+                errors.extend(run_errors)
+                per_rate.append(result)
+                all_runs.append(result.as_dict())
+                say(
+                    f"latency {rate:,.0f}/s: {result.handoffs} handoffs, p50 "
+                    f"{result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max "
+                    f"{result.max_ms:.1f} ms, cores "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in result.cpu_cores.items())
+                )
+            # The run with the median p99 stands for the rate.
+            ordered = sorted(per_rate, key=lambda r: r.p99_ms)
+            results.append(ordered[(len(ordered) - 1) // 2].as_dict())
+        self.results["latency"] = {
+            "rates": results,
+            "all_runs": all_runs,
+            "producer_errors": errors[:5],
+        }
+
+    def _latency_run(self, rate: float, index: int, rep: int) -> tuple[RateResult, list[str]]:
+        args = self.args
+        broker = devstack.start_broker()
+        tag = f"{self.suffix}-lat{index}x{rep}"
+        settings = self.settings(
+            tag, f"lat{index}x{rep}", kafka_bootstrap=broker.bootstrap, decay_tick_s=1.0
+        )
+        worker: Child | None = None
+        probe: LatencyProbe | None = None
         try:
+            asyncio.run(ensure_topics(settings))
+            worker = self.start(
+                f"latency-worker-{index}x{rep}", "streamscore.cli", ["worker"], settings
+            )
+            metrics_url = f"http://127.0.0.1:{settings.web_port}/metrics"
+            self._wait_ready(worker, f"http://127.0.0.1:{settings.web_port}/readyz")
+            probe = LatencyProbe(
+                settings.kafka_bootstrap, settings.input_topics, settings.topic_handoffs
+            )
             probe.assign(args.partitions)
             # Warm-up: a little traffic so every partition has been fetched and is caught up.
             measure_rate(probe, metrics_url, 500.0, 3.0, 5, args.seed, "warm", args.partitions)
             valkey_pid = self.stack.valkey.pid if self.stack.valkey else -1
-            broker_pid = self.stack.broker.pid if self.stack.broker else -1
+            worker_pid = worker.pid
 
             def cpu() -> dict[str, float]:
                 out = {"all": system_busy_s()}
                 for key, pid in (
-                    ("worker", worker.pid),
+                    ("worker", worker_pid),
                     ("valkey", valkey_pid),
-                    ("broker", broker_pid),
+                    ("broker", broker.pid),
                     ("bench", os.getpid()),
                 ):
                     found = sample(pid)
@@ -413,41 +451,24 @@ class Bench:
                         out[key] = found.cpu_s
                 return out
 
-            for i, rate in enumerate(float(r) for r in args.rates.split(",")):
-                per_rate: list[RateResult] = []
-                for rep in range(args.repeat):
-                    say(f"latency: {rate:,.0f} events/s for {args.rate_seconds:.0f}s (run {rep})")
-                    result: RateResult = measure_rate(
-                        probe,
-                        metrics_url,
-                        rate,
-                        args.rate_seconds,
-                        args.hot_per_rate,
-                        args.seed + 1 + i + 100 * rep,
-                        f"r{int(rate)}x{rep}",
-                        args.partitions,
-                        cpu,
-                    )
-                    per_rate.append(result)
-                    all_runs.append(result.as_dict())
-                    say(
-                        f"latency {rate:,.0f}/s: {result.handoffs} handoffs, p50 "
-                        f"{result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max "
-                        f"{result.max_ms:.1f} ms, cores "
-                        + ", ".join(f"{k} {v:.2f}" for k, v in result.cpu_cores.items())
-                    )
-                # The run with the median p99 stands for the rate.
-                ordered = sorted(per_rate, key=lambda r: r.p99_ms)
-                results.append(ordered[(len(ordered) - 1) // 2].as_dict())
-            errors = probe.errors[:5]
+            result = measure_rate(
+                probe,
+                metrics_url,
+                rate,
+                args.rate_seconds,
+                args.hot_per_rate,
+                args.seed + 1 + index + 100 * rep,
+                f"r{int(rate)}x{rep}",
+                args.partitions,
+                cpu,
+            )
+            return result, list(probe.errors)
         finally:
-            probe.close()
-            worker.stop()
-        self.results["latency"] = {
-            "rates": results,
-            "all_runs": all_runs,
-            "producer_errors": errors,
-        }
+            if probe is not None:
+                probe.close()
+            if worker is not None:
+                worker.stop()
+            broker.stop()
 
     def _wait_ready(self, child: Child, url: str, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
