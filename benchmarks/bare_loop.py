@@ -19,7 +19,6 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from streamscore.config import load_settings
 from streamscore.errors import InvalidEvent
 from streamscore.events.envelope import Limits, parse_event
-from streamscore.events.types import TopicKind
 from streamscore.kafka.clients import make_consumer
 from streamscore.metrics import create_metrics
 from streamscore.ruleset import RulesHolder
@@ -53,13 +52,7 @@ async def run(pipelined: bool) -> None:
         client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups), metrics
     )
     limits = Limits.from_settings(settings)
-    kinds = {
-        settings.topic_page_views: TopicKind.PAGE_VIEWS,
-        settings.topic_email_events: TopicKind.EMAIL_EVENTS,
-        settings.topic_downloads: TopicKind.DOWNLOADS,
-        settings.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
-        settings.topic_profiles: TopicKind.PROFILES,
-    }
+    kinds = settings.topic_kinds
     consumer = make_consumer(settings, _NoRebalanceHooks())
 
     async def apply_all(batches: list[GroupBatch], now: int) -> None:

@@ -57,13 +57,7 @@ def create_app(settings: Settings) -> faust.App:
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     handoffs = app.topic(settings.topic_handoffs, **raw)
     tier_changes = app.topic(settings.topic_tier_changes, **raw)
-    kinds = {
-        settings.topic_page_views: TopicKind.PAGE_VIEWS,
-        settings.topic_email_events: TopicKind.EMAIL_EVENTS,
-        settings.topic_downloads: TopicKind.DOWNLOADS,
-        settings.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
-        settings.topic_profiles: TopicKind.PROFILES,
-    }
+    kinds = settings.topic_kinds
 
     def make_agent(kind: TopicKind) -> Callable[[AsyncIterable[Any]], Awaitable[None]]:
         async def score(stream: AsyncIterable[Any]) -> None:

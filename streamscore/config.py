@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamscore.errors import ConfigError
+from streamscore.events.types import TopicKind
 
 ENV_PREFIX = "STREAMSCORE_"
 CONFIG_FILE_ENV = "STREAMSCORE_CONFIG_FILE"
@@ -112,6 +113,17 @@ class Settings(BaseSettings):
                 "kafka_sasl_username and kafka_sasl_password"
             )
         return self
+
+    @property
+    def topic_kinds(self) -> dict[str, TopicKind]:
+        """Each input topic's kind, which decides the event types it may carry."""
+        return {
+            self.topic_page_views: TopicKind.PAGE_VIEWS,
+            self.topic_email_events: TopicKind.EMAIL_EVENTS,
+            self.topic_downloads: TopicKind.DOWNLOADS,
+            self.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
+            self.topic_profiles: TopicKind.PROFILES,
+        }
 
     @property
     def input_topics(self) -> tuple[str, ...]:

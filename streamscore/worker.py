@@ -19,7 +19,6 @@ from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
 from streamscore.events.deadletter import dead_letter_record
 from streamscore.events.envelope import Event, Limits, parse_event
-from streamscore.events.types import TopicKind
 from streamscore.kafka.clients import make_consumer
 from streamscore.metrics import Metrics
 from streamscore.outputs import format_output
@@ -106,13 +105,7 @@ class ScoringWorker:
         self.store = store
         self.producer = producer
         self.limits = Limits.from_settings(settings)
-        self.kinds = {
-            settings.topic_page_views: TopicKind.PAGE_VIEWS,
-            settings.topic_email_events: TopicKind.EMAIL_EVENTS,
-            settings.topic_downloads: TopicKind.DOWNLOADS,
-            settings.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
-            settings.topic_profiles: TopicKind.PROFILES,
-        }
+        self.kinds = settings.topic_kinds
         self.aligner: Aligner[TopicPartition, Pending] = Aligner(
             _merge_key, _offset, settings.align_max_wait_ms
         )

@@ -9,6 +9,7 @@ import pytest
 
 from streamscore.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings, load_settings
 from streamscore.errors import ConfigError
+from streamscore.events.types import TopicKind
 
 PASSWORD = "Xq7hunter2Zr9s3cret"
 REDIS_WITH_PASSWORD = f"redis://default:{PASSWORD}@cache.internal:6380/2"
@@ -213,3 +214,12 @@ def test_the_redis_password_is_not_in_a_settings_file_syntax_error(
     message = config_error(settings_file=path)
     assert str(path) in message
     assert_no_password(message)
+
+
+def test_every_input_topic_has_its_own_kind() -> None:
+    settings = Settings(topic_page_views="pv", topic_profiles="prof")
+    kinds = settings.topic_kinds
+    assert list(kinds) == list(settings.input_topics)
+    assert kinds["pv"] is TopicKind.PAGE_VIEWS
+    assert kinds["prof"] is TopicKind.PROFILES
+    assert len(set(kinds.values())) == len(kinds)
