@@ -20,9 +20,10 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -337,7 +338,9 @@ class Bench:
                     measured.setdefault(name, []).append(result)
         finally:
             client.close()
-        runs = {name: median_run(results) for name, results in measured.items()}
+        runs = {
+            name: median_by(results, lambda r: r.events_per_s) for name, results in measured.items()
+        }
         self.results["throughput"] = {k: v.as_dict() for k, v in runs.items()}
         self.results["throughput_all_runs"] = all_runs
         rate = {k: v.events_per_s for k, v in runs.items()}
@@ -405,8 +408,7 @@ class Bench:
                     + ", ".join(f"{k} {v:.2f}" for k, v in result.cpu_cores.items())
                 )
             # The run with the median p99 stands for the rate.
-            ordered = sorted(per_rate, key=lambda r: r.p99_ms)
-            results.append(ordered[(len(ordered) - 1) // 2].as_dict())
+            results.append(median_by(per_rate, lambda r: r.p99_ms).as_dict())
         self.results["latency"] = {
             "rates": results,
             "all_runs": all_runs,
@@ -847,10 +849,12 @@ def _frame(frame: str) -> str:
     return f"{name} ({location})"
 
 
-def median_run(results: list[RunResult]) -> RunResult:
-    """The run with the median rate (the lower middle one of an even count)."""
-    ordered = sorted(results, key=lambda r: r.events_per_s)
-    return ordered[(len(ordered) - 1) // 2]
+R = TypeVar("R")
+
+
+def median_by(runs: list[R], key: Callable[[R], float]) -> R:
+    """The run with the median `key` (the lower middle one of an even count)."""
+    return sorted(runs, key=key)[(len(runs) - 1) // 2]
 
 
 def _ratio(value: float | None) -> str:

@@ -145,8 +145,8 @@ for _, slot in ipairs(order) do
   -- Ids older than the window are ignored by the check above, so trimming them is only for
   -- memory: it runs when the lead's time enters a new window, not on every batch, and so
   -- keeps at most two windows of ids.
-  if DEDUP_MS > 0 and L.lt and (L.loaded.lt == nil
-      or math.floor(L.lt / TRIM_EVERY_MS) ~= math.floor(L.loaded.lt / TRIM_EVERY_MS)) then
+  if DEDUP_MS > 0 and L.lt and (L.loaded_lt == nil
+      or math.floor(L.lt / TRIM_EVERY_MS) ~= math.floor(L.loaded_lt / TRIM_EVERY_MS)) then
     redis.call('ZREMRANGEBYSCORE', L.seen_key, '-inf', '(' .. fmt(L.lt - DEDUP_MS))
   end
 end

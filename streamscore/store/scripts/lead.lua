@@ -54,11 +54,7 @@ local function load_lead(key, lead_id)
   L.fit = tonumber(f.fit) or 0
   L.fdq = tonumber(f.fdq) or 0
   L.bant = tonumber(f.bant) or 0
-  local loaded = {}
-  for _, field in ipairs(CORE) do
-    if f[field] ~= nil then loaded[field] = L[field] end
-  end
-  L.loaded = loaded
+  L.loaded_lt = L.lt
   return L
 end
 
