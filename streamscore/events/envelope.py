@@ -27,7 +27,7 @@ import orjson
 from fastjsonschema import JsonSchemaValueException
 
 from streamscore.errors import InvalidEvent
-from streamscore.events.schemas import input_validators
+from streamscore.events.schemas import input_check, input_validators
 from streamscore.events.types import (
     SEGMENT_TRACK_ALIASES,
     SEGMENT_TYPE_ALIASES,
@@ -125,12 +125,8 @@ def parse_event(raw: bytes | None, kind: TopicKind, now_ms: int, limits: Limits)
         raise InvalidEvent("not_an_object", f"top level is a JSON {_json_kind(doc)}, not an object")
     # "A message is Segment-shaped when it has messageId" (the schemas' top-level `if`).
     segment = "messageId" in doc
-    native_validator, segment_validator = input_validators(kind)
-    try:
-        (segment_validator if segment else native_validator)(doc)
-    except JsonSchemaValueException as exc:
-        _refine_schema_error(doc, kind, segment)
-        raise InvalidEvent("schema", _schema_detail(doc, segment, exc.message)) from None
+    if not input_check(kind).is_valid(doc):
+        raise _schema_rejection(doc, kind, segment)
     if segment:
         return _from_segment(doc, kind, now_ms, limits)
     return _from_native(doc, kind, now_ms, limits)
@@ -296,6 +292,20 @@ def _refine_schema_error(doc: dict[str, Any], kind: TopicKind, segment: bool) ->
             )
         if isinstance(value, float) and not value.is_integer():
             raise InvalidEvent("bad_time", f"{field} is not a whole number of epoch milliseconds")
+
+
+def _schema_rejection(doc: dict[str, Any], kind: TopicKind, segment: bool) -> InvalidEvent:
+    """Why the schema rejected `doc`: a refined reason, else the schema's own words."""
+    _refine_schema_error(doc, kind, segment)
+    native_validator, segment_validator = input_validators(kind)
+    try:
+        (segment_validator if segment else native_validator)(doc)
+    except JsonSchemaValueException as exc:
+        return InvalidEvent("schema", _schema_detail(doc, segment, exc.message))
+    # fastjsonschema accepts what jsonschema-rs rejected: the schema file read as is decides.
+    first = next(iter(input_check(kind).iter_errors(doc)), None)
+    message = first.message if first is not None else "data does not match the schema"
+    return InvalidEvent("schema", _schema_detail(doc, segment, message))
 
 
 def _schema_detail(doc: dict[str, Any], segment: bool, message: str) -> str:

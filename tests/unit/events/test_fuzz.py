@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
+from fastjsonschema import JsonSchemaValueException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +23,7 @@ from streamscore.events import (
     TopicKind,
     parse_event,
 )
+from streamscore.events.schemas import input_check, input_validators
 
 NOW_MS = 1_714_564_800_123
 LIMITS = Limits()
@@ -123,6 +126,45 @@ def test_envelope_shaped_json_only_raises_invalid_event(
     if isinstance(result, Event):
         assert TOPIC_BY_TYPE[EventType(result.type)] == kind
         assert NOW_MS - LIMITS.max_age_ms <= result.time_ms <= NOW_MS + LIMITS.max_future_skew_ms
+
+
+def _explained_valid(doc: Any, kind: TopicKind) -> bool:
+    native, segment = input_validators(kind)
+    try:
+        (segment if isinstance(doc, dict) and "messageId" in doc else native)(doc)
+    except JsonSchemaValueException:
+        return False
+    return True
+
+
+@FUZZ
+@given(doc=envelopes | small_objects, kind=kinds)
+def test_fast_check_and_explaining_validator_agree(doc: dict[str, Any], kind: TopicKind) -> None:
+    # jsonschema-rs decides on the hot path and fastjsonschema explains a rejection: were they
+    # to differ, a rejection would be explained by a validator that accepts the message.
+    doc = orjson.loads(orjson.dumps(doc))  # as parse_event sees it
+    assert input_check(kind).is_valid(doc) == _explained_valid(doc, kind)
+
+
+# Python's str.isspace set and ECMA-262's \s (which adds U+FEFF and lacks U+0085): the schemas
+# spell "not blank" out, so that every regex dialect reads it the same way.
+WHITESPACE = sorted(
+    {c for c in map(chr, range(0x3001)) if c.isspace()} | set("\t\n\v\f\r \u00a0\ufeff\u180e")
+)
+
+
+@pytest.mark.parametrize("char", WHITESPACE, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("kind", [TopicKind.PAGE_VIEWS, TopicKind.PROFILES])
+def test_whitespace_lead_ids_are_judged_alike(char: str, kind: TopicKind) -> None:
+    for lead_id in (char, f"{char}{char}", f"a{char}"):
+        doc: dict[str, Any] = (
+            {"event_id": "e1", "lead_id": lead_id, "type": "page_view", "time": NOW_MS}
+            if kind is TopicKind.PAGE_VIEWS
+            else {"messageId": "m1", "userId": lead_id, "type": "identify", "timestamp": NOW_MS}
+        )
+        valid = not lead_id.isspace() and not _CONTROL.search(lead_id)
+        assert input_check(kind).is_valid(doc) == valid
+        assert _explained_valid(doc, kind) == valid
 
 
 # --- valid events -------------------------------------------------------------------------------
