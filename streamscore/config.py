@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     consumer_group: str = "streamscore"
     kafka_session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
-    kafka_fetch_max_wait_ms: int = Field(default=10, ge=0, le=10_000)
+    kafka_fetch_max_wait_ms: int = Field(default=5, ge=1, le=10_000)
 
     # Topics
     topic_page_views: str = "ss.v1.page-views"
