@@ -31,12 +31,18 @@ import redis
 from benchmarks import report
 from benchmarks.children import REPO_ROOT, Child
 from benchmarks.kafkaio import highwaters, produce_all
-from benchmarks.latency import LatencyProbe, RateResult, measure_rate, scrape_worker_metrics
+from benchmarks.latency import (
+    DEFAULT_LINGER_MS,
+    LatencyProbe,
+    RateResult,
+    measure_rate,
+    scrape_worker_metrics,
+)
 from benchmarks.measure import RunFailed, RunResult, measure
-from benchmarks.memory import measure_memory
+from benchmarks.memory import WorkloadMemory, measure_memory, sample_workload
 from benchmarks.procstat import code_version, machine_info, sample, system_busy_s
 from benchmarks.stages import lua_cost, python_stages
-from benchmarks.statecheck import compare, read_scores
+from benchmarks.statecheck import LeadScore, compare, read_scores
 from benchmarks.workload import Message, build_workload
 from streamscore import devstack
 from streamscore.config import Settings, load_settings
@@ -68,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rates", default="2000,10000", help="latency test input rates, events/s")
     p.add_argument("--rate-seconds", type=float, help="seconds per latency rate (20; quick 10)")
+    p.add_argument(
+        "--tracker-linger-ms",
+        type=int,
+        default=DEFAULT_LINGER_MS,
+        help=f"the latency test producer's linger (default {DEFAULT_LINGER_MS}; not counted "
+        "in the latency, which starts at the broker's append)",
+    )
     p.add_argument("--hot-per-rate", type=int, default=300, help="designed handoffs per rate")
     p.add_argument("--memory-leads", type=int, default=100_000)
     p.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
@@ -175,6 +188,10 @@ class Bench:
             "suffix": self.suffix,
             "code": code_version(REPO_ROOT),
         }
+        # Per-lead scores of each completed throughput run, by key prefix, read right after
+        # the run: the server is emptied before the next one.
+        self.scores: dict[str, dict[str, LeadScore]] = {}
+        self.workload_memory: WorkloadMemory | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -276,6 +293,7 @@ class Bench:
         args = self.args
         assert self.stack.broker is not None and self.stack.valkey is not None
         pids = (self.stack.valkey.pid, self.stack.broker.pid)
+        half_life_ms = load_rules(RULES_FILE).half_life_s * 1000.0
         client = self.redis_client()
         measured: dict[str, list[RunResult]] = {}
         all_runs: dict[str, list[dict[str, Any]]] = {}
@@ -306,6 +324,9 @@ class Bench:
                 for rep in range(args.repeat):
                     run_name = name if rep == 0 else f"{name}.r{rep}"
                     settings = self.settings(self.suffix, run_name)
+                    # Every run starts on an empty server: with the earlier runs' keys left in
+                    # place, Redis CPU for the same work grew run after run (66, then 81 s).
+                    client.flushdb()
                     say(f"({name}) {label}: starting" + (f" (repeat {rep})" if rep else ""))
                     child = self.start(f"run-{run_name}", module, child_args, settings)
                     result = measure(
@@ -326,6 +347,11 @@ class Bench:
                         else None,
                     )
                     result.prefix = settings.redis_key_prefix
+                    keys = KeySpace(settings.redis_key_prefix, settings.redis_key_groups)
+                    if result.completed:
+                        self.scores[result.prefix] = read_scores(client, keys, half_life_ms)
+                    if name == "a" and self.workload_memory is None:
+                        self.workload_memory = sample_workload(client, keys)
                     all_runs.setdefault(name, []).append(result.as_dict())
                     if result.child_metrics:
                         say(f"({name}) worker metrics: {result.child_metrics}")
@@ -353,17 +379,7 @@ class Bench:
 
     def state_check(self, runs: dict[str, RunResult]) -> None:
         """Per-lead scores of (a), (c) and a completed (b) must agree."""
-        rules = load_rules(RULES_FILE)
-        half_life_ms = rules.half_life_s * 1000.0
-        client = self.redis_client()
-        try:
-            states = {
-                name: read_scores(client, KeySpace(run.prefix), half_life_ms)
-                for name, run in runs.items()
-                if run.completed
-            }
-        finally:
-            client.close()
+        states = {name: self.scores[run.prefix] for name, run in runs.items() if run.completed}
         checks = []
         names = sorted(states)
         for i, left in enumerate(names):
@@ -432,7 +448,10 @@ class Bench:
             metrics_url = f"http://127.0.0.1:{settings.web_port}/metrics"
             self._wait_ready(worker, f"http://127.0.0.1:{settings.web_port}/readyz")
             probe = LatencyProbe(
-                settings.kafka_bootstrap, settings.input_topics, settings.topic_handoffs
+                settings.kafka_bootstrap,
+                settings.input_topics,
+                settings.topic_handoffs,
+                args.tracker_linger_ms,
             )
             probe.assign(args.partitions)
             # Warm-up: a little traffic so every partition has been fetched and is caught up.
@@ -495,7 +514,7 @@ class Bench:
             RULES_FILE,
             self.args.memory_leads,
             self.args.seed,
-            workload_prefix=runs["a"].prefix if "a" in runs else None,
+            workload=self.workload_memory,
         )
         self.results["memory"] = result.as_dict()
         say(f"memory: {result.bytes_per_lead_info:,.0f} B/lead (INFO used_memory delta)")
@@ -676,9 +695,9 @@ class Bench:
                 "append->handoff: from the broker's ack of the triggering event to the handoff "
                 "read by a consumer (the ack is seen within about 1 ms of its arrival). "
                 "create->handoff: from the record's create time, so it includes the producer's "
-                "20 ms linger. event->scored is the worker's own histogram "
-                "(streamscore_event_to_scored_seconds, from the record timestamp), interpolated "
-                "within buckets."
+                f"{self.args.tracker_linger_ms} ms linger. event->scored is the worker's own "
+                "histogram (streamscore_event_to_scored_seconds, from the record timestamp), "
+                "interpolated within buckets."
             )
             parts.append("")
         mem = r.get("memory")
@@ -697,12 +716,13 @@ class Bench:
                 f"{mem['bytes_per_lead_keys']:,.0f} B per lead; due zset "
                 f"{mem['due_zset_bytes']:,} B in all."
             )
-            if mem.get("workload_sample_size"):
+            work = mem.get("workload")
+            if work:
                 parts.append(
-                    f"- Replay workload's leads ((a), {mem['workload_sample_size']:,} sampled): "
-                    f"lead state {mem['workload_lead_state_bytes']:,.0f} B + seen zset "
-                    f"{mem['workload_seen_zset_bytes']:,.0f} B "
-                    f"({mem['workload_seen_ids']:.1f} event ids in the 7-day dedup window)."
+                    f"- Replay workload's leads (first (a) run, {work['sample_size']:,} sampled): "
+                    f"lead state {work['lead_state_bytes']:,.0f} B + seen zset "
+                    f"{work['seen_zset_bytes']:,.0f} B "
+                    f"({work['seen_ids']:.1f} event ids in the 7-day dedup window)."
                 )
             parts.append("")
         st = r.get("stages")

@@ -30,6 +30,16 @@ PLAN = (
 )
 
 
+@dataclass(frozen=True)
+class WorkloadMemory:
+    """MEMORY USAGE of leads left by the replay workload (its mix of activity and profiles)."""
+
+    sample_size: int
+    lead_state_bytes: float
+    seen_zset_bytes: float
+    seen_ids: float
+
+
 @dataclass
 class MemoryResult:
     """Bytes per lead, from INFO memory and from MEMORY USAGE of sampled keys."""
@@ -43,10 +53,7 @@ class MemoryResult:
     seen_zset_bytes: float
     bytes_per_lead_keys: float
     due_zset_bytes: int
-    workload_sample_size: int = 0
-    workload_lead_state_bytes: float = float("nan")
-    workload_seen_zset_bytes: float = float("nan")
-    workload_seen_ids: float = float("nan")
+    workload: WorkloadMemory | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -104,7 +111,7 @@ def measure_memory(
     rules_file: Path,
     leads: int,
     seed: int,
-    workload_prefix: str | None = None,
+    workload: WorkloadMemory | None = None,
     sample_size: int = 1000,
 ) -> MemoryResult:
     """Load `leads` leads into a fresh prefix and report bytes per lead."""
@@ -125,7 +132,7 @@ def measure_memory(
             state_total += int(client.memory_usage(keys.lead(ref), samples=0) or 0)
             zset_total += int(client.memory_usage(keys.seen(ref), samples=0) or 0)
         n = len(sample)
-        result = MemoryResult(
+        return MemoryResult(
             leads=leads,
             events_per_lead=len(PLAN),
             used_memory_delta_bytes=after - before,
@@ -135,25 +142,23 @@ def measure_memory(
             seen_zset_bytes=zset_total / n,
             bytes_per_lead_keys=(state_total + zset_total) / n,
             due_zset_bytes=int(client.memory_usage(keys.due(0), samples=0) or 0),
+            workload=workload,
         )
-        if workload_prefix is not None:
-            _sample_workload(client, KeySpace(workload_prefix), result, sample_size)
-        return result
     finally:
         client.close()
 
 
-def _sample_workload(
-    client: redis.Redis, keys: KeySpace, result: MemoryResult, sample_size: int
-) -> None:
-    """MEMORY USAGE of leads left by the replay workload (its mix of activity and profiles)."""
+def sample_workload(
+    client: redis.Redis, keys: KeySpace, sample_size: int = 1000
+) -> WorkloadMemory | None:
+    """MEMORY USAGE of up to `sample_size` leads under `keys` (None when there are none)."""
     lead_keys = []
     for key in client.scan_iter(match=f"{keys.prefix}:{{g0}}:lead:*", count=5000):
         lead_keys.append(key)
         if len(lead_keys) >= sample_size:
             break
     if not lead_keys:
-        return
+        return None
     state_total = zset_total = ids = 0
     for key in lead_keys:
         seen_key = key.replace(b":lead:", b":seen:")
@@ -161,7 +166,4 @@ def _sample_workload(
         zset_total += int(client.memory_usage(seen_key, samples=0) or 0)
         ids += int(client.zcard(seen_key))
     n = len(lead_keys)
-    result.workload_sample_size = n
-    result.workload_lead_state_bytes = state_total / n
-    result.workload_seen_zset_bytes = zset_total / n
-    result.workload_seen_ids = ids / n
+    return WorkloadMemory(n, state_total / n, zset_total / n, ids / n)
