@@ -597,6 +597,7 @@ class Bench:
         """The markdown report."""
         r = self.results
         parts = ["# streamscore benchmark", ""]
+        rows: list[tuple[Any, ...]]
         w = r.get("workload")
         if w:
             parts.append(

@@ -8,7 +8,6 @@ handoffs) sent to their topics. Configured by STREAMSCORE_* variables; runs unti
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
@@ -102,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

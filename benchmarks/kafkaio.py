@@ -34,8 +34,11 @@ def produce_all(
         if err is not None:
             errors.append(str(err))
             return
-        tp = (msg.topic(), msg.partition())
-        acked[tp] = acked.get(tp, 0) + 1
+        topic, partition = msg.topic(), msg.partition()
+        if topic is None or partition is None:
+            errors.append("delivery report without a topic or partition")
+            return
+        acked[(topic, partition)] = acked.get((topic, partition), 0) + 1
 
     started = time.perf_counter()
     produce = producer.produce

@@ -165,10 +165,11 @@ class LatencyProbe:
 
     def _consume(self, timeout_s: float) -> None:
         for msg in self.consumer.consume(1000, timeout_s):
-            if msg.error() is not None:
+            value = msg.value()
+            if msg.error() is not None or value is None:
                 continue
             seen_ms = time.time() * 1000.0
-            body = orjson.loads(msg.value())
+            body = orjson.loads(value)
             self.handoffs.append((body["lead_id"], body["triggering_event_id"], seen_ms))
 
     def send_paced(self, events: Sequence[LiveEvent], rate: float) -> tuple[float, float]:
