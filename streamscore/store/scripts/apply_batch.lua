@@ -23,21 +23,39 @@ end
 
 local leads, order, outs, dups = {}, {}, {}, {}
 
+-- Field names per rule, and cap window keys as strings and back, made once per call: most
+-- events of a batch share a few windows, and formatting or parsing a number costs more than
+-- the lookup.
+local R_FIELD, N_FIELD, C_FIELD = {}, {}, {}
+for i, rule_id in ipairs(cfg.rules) do
+  R_FIELD[i], N_FIELD[i], C_FIELD[i] = 'r:' .. rule_id, 'n:' .. rule_id, 'c:' .. rule_id
+end
+local window_key = setmetatable({}, {__index = function(keys, window)
+  local key = fmt(window)
+  keys[window] = key
+  return key
+end})
+local window_of_key = setmetatable({}, {__index = function(windows, key)
+  local window = tonumber(key)
+  windows[key] = window
+  return window
+end})
+
 local function add_points(L, rule, points, t)
-  local rule_id = cfg.rules[rule + 1]
   if points > 0 then
     local cap = cfg.caps[rule + 1]
     if cap[1] > 0 then
-      local field = 'c:' .. rule_id
+      local field = C_FIELD[rule + 1]
       local used_by_window = L.f[field] or {}
       local window = math.floor(t / cap[2])
-      local key = fmt(window)
+      local key = window_key[window]
       local used = used_by_window[key] or 0
       points = math.min(points, cap[1] - used)
       if points <= 0 then return end
       used_by_window[key] = used + points
+      local oldest = window - CAP_WINDOWS_KEPT
       for k in pairs(used_by_window) do
-        if tonumber(k) < window - CAP_WINDOWS_KEPT then used_by_window[k] = nil end
+        if window_of_key[k] < oldest then used_by_window[k] = nil end
       end
       set_field(L, field, used_by_window)
     end
@@ -53,10 +71,12 @@ local function add_points(L, rule, points, t)
     end
     local w = points * math.pow(2, (t - L.a) / H)
     L.e = L.e + w
-    set_field(L, 'r:' .. rule_id, (tonumber(L.f['r:' .. rule_id]) or 0) + w)
+    local field = R_FIELD[rule + 1]
+    set_field(L, field, (tonumber(L.f[field]) or 0) + w)
   else
     L.pen = L.pen + points
-    set_field(L, 'n:' .. rule_id, (tonumber(L.f['n:' .. rule_id]) or 0) + points)
+    local field = N_FIELD[rule + 1]
+    set_field(L, field, (tonumber(L.f[field]) or 0) + points)
   end
 end
 

@@ -95,14 +95,8 @@ local function bor4(x, y)
   return r
 end
 
-local function bits(mask)
-  local c = 0
-  while mask > 0 do
-    c = c + mask % 2
-    mask = math.floor(mask / 2)
-  end
-  return c
-end
+-- Set bits of each 4-bit BANT mask (evaluated on every event).
+local BITS = {[0] = 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4}
 
 local function reasons_at(L, t)
   local by_rule, order = {}, {}
@@ -161,7 +155,7 @@ local function evaluate(L, t, cause, event_id, event_ms, scored_at, outs)
   end
   if s < REARM then L.arm = 1 end
   local qualified = L.tier >= cfg.handoff_tier and grade <= cfg.min_grade
-    and bits(L.bant) >= cfg.min_bant and L.dq ~= 1 and L.fdq ~= 1
+    and BITS[L.bant] >= cfg.min_bant and L.dq ~= 1 and L.fdq ~= 1
   if qualified and L.arm == 1 then
     L.arm = 0
     emit(L, 'handoff', before, s, grade, t, event_id, event_ms, cause, scored_at, outs)
