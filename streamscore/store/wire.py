@@ -55,7 +55,7 @@ class _GroupColumns:
     events: list[ScoredEvent] = field(default_factory=list)
 
     def payload(self) -> bytes:
-        return orjson.dumps(
+        packed: bytes = msgpack.packb(
             {
                 "tps": list(self.tps),
                 "leads": self.leads,
@@ -67,8 +67,10 @@ class _GroupColumns:
                 "flag": self.flag,
                 "aw": self.awards,
                 "at": self.attributes,
-            }
+            },
+            use_bin_type=True,
         )
+        return packed
 
 
 def encode_batches(events: Sequence[ScoredEvent], keyspace: KeySpace) -> list[GroupBatch]:

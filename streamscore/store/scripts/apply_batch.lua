@@ -4,14 +4,15 @@
 -- KEYS[3] outbox stream (one entry per call that produced outputs)
 -- KEYS[4 + 2*i], KEYS[5 + 2*i] lead state and seen-ids sorted set of batch lead slot i
 -- ARGV[1] rules config JSON; ARGV[3] scored_at ms
--- ARGV[2] batch JSON, by column so that decoding makes few tables: {"tps": [topic:partition],
+-- ARGV[2] batch as MessagePack (half the decoding time of JSON), by column so that decoding
+--   makes few tables: {"tps": [topic:partition],
 --   "leads": [lead id per slot], "slot", "id", "t", "tp", "off", "flag": [one per event],
 --   "aw": [[rule, points, rule, points...] per event],
 --   "at": [[event index, [[attr, value, fit, bant_mask, dq, [[rule, points]...]]...]]...]}
 -- Returns {outbox entry id or "", outputs JSON or "", duplicate event indices JSON}.
 -- Idempotent: an event at or below its partition's recorded offset, or whose id was seen
 -- within the dedup window, changes nothing, so redelivery after a crash is harmless.
-local batch = cjson.decode(ARGV[2])
+local batch = cmsgpack.unpack(ARGV[2])
 local scored_at = tonumber(ARGV[3])
 local offsets_key, due_key, outbox_key = KEYS[1], KEYS[2], KEYS[3]
 

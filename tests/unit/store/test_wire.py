@@ -32,7 +32,7 @@ def test_batches_are_split_by_group_and_laid_out_by_column() -> None:
     batches = encode_batches(events, keys)
     assert sum(len(b.events) for b in batches) == 3
     for batch in batches:
-        doc = orjson.loads(batch.payload)
+        doc = msgpack.unpackb(batch.payload)
         n = len(batch.events)
         for column in ("slot", "id", "t", "tp", "off", "flag", "aw"):
             assert len(doc[column]) == n
