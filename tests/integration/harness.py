@@ -173,7 +173,7 @@ async def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.25) -
 
 
 async def produce_positions(
-    settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes]]
+    settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes | None]]
 ) -> list[tuple[str, int, int]]:
     """Like produce(), and return where each message landed: (topic, partition, offset)."""
     await ensure_topics(settings)

@@ -76,7 +76,7 @@ def sent(etype: str, lead: str, event_id: str, time_ms: int, **extra: Any) -> Se
     return Sent(etype, lead, event(lead, etype, event_id, time_ms, **extra))
 
 
-BUYER_TRAITS = [
+BUYER_TRAITS: list[dict[str, Any]] = [
     {
         "title": "VP Marketing",
         "company_size": 900,
@@ -110,7 +110,7 @@ BUYER_TRAITS = [
         "country": "gb",
     },
 ]
-OTHER_TRAITS = [
+OTHER_TRAITS: list[dict[str, Any]] = [
     {"title": "Marketing Manager", "company_size": 120, "country": "ca"},
     {"title": "Student", "email": "kid@gmail.com"},
     {"title": "Director of Sales", "company_size": 30, "email": "x@mailinator.com"},
@@ -451,10 +451,12 @@ async def slow_redis(redis_url: str, paused_ms: int = 200, period_ms: int = 250)
     client = aioredis.Redis.from_url(redis_url, socket_timeout=15)
     try:
         while True:
-            await client.execute_command("CLIENT", "PAUSE", paused_ms, "WRITE")
+            await client.execute_command(  # type: ignore[no-untyped-call]  # redis-py: untyped
+                "CLIENT", "PAUSE", paused_ms, "WRITE"
+            )
             await asyncio.sleep(period_ms / 1000)
     finally:
-        await client.execute_command("CLIENT", "UNPAUSE")
+        await client.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
         await client.aclose()
 
 

@@ -6,6 +6,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -90,7 +91,7 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(steps=STEPS, batch_size=st.integers(min_value=1, max_value=7))
-async def test_lua_matches_reference(store: RedisStore, steps: list, batch_size: int) -> None:
+async def test_lua_matches_reference(store: RedisStore, steps: list[Any], batch_size: int) -> None:
     store.keys = KeySpace(f"parity:{uuid.uuid4().hex[:8]}")
     states: dict[str, LeadState] = {}
     expected: list[Output] = []

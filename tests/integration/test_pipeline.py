@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import orjson
@@ -55,7 +56,7 @@ async def store(settings_factory: Callable[..., Settings]) -> AsyncIterator[Redi
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> AsyncIterator[Callable[[Settings], WorkerProcess]]:
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
     def start(settings: Settings) -> WorkerProcess:
@@ -63,7 +64,7 @@ def start_worker(tmp_path: Path) -> AsyncIterator[Callable[[Settings], WorkerPro
         workers.append(worker)
         return worker
 
-    yield start  # type: ignore[misc]
+    yield start
     for worker in workers:
         code = worker.terminate(timeout_s=10)
         assert code == 0, f"worker exit code {code} after SIGTERM:\n{worker.log()}"
@@ -85,7 +86,7 @@ async def test_all_event_types_score_as_the_reference_says(
 ) -> None:
     settings = settings_factory()
     t0 = int(time.time() * 1000) - 3_600_000
-    plan = [
+    plan: list[tuple[str, str, dict[str, Any]]] = [
         (
             "identify",
             "ann",
@@ -146,7 +147,7 @@ async def test_a_threshold_crossing_hands_off_exactly_once(
     now = int(time.time() * 1000)
     traits = {"title": "Chief Revenue Officer", "company_size": 5000, "budget": 90000,
               "purchase_timeline": "now", "industry": "saas"}  # fmt: skip
-    steps = [
+    steps: list[tuple[str, dict[str, Any]]] = [
         ("identify", {"traits": traits}),
         ("page_view", {"properties": {"path": "/pricing"}}),
         ("demo_request", {}),

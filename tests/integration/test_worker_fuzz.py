@@ -358,13 +358,15 @@ def draw_cases(now_ms: int, prefix: str, tag: str) -> list[Case]:
     cases = []
     for i, d in enumerate(drafts):
         event_id = None
-        raw = d.body
+        raw: bytes | None
         if isinstance(d.body, dict):
             head = {}
             if d.id_field is not None:
                 event_id = f"{tag}-{i:05d}"
                 head[d.id_field] = event_id
             raw = orjson.dumps({**head, **d.body})
+        else:
+            raw = d.body
         cases.append(Case(d.kind, raw, d.expect, d.lead_id, event_id))
     return cases
 
@@ -463,7 +465,7 @@ async def check_redis(
             assert not await client.exists(lead), f"lead id {lead!r} became a key"
     # The two lead ids that spell the worker's own keys left those keys as they were.
     offsets = await client.hgetall(keys.offsets(0))
-    topics = {k.decode().rpartition(":")[0] for k in offsets}
+    topics = {(k.decode() if isinstance(k, bytes) else k).rpartition(":")[0] for k in offsets}
     assert topics and topics <= set(settings.input_topics), offsets
     assert await client.type(keys.outbox(0)) in (b"stream", b"none")
     outside = sorted(

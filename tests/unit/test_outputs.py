@@ -23,7 +23,7 @@ TIER_RANK = {name: i for i, name in enumerate(TIERS)}
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write
 YEAR_2200_MS = 7_258_118_400_000
 
-TEXT = st.characters(blacklist_categories=("Cs",))  # what a JSON document can carry
+TEXT = st.characters(blacklist_categories=["Cs"])  # what a JSON document can carry
 LEAD_IDS = st.text(TEXT, min_size=1, max_size=256)
 # Numbers as the Lua script writes them: string.format('%.17g', x)
 LUA_NUMBERS = st.floats(-1e9, 1e9, allow_nan=False).map(lambda x: f"{x:.17g}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -325,10 +326,10 @@ def holds(m: Matcher, v: Any) -> bool:
         results.append(isinstance(v, str) and re.search(m.regex, v) is not None)
     num = _number(v)
     for bound, ok in (
-        (m.gte, lambda a, b: a >= b),
-        (m.gt, lambda a, b: a > b),
-        (m.lte, lambda a, b: a <= b),
-        (m.lt, lambda a, b: a < b),
+        (m.gte, operator.ge),
+        (m.gt, operator.gt),
+        (m.lte, operator.le),
+        (m.lt, operator.lt),
     ):
         if bound is not None:
             results.append(num is not None and ok(num, bound))

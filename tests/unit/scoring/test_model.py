@@ -117,7 +117,7 @@ def oracle_score(applied: list[tuple[int, Decision]], rules: CompiledRules, t_ms
         p * 2.0 ** (-(t_ms - t) / h_ms) for t, d in applied for _, p in d.awards if p > 0
     )
     negative = sum(p for _, d in applied for _, p in d.awards if p < 0)
-    return min(max(fit + positive + negative, rules.floor), rules.ceiling)
+    return float(min(max(fit + positive + negative, rules.floor), rules.ceiling))
 
 
 def award(rule: int, points: float) -> Decision:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -157,11 +158,14 @@ def test_known_event_types_match_the_event_contract() -> None:
 
 
 @pytest.fixture(scope="module")
-def example_raw() -> dict:
-    return yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
+def example_raw() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
+    return raw
 
 
-def test_example_rules_load_with_every_engagement_and_fit_rule(example_raw: dict) -> None:
+def test_example_rules_load_with_every_engagement_and_fit_rule(
+    example_raw: dict[str, Any],
+) -> None:
     rules = load_rules(RULES_FILE)
     assert rules.version == example_raw["version"]
     assert rules.source == str(RULES_FILE)
