@@ -23,7 +23,7 @@ from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import ScoredEvent, encode_batches, output_rows
+from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches
 from streamscore.worker import now_ms
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ def create_app(settings: Settings) -> faust.App:
                 (batch,) = encode_batches([scored], store.keys)
                 result = await store.apply(batch, holder.script_config, now)
                 if result.outbox_entry:
-                    for row in output_rows(result.outputs):
-                        out = format_output(row, holder.tier_rank)
+                    for output in decode_outputs(result.outputs):
+                        out = format_output(output, holder.tier_rank)
                         topic = handoffs if out.kind == "handoff" else tier_changes
                         await topic.send(key=out.key, value=out.value)
                     await store.ack_outbox(result.group, [result.outbox_entry])

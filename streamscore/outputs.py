@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
+from streamscore.store.wire import ScriptOutput
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -38,43 +38,44 @@ def rfc3339(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def format_output(row: list[Any], tier_rank: dict[str, int]) -> OutputMessage:
-    """Build the message for one output tuple from apply_batch.lua or tick.lua."""
-    (kind, lead_id, seq, old, new, score, engagement, fit, grade, bant, reasons, event_id,
-     time_ms, cause, version, scored_at) = row  # fmt: skip
-    seq = int(seq)
-    direction = "up" if tier_rank.get(new, 0) >= tier_rank.get(old, 0) else "down"
+def format_output(decoded: ScriptOutput, tier_rank: dict[str, int]) -> OutputMessage:
+    """Build the message for one output of apply_batch.lua or tick.lua."""
+    out = decoded.output
+    direction = "up" if tier_rank.get(out.new_tier, 0) >= tier_rank.get(out.old_tier, 0) else "down"
     common = {
-        "lead_id": lead_id,
-        "score": round(float(score), 6),
-        "old_tier": old,
-        "new_tier": new,
-        "triggering_event_id": event_id,
-        "event_time": rfc3339(int(time_ms)),
-        "scored_at": rfc3339(int(scored_at)),
-        "rules_version": version,
+        "lead_id": out.lead_id,
+        "score": round(out.score, 6),
+        "old_tier": out.old_tier,
+        "new_tier": out.new_tier,
+        "triggering_event_id": out.event_id,
+        "event_time": rfc3339(out.time_ms),
+        "scored_at": rfc3339(decoded.scored_at),
+        "rules_version": decoded.rules_version,
     }
-    if kind == "handoff":
-        bant_mask = int(bant)
+    if out.kind == "handoff":
         body = {
-            "handoff_id": output_id(lead_id, seq),
+            "handoff_id": output_id(out.lead_id, out.seq),
             **common,
-            "engagement": round(float(engagement), 6),
-            "fit": round(float(fit), 6),
-            "grade": GRADES[int(grade) - 1],
-            "bant": {c: bool(bant_mask >> i & 1) for i, c in enumerate(BANT_CRITERIA)},
-            "bant_met": bant_mask.bit_count(),
-            "reasons": [{"rule": r, "points": round(float(p), 6)} for r, p in (reasons or [])],
+            "engagement": round(out.engagement, 6),
+            "fit": round(out.fit, 6),
+            "grade": GRADES[out.grade - 1],
+            "bant": {c: bool(out.bant_mask >> i & 1) for i, c in enumerate(BANT_CRITERIA)},
+            "bant_met": out.bant_mask.bit_count(),
+            "reasons": [{"rule": r, "points": round(p, 6)} for r, p in out.reasons],
             "schema": "streamscore.handoff.v1",
         }
     else:
         body = {
-            "change_id": output_id(lead_id, seq),
+            "change_id": output_id(out.lead_id, out.seq),
             **common,
             "direction": direction,
-            "cause": cause,
+            "cause": out.cause,
             "schema": "streamscore.tier_change.v1",
         }
     return OutputMessage(
-        kind, lead_id.encode("utf-8", "surrogatepass"), orjson.dumps(body), new, direction
+        out.kind,
+        out.lead_id.encode("utf-8", "surrogatepass"),
+        orjson.dumps(body),
+        out.new_tier,
+        direction,
     )

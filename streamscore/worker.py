@@ -27,7 +27,7 @@ from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide
 from streamscore.scoring.rules import CompiledRules
 from streamscore.store.store import RedisStore, ScriptResult
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches, output_rows
+from streamscore.store.wire import GroupBatch, ScoredEvent, decode_outputs, encode_batches
 from streamscore.stream.align import Aligner
 
 log = logging.getLogger(__name__)
@@ -407,8 +407,8 @@ class ScoringWorker:
 
     async def _queue_outputs(self, encoded: bytes) -> list[asyncio.Future[Any]]:
         futures = []
-        for row in output_rows(encoded):
-            msg = format_output(row, self.rules.tier_rank)
+        for output in decode_outputs(encoded):
+            msg = format_output(output, self.rules.tier_rank)
             if msg.kind == "handoff":
                 topic = self.settings.topic_handoffs
                 self.metrics.handoffs_total.labels(tier=msg.new_tier).inc()

@@ -116,48 +116,42 @@ def encode_batches(events: Sequence[ScoredEvent], keyspace: KeySpace) -> list[Gr
     return [GroupBatch(group, g.keys, g.payload(), g.events) for group, g in by_group.items()]
 
 
-def decode_outputs(encoded: bytes | str) -> list[Output]:
-    """Turn the script's output tuples back into Output values."""
+class ScriptOutput(NamedTuple):
+    """One output of apply_batch.lua or tick.lua: what the model says, with its rules and time."""
+
+    output: Output
+    rules_version: str
+    scored_at: int
+
+
+def decode_outputs(encoded: bytes | str) -> list[ScriptOutput]:
+    """The script's output rows (lead.lua's `emit`), decoded once for the emitter and the tests.
+
+    Lua hands numbers back as numbers or as '%.17g' strings, and an empty reasons list as {}.
+    """
     if not encoded:
         return []
     outputs = []
     for row in orjson.loads(encoded):
-        (
-            kind,
-            lead_id,
-            seq,
-            old,
-            new,
-            score,
-            engagement,
-            fit,
-            grade,
-            bant,
-            reasons,
-            event_id,
-            time_ms,
-            cause,
-            _version,
-            _scored_at,
-        ) = row
-        outputs.append(
-            Output(
-                kind=kind,
-                lead_id=lead_id,
-                seq=int(seq),
-                old_tier=old,
-                new_tier=new,
-                score=float(score),
-                engagement=float(engagement),
-                fit=float(fit),
-                grade=int(grade),
-                bant_mask=int(bant),
-                reasons=tuple((r, float(p)) for r, p in (reasons or [])),
-                event_id=event_id,
-                time_ms=int(time_ms),
-                cause=cause,
-            )
+        (kind, lead_id, seq, old, new, score, engagement, fit, grade, bant, reasons, event_id,
+         time_ms, cause, version, scored_at) = row  # fmt: skip
+        output = Output(
+            kind=kind,
+            lead_id=lead_id,
+            seq=int(seq),
+            old_tier=old,
+            new_tier=new,
+            score=float(score),
+            engagement=float(engagement),
+            fit=float(fit),
+            grade=int(grade),
+            bant_mask=int(bant),
+            reasons=tuple((r, float(p)) for r, p in (reasons or [])),
+            event_id=event_id,
+            time_ms=int(time_ms),
+            cause=cause,
         )
+        outputs.append(ScriptOutput(output, version, int(scored_at)))
     return outputs
 
 
@@ -194,9 +188,3 @@ def _as_text(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return orjson.dumps(value).decode()
-
-
-def output_rows(encoded: bytes | str) -> list[list[Any]]:
-    """Raw output tuples, including rules version and scored_at, for the emitter."""
-    rows: list[list[Any]] = orjson.loads(encoded) if encoded else []
-    return rows

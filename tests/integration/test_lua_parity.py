@@ -108,7 +108,7 @@ async def test_lua_matches_reference(store: RedisStore, steps: list[Any], batch_
     for start in range(0, len(scored), batch_size):
         for batch in encode_batches(scored[start : start + batch_size], store.keys):
             result = await store.apply(batch, CONFIG, T0)
-            got += decode_outputs(result.outputs)
+            got += [decoded.output for decoded in decode_outputs(result.outputs)]
     _assert_same(expected, got)
     for o in got:
         event(f"{o.kind}/{o.cause}")
@@ -127,7 +127,10 @@ async def test_lua_matches_reference(store: RedisStore, steps: list[Any], batch_
         event(f"tick {o.kind}/{o.cause}")
     _assert_same(
         sorted(expected_ticks, key=lambda o: (o.lead_id, o.seq)),
-        sorted(decode_outputs(tick_result.outputs), key=lambda o: (o.lead_id, o.seq)),
+        sorted(
+            (d.output for d in decode_outputs(tick_result.outputs)),
+            key=lambda o: (o.lead_id, o.seq),
+        ),
     )
     for lead, state in states.items():
         fields = await store.lead_fields(lead)

@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 
 from streamscore.outputs import format_output, output_id, rfc3339
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
+from streamscore.store.wire import decode_outputs
 from tests.conftest import REPO_ROOT
 
 SCHEMAS = {
@@ -77,60 +78,63 @@ def ms_of(stamp: str) -> int:
 @settings(max_examples=50, deadline=None)
 @given(row=rows())
 def test_rows_become_schema_valid_messages(row: list[Any]) -> None:
-    (
-        kind,
-        lead_id,
-        seq,
-        old,
-        new,
-        score,
-        engagement,
-        fit,
-        grade,
-        bant,
-        reasons,
-        event_id,
-        time_ms,
-        cause,
-        version,
-        scored_at,
-    ) = row
-    msg = format_output(row, TIER_RANK)
+    (decoded,) = decode_outputs(orjson.dumps([row]))
+    out = decoded.output
+    # The decoder keeps every value of the row, converted: the row's positions are lead.lua's.
+    assert (out.kind, out.lead_id, out.seq, out.old_tier, out.new_tier) == tuple(row[:5])
+    assert (out.score, out.engagement, out.fit) == tuple(float(x) for x in row[5:8])
+    assert (out.grade, out.bant_mask, out.event_id, out.time_ms, out.cause) == (
+        row[8],
+        row[9],
+        row[11],
+        row[12],
+        row[13],
+    )
+    assert out.reasons == tuple((r, float(p)) for r, p in (row[10] or []))
+    assert (decoded.rules_version, decoded.scored_at) == (row[14], row[15])
+    msg = format_output(decoded, TIER_RANK)
     body = orjson.loads(msg.value)
-    errors = [e.message for e in SCHEMAS[kind].iter_errors(body)]
+    errors = [e.message for e in SCHEMAS[out.kind].iter_errors(body)]
     assert not errors, (errors, body)
-    assert msg.kind == kind and msg.key == lead_id.encode() and msg.new_tier == new
-    assert msg.direction == ("up" if TIER_RANK[new] >= TIER_RANK[old] else "down")
-    assert (body["lead_id"], body["old_tier"], body["new_tier"]) == (lead_id, old, new)
-    assert body["score"] == round(float(score), 6)
-    assert body["triggering_event_id"] == event_id
-    assert body["rules_version"] == version
-    assert ms_of(body["event_time"]) == time_ms
-    assert ms_of(body["scored_at"]) == scored_at
-    if kind == "handoff":
-        assert body["handoff_id"] == output_id(lead_id, seq)
-        assert body["grade"] == GRADES[grade - 1]
+    assert msg.kind == out.kind and msg.key == out.lead_id.encode()
+    assert msg.new_tier == out.new_tier
+    assert msg.direction == ("up" if TIER_RANK[out.new_tier] >= TIER_RANK[out.old_tier] else "down")
+    assert (body["lead_id"], body["old_tier"], body["new_tier"]) == (
+        out.lead_id,
+        out.old_tier,
+        out.new_tier,
+    )
+    assert body["score"] == round(out.score, 6)
+    assert body["triggering_event_id"] == out.event_id
+    assert body["rules_version"] == decoded.rules_version
+    assert ms_of(body["event_time"]) == out.time_ms
+    assert ms_of(body["scored_at"]) == decoded.scored_at
+    if out.kind == "handoff":
+        bant = out.bant_mask
+        assert body["handoff_id"] == output_id(out.lead_id, out.seq)
+        assert body["grade"] == GRADES[out.grade - 1]
         assert [body["bant"][c] for c in BANT_CRITERIA] == [bool(bant >> i & 1) for i in range(4)]
         assert body["bant_met"] == bin(bant).count("1")
-        assert body["engagement"] == round(float(engagement), 6)
-        assert body["fit"] == round(float(fit), 6)
+        assert body["engagement"] == round(out.engagement, 6)
+        assert body["fit"] == round(out.fit, 6)
         assert [(r["rule"], r["points"]) for r in body["reasons"]] == [
-            (r, round(float(p), 6)) for r, p in (reasons or [])
+            (r, round(p, 6)) for r, p in out.reasons
         ]
     else:
-        assert body["change_id"] == output_id(lead_id, seq)
-        assert body["direction"] == msg.direction and body["cause"] == cause
+        assert body["change_id"] == output_id(out.lead_id, out.seq)
+        assert body["direction"] == msg.direction and body["cause"] == out.cause
 
 
 @settings(max_examples=25, deadline=None)
 @given(row=rows())
 def test_the_same_row_always_gives_the_same_message(row: list[Any]) -> None:
-    assert format_output(row, TIER_RANK) == format_output(list(row), TIER_RANK)
+    def message(r: list[Any]) -> bytes:
+        (decoded,) = decode_outputs(orjson.dumps([r]))
+        return format_output(decoded, TIER_RANK).value
+
+    assert message(row) == message(list(row))
     # seq may come back from Lua as a number or its decimal string
-    assert (
-        format_output([*row[:2], str(row[2]), *row[3:]], TIER_RANK).value
-        == format_output(row, TIER_RANK).value
-    )
+    assert message([*row[:2], str(row[2]), *row[3:]]) == message(row)
 
 
 @settings(max_examples=100, deadline=None)
