@@ -7,6 +7,7 @@ import itertools
 import random
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,6 +276,12 @@ class EventFactory:
 def lead_id_of(index: int, tag: str = "L") -> str:
     """The id of lead number `index`."""
     return f"{tag}{index:07d}"
+
+
+def leads_per_batch(messages: Sequence[Message], batch: int) -> float:
+    """Mean distinct leads (record keys) in consecutive runs of `batch` messages."""
+    counts = [len({m.key for m in messages[i : i + batch]}) for i in range(0, len(messages), batch)]
+    return sum(counts) / len(counts) if counts else 0.0
 
 
 def build_workload(
