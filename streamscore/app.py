@@ -8,6 +8,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faust
 from mode import Service
@@ -87,10 +88,10 @@ class ScoringAgent(Service):
             assert exc is not None
             self._crash_task = asyncio.ensure_future(self.crash(exc))
 
-    async def on_stop(self) -> None:
+    async def stop_scoring(self) -> None:
+        """Stop fetching, apply and commit what is in flight. Idempotent."""
         self._stopping.set()
-        worker = self.runtime.worker
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
             except TimeoutError:
@@ -98,9 +99,29 @@ class ScoringAgent(Service):
                 self._task.cancel()
             except Exception:
                 log.debug("worker task ended with an error (already reported)")
+
+    async def on_stop(self) -> None:
+        await self.stop_scoring()
+        worker = self.runtime.worker
         if worker is not None:
             await worker.producer.stop()
             await worker.store.client.aclose()
+
+
+class ScoringProcess(faust.Worker):
+    """The Faust worker, stopping the scoring agent first.
+
+    Faust stops its children in reverse start order, the app (consumer, web server, timers)
+    before the agent: about 2 s during which the agent would keep fetching and scoring after
+    SIGTERM. A stop should stop the intake at once.
+    """
+
+    def __init__(self, app: faust.App, agent: ScoringAgent, *services: Any, **kwargs: Any) -> None:
+        super().__init__(app, agent, *services, **kwargs)
+        self.agent = agent
+
+    async def on_stop(self) -> None:
+        await self.agent.stop_scoring()
 
 
 def create_app(

@@ -23,15 +23,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
-    import faust
-
-    from streamscore.app import create_app
+    from streamscore.app import ScoringProcess, create_app
     from streamscore.logs import logging_config
 
     config = logging_config(settings.log_level, settings.log_json)
     logging.config.dictConfig(config)
     app, agent = create_app(settings)
-    worker = faust.Worker(
+    worker = ScoringProcess(
         app,
         agent,
         *extra_services,
