@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1, le=100_000)
     fetch_timeout_ms: int = Field(default=5, ge=0, le=10_000)
     align_max_wait_ms: int = Field(default=200, ge=0, le=60_000)
+    align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
 

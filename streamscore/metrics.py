@@ -41,6 +41,9 @@ class Metrics:
     partitions_assigned: Gauge
     rules_reloads_total: Counter
     rules_version_info: Gauge
+    align_buffered_events: Gauge
+    fetch_pauses_total: Counter
+    partitions_paused: Gauge
     outbox_pending: Gauge
     decay_due_leads: Gauge
     handoff_visible_seconds: Histogram
@@ -132,6 +135,21 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             ["version"],
             registry=reg,
         ),
+        align_buffered_events=Gauge(
+            "streamscore_align_buffered_events",
+            "Valid events fetched and waiting in the aligner for their turn in event-time order.",
+            registry=reg,
+        ),
+        fetch_pauses_total=Counter(
+            "streamscore_fetch_pauses_total",
+            "Times a partition's fetching was paused because the aligner held enough of it.",
+            registry=reg,
+        ),
+        partitions_paused=Gauge(
+            "streamscore_partitions_paused",
+            "Assigned partitions whose fetching is paused because the aligner holds enough.",
+            registry=reg,
+        ),
         outbox_pending=Gauge(
             "streamscore_outbox_pending",
             "Output events recorded in Redis but not yet acknowledged by the broker.",
@@ -163,6 +181,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_consumer_lag_messages",
     "streamscore_ready",
     "streamscore_partitions_assigned",
+    "streamscore_align_buffered_events",
+    "streamscore_fetch_pauses_total",
+    "streamscore_partitions_paused",
     "streamscore_rules_reloads_total",
     "streamscore_rules_version_info",
     "streamscore_outbox_pending",

@@ -123,6 +123,7 @@ class ScoringWorker:
         self._applier: asyncio.Task[None] | None = None
         self._acking: set[asyncio.Task[None]] = set()
         self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._next_commit = 0.0
         self._next_lag = 0.0
 
@@ -159,6 +160,7 @@ class ScoringWorker:
             self.assigned -= revoked
             for tp in revoked:
                 self._positions.pop(tp, None)
+            self._paused -= revoked
         self.metrics.partitions_assigned.set(len(self.assigned))
         self.metrics.ready.set(1 if self.ready else 0)
 
@@ -239,6 +241,7 @@ class ScoringWorker:
             await self._dead_letter(rejected, now)
         await self._note_positions(consumer, now)
         ready = [] if self._holding else self.aligner.pop_ready(now, self.settings.batch_max_events)
+        self._flow_control(consumer)
         if ready:
             # In flight from here on, so that a commit while it is decided never passes it.
             # The rules and their script config are read together: a reload can land while
@@ -256,6 +259,19 @@ class ScoringWorker:
             async with self._lock:
                 await self._commit(consumer)
         return len(ready)
+
+    def _flow_control(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause fetching the partitions the aligner holds enough of; resume them when drained."""
+        pause, resume = self.aligner.flow(self._paused, self.settings.align_max_buffered)
+        if pause:
+            consumer.pause(*pause)
+            self._paused.update(pause)
+            self.metrics.fetch_pauses_total.inc(len(pause))
+        if resume:
+            consumer.resume(*resume)
+            self._paused.difference_update(resume)
+        self.metrics.align_buffered_events.set(self.aligner.buffered())
+        self.metrics.partitions_paused.set(len(self._paused))
 
     async def _note_positions(self, consumer: AIOKafkaConsumer, now: int) -> None:
         update_lag = time.monotonic() >= self._next_lag

@@ -106,6 +106,19 @@ class Aligner(Generic[P, T]):
             return self._offset(queue[0])
         return self._next_offset.get(partition)
 
+    def flow(self, paused: set[P], high: int) -> tuple[list[P], list[P]]:
+        """Partitions to pause (holding `high` records or more) and to resume (down to half).
+
+        Fetches run ahead unevenly (a broker may hand over megabytes of one partition), and a
+        merge holds every partition that is ahead in event time until the others catch up: a
+        replay buffered a quarter of a million records this way. A paused partition always
+        has records buffered when it is paused and when it is resumed, so the merge never
+        waits on one.
+        """
+        pause = [p for p, q in self._queues.items() if len(q) >= high and p not in paused]
+        resume = [p for p in paused if p in self._queues and len(self._queues[p]) <= high // 2]
+        return pause, resume
+
     def buffered(self, partition: P | None = None) -> int:
         """Records held, for one partition or all."""
         if partition is not None:

@@ -473,7 +473,13 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     rng = random.Random(20240611)
     settings = settings_factory(
-        batch_max_events=200, kafka_session_timeout_ms=3000, **QUIET, **REPLAY_WAIT
+        batch_max_events=200,
+        kafka_session_timeout_ms=3000,
+        # Small, so that fetching pauses and resumes all the way: the exact merge, and so
+        # the reference's outputs, must survive it.
+        align_max_buffered=8,
+        **QUIET,
+        **REPLAY_WAIT,
     )
     now = int(time.time() * 1000)
     sent = make_traffic(rng, unique, 200, 4000, now - 4 * HOUR_MS, now - 60_000)
@@ -508,6 +514,8 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     workers.append(final)
     await final.wait_ready()
     await wait_applied(store, last, final, timeout_s=90)
+    _, body = final.get("/metrics")
+    assert metric_total(body.decode(), "streamscore_fetch_pauses_total") > 0
     assert final.terminate() == 0, final.log()
 
     leads = {s.lead_id for s in stream}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import random
 from collections import Counter
 from dataclasses import dataclass
 
@@ -229,3 +230,39 @@ def test_a_partition_known_to_be_behind_holds_the_merge_for_max_wait() -> None:
     aligner.note_position("q", 4, T_ASSIGN + max_wait - 1)
     released = [r for _, r in aligner.pop_ready(T_ASSIGN + max_wait - 1, 100)]
     assert released[:2] == [Rec(10, "p0", 0), Rec(20, "q0", 0)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(parts=partitions(), high=st.integers(2, 6), rng=st.randoms(use_true_random=False))
+def test_flow_control_bounds_every_buffer_and_keeps_the_exact_merge(
+    parts: dict[str, list[Rec]], high: int, rng: random.Random
+) -> None:
+    """A fetch loop that fetches unevenly and obeys flow(): bounded buffers, no stall."""
+    most_per_fetch = 4
+    aligner = make(parts, max_wait_ms=10**9)  # never gives up on a partition: exact merge
+    fetched = dict.fromkeys(parts, 0)
+    paused: set[str] = set()
+    out: list[tuple[str, Rec]] = []
+    total = sum(len(recs) for recs in parts.values())
+    for _ in range(10_000):
+        for p, recs in parts.items():
+            if p in paused or fetched[p] == len(recs) or rng.random() < 0.5:
+                continue
+            chunk = recs[fetched[p] : fetched[p] + rng.randint(1, most_per_fetch)]
+            fetched[p] += len(chunk)
+            aligner.push(p, chunk, chunk[-1].offset + 1)
+        for p, recs in parts.items():
+            aligner.note_position(p, len(recs) - fetched[p], T_ASSIGN)
+        out += aligner.pop_ready(T_ASSIGN, rng.randint(1, 6))
+        pause, resume = aligner.flow(paused, high)
+        assert not set(pause) & paused and set(resume) <= paused
+        paused = (paused | set(pause)) - set(resume)
+        for p in parts:
+            # A partition is paused at `high`, so at most one fetch lands beyond it.
+            assert aligner.buffered(p) < high + most_per_fetch
+        # A paused partition holds records, so the merge never waits on it.
+        assert all(aligner.buffered(p) > 0 for p in paused)
+        if len(out) == total:
+            break
+    assert out == merged(parts)
+    assert not paused
