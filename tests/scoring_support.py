@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from streamscore.scoring.rules import CompiledRules, parse_rules_text
 
-#: Small numbers and a short half-life, so random sequences cross tiers, caps and re-arms often.
-PARITY_RULES_YAML = """
-version: parity-1
-decay: {half_life: 1h}
+
+def compact_rules_yaml(version: str, engagement: str) -> str:
+    """A rules file of `engagement` rules with the compact profile, grades, BANT and tiers."""
+    return f"version: {version}\n{COMPACT_HEADER}{engagement}{COMPACT_PROFILE_AND_TIERS}"
+
+
+COMPACT_HEADER = """decay: {half_life: 1h}
 score: {basis: total, floor: -50, ceiling: 200}
 attributes:
   title: {from: [traits.title], transform: lower}
   size: {from: [traits.size], type: number}
 engagement:
-  - {id: view, when: {type: page_view}, points: 3, cap: {points: 9, window: 30m}}
-  - {id: pricing, when: {type: page_view, properties.path: /pricing}, points: 12}
-  - {id: click, when: {type: email_click}, points: 7}
-  - {id: trial, when: {type: trial_signup}, points: 25, requalify: true}
-  - {id: unsub, when: {type: unsubscribe}, points: -15}
-  - {id: bot, when: {context.user_agent: {contains: bot}}, disqualify: true}
-fit:
+"""
+COMPACT_PROFILE_AND_TIERS = """fit:
   - {id: exec, attribute: title, when: {regex: "chief|vp"}, points: 20}
   - {id: intern, attribute: title, when: {contains: intern}, points: -10}
   - {id: big, attribute: size, when: {gte: 500}, points: 15}
@@ -34,6 +32,18 @@ tiers:
   - {name: hot, enter: 45, exit: 35}
 handoff: {tier: hot, min_grade: C, min_bant: 1, rearm_below: 25}
 """
+
+#: Small numbers and a short half-life, so random sequences cross tiers, caps and re-arms often.
+PARITY_RULES_YAML = compact_rules_yaml(
+    "parity-1",
+    """  - {id: view, when: {type: page_view}, points: 3, cap: {points: 9, window: 30m}}
+  - {id: pricing, when: {type: page_view, properties.path: /pricing}, points: 12}
+  - {id: click, when: {type: email_click}, points: 7}
+  - {id: trial, when: {type: trial_signup}, points: 25, requalify: true}
+  - {id: unsub, when: {type: unsubscribe}, points: -15}
+  - {id: bot, when: {context.user_agent: {contains: bot}}, disqualify: true}
+""",
+)
 
 
 def parity_rules() -> CompiledRules:

@@ -763,7 +763,7 @@ async def test_broker_restart_worker_reconnects_and_scores_new_events(
 
 
 class EventsSkipped(AssertionError):
-    """Events on the broker never reached Redis (the symptom of the bug below)."""
+    """Events on the broker never reached Redis (what the test below guards against)."""
 
 
 @bounded(200)
@@ -777,11 +777,13 @@ async def test_broker_restart_events_on_recreated_partitions_are_not_skipped(
 ) -> None:
     """Events written to a topic that was recreated under a running worker must be scored.
 
-    Today they are lost: the consumer keeps its in-memory fetch position (3 here) and even
-    commits it to the new, empty group, so offsets 0..2 of the new topic are never fetched;
-    had they been fetched, apply_batch.lua would still drop them as at or below the recorded
-    offset 2 for that topic-partition. A real Kafka keeps its data across restarts, but a
-    topic deleted and recreated (or restored from an older snapshot) hits the same path.
+    Left alone they would be lost: the consumer keeps its in-memory fetch position (3 here)
+    and would commit it to the new, empty group, so offsets 0..2 of the new topic would never
+    be fetched; had they been, apply_batch.lua would still drop them as at or below the
+    recorded offset 2 for that topic-partition. The worker sees its position beyond the high
+    watermark, forgets the partition's applied offsets and reads it from the beginning. A
+    real Kafka keeps its data across restarts, but a topic deleted and recreated (or restored
+    from an older snapshot) hits the same path.
     """
     run = await restart_broker_under_worker(
         settings_factory, store, workers, tmp_path, brokers, unique

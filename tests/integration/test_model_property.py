@@ -45,20 +45,15 @@ from streamscore.scoring.model import (
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES, CompiledRules, parse_rules_text
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
-from tests.integration.harness import WorkerProcess, event, produce
+from tests.integration.harness import WorkerProcess, event, metric_total, produce
+from tests.scoring_support import compact_rules_yaml
 
 T = TypeVar("T")
 MIN = 60_000
 
-RULES_YAML = """
-version: property-1
-decay: {half_life: 1h}
-score: {basis: total, floor: -50, ceiling: 200}
-attributes:
-  title: {from: [traits.title], transform: lower}
-  size: {from: [traits.size], type: number}
-engagement:
-  - {id: view, when: {type: page_view}, points: 3, cap: {points: 9, window: 30m}}
+RULES_YAML = compact_rules_yaml(
+    "property-1",
+    """  - {id: view, when: {type: page_view}, points: 3, cap: {points: 9, window: 30m}}
   - {id: pricing, when: {type: page_view, properties.path: {prefix: /pricing}}, points: 12}
   - {id: careers, when: {type: page_view, properties.path: {prefix: /careers}}, points: -8}
   - {id: open, when: {type: email_open}, points: 2, cap: {points: 4, window: 1h}}
@@ -67,21 +62,8 @@ engagement:
   - {id: trial, when: {type: trial_signup}, points: 25, requalify: true}
   - {id: demo, when: {type: demo_request}, points: 20, requalify: true}
   - {id: bot, when: {context.user_agent: {regex: "(?i)bot|crawler"}}, disqualify: true}
-fit:
-  - {id: exec, attribute: title, when: {regex: "chief|vp"}, points: 20}
-  - {id: intern, attribute: title, when: {contains: intern}, points: -10}
-  - {id: big, attribute: size, when: {gte: 500}, points: 15}
-  - {id: rival, attribute: title, when: {equals: competitor}, disqualify: true}
-grades: {A: 30, B: 15, C: 5}
-bant:
-  authority: {attribute: title, when: {regex: "chief|vp"}}
-  budget: {attribute: size, when: {gte: 500}}
-tiers:
-  - {name: cold}
-  - {name: warm, enter: 20, exit: 15}
-  - {name: hot, enter: 45, exit: 35}
-handoff: {tier: hot, min_grade: C, min_bant: 1, rearm_below: 25}
-"""
+""",
+)
 RULES: CompiledRules = parse_rules_text(RULES_YAML, "property.yaml")
 
 BOT_UA = {"user_agent": "Mozilla/5.0 (compatible; bingbot/2.0)"}
@@ -180,16 +162,6 @@ REQUALIFY = LeadPlan(
 
 
 # ------------------------------------------------------------------ running against the worker
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class OutputTopics:
