@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from streamscore.cli import tune_gc
 from streamscore.config import load_settings
 from streamscore.kafka.clients import make_producer
 from streamscore.metrics import create_metrics
@@ -122,6 +123,7 @@ def _name(key: tuple[str, int, str]) -> str:
 def main() -> None:
     """argv: output prefix, seconds, event target. Writes <prefix>.txt and <prefix>.json."""
     out, seconds, target = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    tune_gc()  # as `streamscore worker` does, or the collector's share reported is not its own
     clock = GcClock()
     gc.callbacks.append(clock)
     plain: dict[str, float] = {}

@@ -37,11 +37,12 @@ def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
         logging_config=config,
         quiet=True,
     )
-    _tune_gc()
+    tune_gc()
     worker.execute_from_commandline()
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
+    """Tune the garbage collector for the worker's allocation pattern (call once, at start)."""
     # Every event allocates a handful of short-lived objects, so the default gen-0 threshold
     # (700) runs a collection every few events; the modules and rules loaded so far live for
     # the whole process, so freezing them keeps them out of every later full collection.
