@@ -123,7 +123,6 @@ class ScoringWorker:
         self._applier: asyncio.Task[None] | None = None
         self._acking: set[asyncio.Task[None]] = set()
         self._positions: dict[TopicPartition, int] = {}
-        self._paused: set[TopicPartition] = set()
         self._next_commit = 0.0
         self._next_lag = 0.0
 
@@ -160,7 +159,6 @@ class ScoringWorker:
             self.assigned -= revoked
             for tp in revoked:
                 self._positions.pop(tp, None)
-            self._paused -= revoked
         self.metrics.partitions_assigned.set(len(self.assigned))
         self.metrics.ready.set(1 if self.ready else 0)
 
@@ -262,16 +260,19 @@ class ScoringWorker:
 
     def _flow_control(self, consumer: AIOKafkaConsumer) -> None:
         """Pause fetching the partitions the aligner holds enough of; resume them when drained."""
-        pause, resume = self.aligner.flow(self._paused, self.settings.align_max_buffered)
+        paused = consumer.paused()
+        pause, resume = self.aligner.flow(paused, self.settings.align_max_buffered)
+        # pause() raises for a partition the consumer no longer has, and the aligner's set and
+        # the consumer's can differ while a rebalance is under way.
+        assigned = consumer.assignment()
+        pause = [tp for tp in pause if tp in assigned]
         if pause:
             consumer.pause(*pause)
-            self._paused.update(pause)
             self.metrics.fetch_pauses_total.inc(len(pause))
         if resume:
             consumer.resume(*resume)
-            self._paused.difference_update(resume)
         self.metrics.align_buffered_events.set(self.aligner.buffered())
-        self.metrics.partitions_paused.set(len(self._paused))
+        self.metrics.partitions_paused.set(len(paused) + len(pause) - len(resume))
 
     async def _note_positions(self, consumer: AIOKafkaConsumer, now: int) -> None:
         update_lag = time.monotonic() >= self._next_lag
