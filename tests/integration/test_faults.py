@@ -477,7 +477,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
         kafka_session_timeout_ms=3000,
         # Small, so that fetching pauses and resumes all the way: the exact merge, and so
         # the reference's outputs, must survive it.
-        align_max_buffered=8,
+        align_max_buffered=2,
         **QUIET,
         **REPLAY_WAIT,
     )
