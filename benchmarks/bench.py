@@ -357,6 +357,8 @@ class Bench:
                     all_runs.setdefault(name, []).append(result.as_dict())
                     if result.child_metrics:
                         say(f"({name}) worker metrics: {result.child_metrics}")
+                    if result.redis_commands:
+                        say(f"({name}) Redis [calls, seconds] by command: {result.redis_commands}")
                     say(
                         f"({name}) {result.events:,} events in {result.seconds:.1f}s = "
                         f"{result.events_per_s:,.0f}/s, CPU {result.cpu_s:.1f}s, "

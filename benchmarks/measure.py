@@ -44,6 +44,9 @@ class RunResult:
     note: str = ""
     prefix: str = ""  # Redis key prefix of the state it left
     child_metrics: dict[str, float] | None = None  # scraped from the child before it stopped
+    # Redis time by command inside the window (INFO commandstats): {command: [calls, seconds]};
+    # commands a script runs are counted under their own names as well as in EVALSHA's time.
+    redis_commands: dict[str, list[float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -59,6 +62,7 @@ class _Mark:
     broker: ProcSample | None
     own: ProcSample | None
     busy_s: float
+    commands: dict[str, tuple[int, int]]
 
 
 def applied_count(client: redis.Redis, keyspace: KeySpace) -> int:
@@ -108,6 +112,7 @@ def measure(
             sample(broker_pid),
             sample(os.getpid()),
             system_busy_s(),
+            command_stats(client),
         )
 
     first: _Mark | None = None
@@ -171,7 +176,29 @@ def measure(
         exit_code=exit_code,
         note=note,
         child_metrics=scraped,
+        redis_commands=_command_delta(first.commands, end.commands),
     )
+
+
+def command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Calls and microseconds per command since the server started."""
+    info: dict[str, Any] = client.info("commandstats")
+    return {
+        key.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+        for key, v in info.items()
+        if key.startswith("cmdstat_")
+    }
+
+
+def _command_delta(
+    first: dict[str, tuple[int, int]], end: dict[str, tuple[int, int]]
+) -> dict[str, list[float]]:
+    delta = {}
+    for name, (calls, usec) in end.items():
+        calls0, usec0 = first.get(name, (0, 0))
+        if calls > calls0:
+            delta[name] = [calls - calls0, (usec - usec0) / 1e6]
+    return dict(sorted(delta.items(), key=lambda kv: -kv[1][1]))
 
 
 def _delta(a: ProcSample | None, b: ProcSample | None) -> float:

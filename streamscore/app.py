@@ -63,6 +63,10 @@ class ScoringAgent(Service):
         client = connect(
             settings.redis_url.get_secret_value(),
             ssl_ca_certs=str(settings.redis_ssl_ca_certs) if settings.redis_ssl_ca_certs else None,
+            # Bounded per call by redis_timeout_s instead: with a socket timeout, redis-py
+            # queued each 0.6 MB apply send behind the CPU work already scheduled, 20-60 ms
+            # a call during which Redis sat idle.
+            socket_timeout=None,
         )
         store = RedisStore(
             client,

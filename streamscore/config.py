@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
     redis_ssl_ca_certs: Path | None = None
     redis_retry_max_s: float = Field(default=120.0, gt=0)
+    redis_timeout_s: float = Field(default=5.0, gt=0)
 
     # Rules
     rules_file: Path = Path("examples/rules.yaml")

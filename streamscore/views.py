@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -47,7 +48,11 @@ def register(app: faust.App, runtime: Runtime) -> None:
         worker = runtime.worker
         if worker is None:
             return view.json({"error": "not started"}, status=503)
-        fields = await worker.store.lead_fields(lead_id)
+        try:
+            async with asyncio.timeout(runtime.settings.redis_timeout_s):
+                fields = await worker.store.lead_fields(lead_id)
+        except TimeoutError:
+            return view.json({"error": "redis timed out"}, status=503)
         if not fields:
             return view.json({"error": "unknown lead", "lead_id": lead_id}, status=404)
         body: dict[str, Any] = describe_lead(fields, runtime.rules.rules, now_ms())

@@ -26,8 +26,8 @@ from streamscore.retry import with_retry
 from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide
 from streamscore.scoring.rules import CompiledRules
-from streamscore.store.store import RedisStore, ScriptResult
-from streamscore.store.wire import GroupBatch, ScoredEvent, decode_outputs, encode_batches
+from streamscore.store.store import PackedApply, RedisStore, ScriptResult
+from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches
 from streamscore.stream.align import Aligner
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ REDIS_TRANSIENT = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
+    TimeoutError,  # redis_timeout_s passed; redis-py drops a connection left mid-call
 )
 KAFKA_TRANSIENT = (KafkaError,)
 
@@ -64,7 +65,7 @@ class PreparedBatch:
     """Events decided and encoded, waiting for (or in) their Redis call."""
 
     ready: list[tuple[TopicPartition, Pending]]
-    groups: list[GroupBatch]
+    calls: list[PackedApply]
     config: bytes
     first_offsets: dict[TopicPartition, int]
 
@@ -356,16 +357,17 @@ class ScoringWorker:
             )
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        batch.groups = encode_batches(scored, self.store.keys)
+        batch.calls = [
+            self.store.pack(group, batch.config)
+            for group in encode_batches(scored, self.store.keys)
+        ]
 
     async def _apply(self, batch: PreparedBatch) -> list[ScriptResult]:
         async with self._lock:
             scored_at = now_ms()
             results = []
-            for group in batch.groups:
-                result = await self._redis(
-                    partial(self.store.apply, group, batch.config, scored_at)
-                )
+            for call in batch.calls:
+                result = await self._redis(partial(self.store.apply_packed, call, scored_at))
                 await self._emit(result)
                 results.append(result)
             self.stream_time_ms = max(self.stream_time_ms, batch.ready[-1][1].event.time_ms)
@@ -373,9 +375,9 @@ class ScoringWorker:
 
     def _count_applied(self, batch: PreparedBatch, results: list[ScriptResult], done: int) -> None:
         outcomes: Tally[tuple[str, str]] = Tally()
-        for group, result in zip(batch.groups, results, strict=True):
+        for call, result in zip(batch.calls, results, strict=True):
             duplicates = set(result.duplicates)
-            for i, ev in enumerate(group.events):
+            for i, ev in enumerate(call.batch.events):
                 outcomes[(ev.topic, "duplicate" if i in duplicates else "scored")] += 1
         observe = self.metrics.event_to_scored_seconds.observe
         for _, p in batch.ready:
@@ -384,8 +386,12 @@ class ScoringWorker:
             self.metrics.events_total.labels(topic=topic, outcome=outcome).inc(n)
 
     async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        async def bounded() -> T:
+            async with asyncio.timeout(self.settings.redis_timeout_s):
+                return await op()
+
         return await with_retry(
-            op,
+            bounded,
             operation="redis",
             transient=REDIS_TRANSIENT,
             retries_total=self.metrics.retries_total,

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from streamscore.metrics import Metrics
 from streamscore.store.keys import KeySpace
@@ -37,9 +39,34 @@ class ScriptResult:
     duplicates: list[int]
 
 
-def connect(url: str, *, ssl_ca_certs: str | None = None) -> Redis:
-    """A Redis client from a redis://, rediss:// or unix:// URL (password in the URL)."""
-    kwargs: dict[str, Any] = {"health_check_interval": 10, "socket_connect_timeout": 5}
+@dataclass(frozen=True, slots=True)
+class PackedApply:
+    """One group's apply_batch call, encoded in the Redis protocol but for its scored_at.
+
+    A 5,000-event call carries about 8,600 key arguments; redis-py's encoder took 12-14 ms a
+    call for them, on the path between one reply and the next send. Packing while the batch is
+    decided takes that off the path (hiredis, about 2.5 ms).
+    """
+
+    batch: GroupBatch
+    arguments: int  # scored_at included
+    body: bytes  # every argument but scored_at, without the array header
+
+
+def connect(
+    url: str, *, ssl_ca_certs: str | None = None, socket_timeout: float | None = 5.0
+) -> Redis:
+    """A Redis client from a redis://, rediss:// or unix:// URL (password in the URL).
+
+    With `socket_timeout=None` the caller must bound its calls itself (the worker does, with
+    asyncio.timeout): redis-py enforces a socket timeout on sends with asyncio.wait_for, which
+    on Python 3.11 runs the send in a new task, queued behind every callback already ready.
+    """
+    kwargs: dict[str, Any] = {
+        "health_check_interval": 10,
+        "socket_connect_timeout": 5,
+        "socket_timeout": socket_timeout,
+    }
     if ssl_ca_certs:
         kwargs["ssl_ca_certs"] = ssl_ca_certs
     client: Redis = aioredis.Redis.from_url(url, **kwargs)
@@ -60,17 +87,54 @@ class RedisStore:
         """True when Redis answers."""
         return bool(await self.client.ping())
 
+    def pack(self, batch: GroupBatch, config_json: bytes) -> PackedApply:
+        """Encode one group's apply call ahead of time (see PackedApply)."""
+        args: tuple[str | int | bytes, ...] = (
+            "EVALSHA", self._apply.sha, len(batch.keys), *batch.keys, config_json, batch.payload
+        )  # fmt: skip
+        # hiredis's stub types the argument as a 1-tuple; any length is accepted.
+        body: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+        return PackedApply(batch, len(args) + 1, body[body.index(b"\r\n") + 2 :])
+
     async def apply(self, batch: GroupBatch, config_json: bytes, now_ms: int) -> ScriptResult:
         """Apply one group's events; the offsets and outbox entry are recorded in the same call."""
+        return await self.apply_packed(self.pack(batch, config_json), now_ms)
+
+    async def apply_packed(self, packed: PackedApply, now_ms: int) -> ScriptResult:
+        """apply() of a call packed beforehand."""
         started = time.perf_counter()
-        entry, outputs, dups = await self._apply(
-            keys=batch.keys, args=[config_json, batch.payload, now_ms]
-        )
+        scored_at = str(now_ms).encode()
+        command = [
+            b"*%d\r\n" % packed.arguments,
+            packed.body,
+            b"$%d\r\n%s\r\n" % (len(scored_at), scored_at),
+        ]
+        entry, outputs, dups = await self._send_packed(command)
         self.metrics.redis_script_seconds.labels(script="apply_batch").observe(
             time.perf_counter() - started
         )
+        batch = packed.batch
         self.metrics.batch_events.observe(len(batch.events))
-        return ScriptResult(batch.group, _text(entry), _bytes(outputs), orjson.loads(dups))
+        # cjson encodes an empty list as {}.
+        duplicates = orjson.loads(dups) or []
+        return ScriptResult(batch.group, _text(entry), _bytes(outputs), duplicates)
+
+    async def _send_packed(self, command: list[bytes]) -> Any:
+        # redis-py disconnects a connection whose call failed or was cancelled mid-way, so a
+        # late reply is never read by the next call.
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(command)
+            try:
+                return await conn.read_response()
+            except NoScriptError:
+                # A restarted or flushed server: load the script (as redis-py's Script does).
+                await self.client.script_load(APPLY_BATCH_LUA)
+                await conn.send_packed_command(command)
+                return await conn.read_response()
+        finally:
+            await pool.release(conn)
 
     async def tick(
         self, group: int, config_json: bytes, until_ms: int, limit: int, now_ms: int
