@@ -172,14 +172,22 @@ LEAD_DEFAULTS: dict[str, int] = {
 def decode_lead_state(raw: bytes | None) -> dict[str, str]:
     """A lead's stored state as text fields (numbers as numerals, records as JSON).
 
-    Core fields the script left out because they held their default are filled in.
+    Core fields the script left out because they held their default are filled in, and the
+    packed profile (field P) is spread into one p:<attribute> field per attribute.
     """
     if not raw:
         return {}
-    state: dict[str, Any] = msgpack.unpackb(
-        raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape"
-    )
+    state: dict[str, Any] = _unpack(raw)
+    packed_profile = state.pop("P", None)
+    if packed_profile is not None:
+        # Lua strings are bytes; msgpack hands this one back as text, bytes kept as surrogates.
+        profile: dict[str, Any] = _unpack(packed_profile.encode("utf-8", "surrogateescape"))
+        state.update({f"p:{name}": record for name, record in profile.items()})
     return {name: _as_text(value) for name, value in {**LEAD_DEFAULTS, **state}.items()}
+
+
+def _unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
 
 
 def _as_text(value: Any) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import msgpack
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -71,3 +72,24 @@ async def test_a_cancelled_apply_leaves_no_reply_for_the_next_call(store: RedisS
         await call
     # The redelivered event's call must read its own reply, which marks it a duplicate.
     assert (await store.apply(solo, CONFIG, T0)).duplicates == [0]
+
+
+async def test_a_state_saved_with_one_field_per_attribute_is_read_and_rewritten_packed(
+    store: RedisStore,
+) -> None:
+    """States written before the profile was packed (p:<attr> fields) keep their profile."""
+    title = [T0 - 1000, "vp sales", 20, 2, 0, [["exec", 20]]]  # BANT authority (bit 2)
+    legacy = {"id": "old", "a": T0 - 1000, "lt": T0 - 1000, "fit": 20, "bant": 2, "p:title": title}
+    key = store.keys.lead(store.keys.lead_ref("old"))
+    await store.client.set(key, msgpack.packb(legacy))
+    identify = FakeEvent("identify", {}, {}, {"size": 900})
+    event = ScoredEvent("old", "id-1", T0, "pv", 0, 0, decide(identify, RULES))
+    (batch,) = encode_batches([event], store.keys)
+    await store.apply(batch, CONFIG, T0)
+    raw = msgpack.unpackb(await store.client.get(key), raw=False, unicode_errors="surrogateescape")
+    assert "p:title" not in raw and "P" in raw
+    fields = await store.lead_fields("old")
+    assert orjson.loads(fields["p:title"]) == title
+    assert orjson.loads(fields["p:size"])[1:3] == ["900.0", 15]  # values are kept as text
+    assert float(fields["fit"]) == 35  # the legacy title's 20 and the new size's 15
+    assert int(fields["bant"]) == 2 | 1  # and budget, from the size

@@ -82,24 +82,23 @@ local function add_points(L, rule, points, t)
 end
 
 local function set_attributes(L, updates, t)
+  local profile = profile_of(L)
   local changed = false
   for _, u in ipairs(updates) do
-    local field = 'p:' .. cfg.attributes[u[1] + 1]
-    local cur = L.f[field]
+    local name = cfg.attributes[u[1] + 1]
+    local cur = profile[name]
     if cur == nil or t > cur[1] or (t == cur[1] and u[2] >= cur[2]) then
-      set_field(L, field, {t, u[2], u[3], u[4], u[5], u[6]})
+      profile[name] = {t, u[2], u[3], u[4], u[5], u[6]}
       changed = true
     end
   end
   if not changed then return end
+  L.profile_changed = true
   local fit, fdq, mask = 0, 0, 0
-  for field in pairs(L.f) do
-    if string.sub(field, 1, 2) == 'p:' then
-      local rec = L.f[field]
-      fit = fit + rec[3]
-      if rec[5] == 1 then fdq = 1 end
-      mask = bor4(mask, rec[4])
-    end
+  for _, rec in pairs(profile) do
+    fit = fit + rec[3]
+    if rec[5] == 1 then fdq = 1 end
+    mask = bor4(mask, rec[4])
   end
   L.fit, L.fdq, L.bant = fit, fdq, mask
 end

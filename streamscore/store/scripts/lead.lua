@@ -3,10 +3,10 @@
 -- Expects ARGV[1] = rules config JSON (CompiledRules.script_config() plus dedup_window_ms).
 -- Lead fields (a MessagePack map in one string key): id, a (anchor ms), e (positive points
 -- normalised to the anchor), pen (penalties), lt (last evaluation ms), tier (0-based), arm, n (output sequence),
--- dq/dqt (event flag and its time), fit/fdq/bant (derived from p:* attributes), ver,
--- r:<rule> (normalised positive points), n:<rule> (penalties), p:<attr> ({time, value, fit,
--- bant mask, disqualifies, reasons}), c:<rule> ({window: points used}), due (ms of the next
--- inactivity drop, if any).
+-- dq/dqt (event flag and its time), fit/fdq/bant (derived from the profile), ver,
+-- r:<rule> (normalised positive points), n:<rule> (penalties), P (the profile, packed: {attr:
+-- {time, value, fit, bant mask, disqualifies, reasons}}), c:<rule> ({window: points used}),
+-- due (ms of the next inactivity drop, if any).
 local cfg = cjson.decode(ARGV[1])
 local H = cfg.half_life_ms
 local INF = math.huge
@@ -64,6 +64,26 @@ local function set_field(L, field, value)
   L.dirty[field] = true
 end
 
+-- The profile stays packed (field P) unless an identify event or an output needs it: unpacking
+-- its nested tables on every load of a profiled lead was about 15% of the script's time in the
+-- benchmark's replay, for events that never read it.
+local function profile_of(L)
+  if L.profile == nil then
+    local profile = {}
+    if L.f.P then profile = cmsgpack.unpack(L.f.P) end
+    -- States saved before the profile was packed hold one p:<attr> field per attribute.
+    for field, rec in pairs(L.f) do
+      if string.sub(field, 1, 2) == 'p:' then
+        profile[string.sub(field, 3)] = rec
+        set_field(L, field, nil)
+        L.profile_changed = true
+      end
+    end
+    L.profile = profile
+  end
+  return L.profile
+end
+
 
 local function engagement_at(L, t)
   if L.a == nil then return 0 end
@@ -107,14 +127,15 @@ local function reasons_at(L, t)
     end
     by_rule[rule] = by_rule[rule] + points
   end
+  for _, rec in pairs(profile_of(L)) do
+    for _, pair in ipairs(rec[6]) do add(pair[1], pair[2]) end
+  end
   for field, value in pairs(L.f) do
     local kind, name = string.sub(field, 1, 2), string.sub(field, 3)
     if kind == 'r:' then
       add(name, tonumber(value) * math.pow(2, (L.a - t) / H))
     elseif kind == 'n:' then
       add(name, tonumber(value))
-    elseif kind == 'p:' then
-      for _, pair in ipairs(L.f[field][6]) do add(pair[1], pair[2]) end
     end
   end
   table.sort(order, function(x, y)
@@ -190,6 +211,10 @@ local function record_outputs(outbox_key, outs)
 end
 
 local function save_lead(L, due_key)
+  if L.profile_changed then
+    if next(L.profile) == nil then set_field(L, 'P', nil)
+    else set_field(L, 'P', cmsgpack.pack(L.profile)) end
+  end
   local changed = next(L.dirty) ~= nil
   for _, field in ipairs(CORE) do
     local v = L[field]

@@ -65,6 +65,17 @@ def test_lead_state_is_decoded_to_text_fields() -> None:
     assert decode_lead_state(None) == {}
 
 
+def test_packed_profile_is_spread_into_attribute_fields() -> None:
+    profile = {"title": [1_700_000_000_000, "VP", 10, 4, 0, [["vp", 10]]], "size": [1, 900.5]}
+    # As lead.lua stores it: the profile's MessagePack (not valid UTF-8) as a string field.
+    packed = msgpack.packb(profile, use_bin_type=False)
+    assert b"\xcb" in packed  # a float64 marker: these bytes do not decode as UTF-8
+    fields = decode_lead_state(msgpack.packb({"id": "x", "P": packed}, use_bin_type=False))
+    assert "P" not in fields
+    assert orjson.loads(fields["p:title"]) == profile["title"]
+    assert orjson.loads(fields["p:size"]) == [1, 900.5]
+
+
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_numbers_survive_the_round_trip_exactly(value: float) -> None:
     fields = decode_lead_state(msgpack.packb({"e": value}))
