@@ -19,13 +19,12 @@ from pathlib import Path
 
 import orjson
 
+from streamscore.app import open_store
 from streamscore.cli import tune_gc
 from streamscore.config import load_settings
 from streamscore.kafka.clients import make_producer
 from streamscore.metrics import create_metrics
 from streamscore.ruleset import RulesHolder
-from streamscore.store.keys import KeySpace
-from streamscore.store.store import RedisStore, connect
 from streamscore.worker import ScoringWorker
 
 
@@ -62,10 +61,7 @@ async def run(
     settings = load_settings()
     metrics = create_metrics(process=False)
     rules = RulesHolder(settings.rules_file, metrics, settings.dedup_window_s)
-    client = connect(settings.redis_url.get_secret_value())
-    store = RedisStore(
-        client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups), metrics
-    )
+    store = open_store(settings, metrics)
     producer = make_producer(settings)
     await producer.start()
     worker = ScoringWorker(settings, metrics, rules, store, producer)
@@ -105,7 +101,7 @@ async def run(
         stopping.set()
         await task
         await producer.stop()
-        await client.aclose()
+        await store.client.aclose()
     return profiler, events, elapsed
 
 
