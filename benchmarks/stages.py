@@ -185,7 +185,7 @@ def lua_cost(
                 ("apply_batch.lua, 1 event per call", 1, scored[: min(len(scored), 20000)]),
             ):
                 run_prefix = f"{prefix}:{rep}:{size}"
-                cpu_before, usec_before = _valkey_cpu_s(client), _evalsha_usec(client)
+                cpu_before, usec_before = valkey_cpu_s(client), _evalsha_usec(client)
                 wall = asyncio.run(
                     _apply_all(
                         redis_url,
@@ -195,7 +195,7 @@ def lua_cost(
                         now,
                     )
                 )
-                cpu = (_valkey_cpu_s(client) - cpu_before) * 1e6 / len(subset)
+                cpu = (valkey_cpu_s(client) - cpu_before) * 1e6 / len(subset)
                 usec = (_evalsha_usec(client) - usec_before) / len(subset)
                 for key, value in (
                     (f"{label}: Valkey CPU us/event", cpu),
@@ -208,7 +208,8 @@ def lua_cost(
     return out
 
 
-def _valkey_cpu_s(client: redis.Redis) -> float:
+def valkey_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds of the server's main thread (INFO cpu)."""
     info = client.info("cpu")
     return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
 
