@@ -33,7 +33,7 @@ def open_store(settings: Settings, metrics: Metrics) -> RedisStore:
     """The worker's store: its client has no socket timeout, each call is bounded instead.
 
     With a socket timeout, redis-py sends from a new task (asyncio.wait_for on Python 3.11),
-    queued behind the CPU work already scheduled: 20-60 ms a 0.6 MB apply call, during which
+    queued behind the CPU work already scheduled: 5 to 64 ms a 0.6 MB apply call, during which
     Redis sat idle. The worker bounds every call by redis_timeout_s itself.
     """
     ca_certs = settings.redis_ssl_ca_certs
