@@ -346,8 +346,24 @@ def test_toml_validation_errors_name_the_field() -> None:
     text = mutate(text, 'when = { type = "page_view" }', 'when = { type = "page_vew" }')
     problems = problems_of(text, "rules.toml")
     assert len(problems) == 2, problems
-    assert any(p.startswith("decay.half_life: ") and "duration" in p for p in problems)
-    assert any(p.startswith("engagement[0].when: ") and "page_vew" in p for p in problems)
+    half_life = f"line {line_of(text, 'half_life =')}: decay.half_life: "
+    when = f"line {line_of(text, 'page_vew')}: engagement[0].when: "
+    assert any(p.startswith(half_life) and "duration" in p for p in problems), problems
+    assert any(p.startswith(when) and "page_vew" in p for p in problems), problems
+
+
+def test_toml_errors_point_past_multi_line_values_and_into_tables() -> None:
+    """Multi-line strings and arrays hide nothing: keys after them get their own lines."""
+    text = mutate(
+        BASE_TOML,
+        'id = "exec"',
+        'description = """spans\n[[fit]]\nlines"""\ntags = [\n  "a[",\n]\nid = "exec"',
+    )
+    text = mutate(text, "points = 10", "points = 10\nbogus = 1")
+    text = mutate(text, "enter = 30", 'enter = "lots"')
+    problems = problems_of(text, "rules.toml")
+    assert f"line {line_of(text, 'bogus')}: fit[0].bogus: " in "\n".join(problems), problems
+    assert any(p.startswith(f"line {line_of(text, 'lots')}: tiers[2].enter") for p in problems)
 
 
 def test_malformed_toml_reports_line_and_column() -> None:
