@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamscore.errors import RulesError
 from streamscore.scoring.durations import parse_duration_s
+from streamscore.scoring.source_lines import line_index
 
 #: Distinct strings each regex test remembers its answer for.
 REGEX_CACHE_SIZE = 4096
@@ -619,117 +620,6 @@ def _may_match_type(rule: EngagementRuleSpec, event_type: str) -> bool:
 # ---------------------------------------------------------------- loading
 
 
-def _line_index(text: str, is_yaml: bool) -> dict[tuple[str | int, ...], int]:
-    """Map each node path to its 1-based line, so errors can point into the file."""
-    return _yaml_line_index(text) if is_yaml else _toml_line_index(text)
-
-
-def _toml_line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    """Lines of TOML tables, array-of-table entries and keys (tomllib keeps no positions).
-
-    Values inside inline tables and multi-line arrays are not indexed: an error there points
-    at the line of the key that holds them. Only called on text tomllib has accepted.
-    """
-    lines: dict[tuple[str | int, ...], int] = {}
-    entries: dict[tuple[str | int, ...], int] = {}  # array-of-tables path -> entries so far
-    table: tuple[str | int, ...] = ()
-    depth = 0  # open brackets and braces carried over from earlier lines
-    in_string: str | None = None  # the delimiter of a multi-line string still open
-    for number, raw in enumerate(text.splitlines(), 1):
-        code, depth, in_string, started_outside = _toml_code(raw, depth, in_string)
-        if not started_outside:
-            continue
-        header = _TOML_HEADER.match(code)
-        if header and code.lstrip().startswith("["):
-            path = tuple(_toml_key_parts(header.group(2)))
-            if header.group(1) == "[[":
-                index = entries.get(path, 0)
-                entries[path] = index + 1
-                lines.setdefault(path, number)
-                table = (*path, index)
-            else:
-                table = path
-            lines[table] = number
-            continue
-        key = _TOML_KEY.match(code)
-        if key:
-            lines[(*table, *_toml_key_parts(key.group(1)))] = number
-    return lines
-
-
-_TOML_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
-_TOML_KEY = re.compile(rf"\s*({_TOML_KEY_PART}(?:\s*\.\s*{_TOML_KEY_PART})*)\s*=")
-_TOML_HEADER = re.compile(r"\s*(\[\[?)\s*(.+?)\s*\]\]?\s*$")
-
-
-def _toml_key_parts(dotted: str) -> list[str]:
-    return [part.strip().strip("\"'") for part in re.findall(r"\"[^\"]*\"|'[^']*'|[^.]+", dotted)]
-
-
-def _toml_code(line: str, depth: int, in_string: str | None) -> tuple[str, int, str | None, bool]:
-    """One line's code without comments or multi-line strings; the bracket depth and the open
-    multi-line string after it; whether it began outside any value (so it can hold a key)."""
-    started_outside = depth == 0 and in_string is None
-    out: list[str] = []
-    i = 0
-    while i < len(line):
-        if in_string is not None:
-            end = line.find(in_string, i)
-            while end > 0 and in_string == '"""' and line[end - 1] == "\\":
-                end = line.find(in_string, end + 1)
-            if end < 0:
-                return "".join(out), depth, in_string, started_outside
-            i = end + len(in_string)
-            in_string = None
-            out.append('""')
-            continue
-        c = line[i]
-        if c == "#":
-            break
-        if line.startswith('"""', i) or line.startswith("'''", i):
-            in_string = line[i : i + 3]
-            i += 3
-            continue
-        if c in "\"'":
-            j = i + 1
-            while j < len(line) and line[j] != c:
-                j += 2 if c == '"' and line[j] == "\\" else 1
-            out.append(line[i : j + 1])  # kept: quoted keys need their text
-            i = j + 1
-            continue
-        if c in "[{":
-            depth += 1
-        elif c in "]}":
-            depth -= 1
-        out.append(c)
-        i += 1
-    return "".join(out), depth, in_string, started_outside
-
-
-def _yaml_line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    lines: dict[tuple[str | int, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                k = str(key.value)
-                lines[(*path, k)] = key.start_mark.line + 1
-                walk(value, (*path, k))
-                lines[(*path, k)] = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
 def _format_loc(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
@@ -768,7 +658,7 @@ def parse_rules_text(text: str, source: str) -> CompiledRules:
 
 
 def _locate(problems: list[tuple[Loc, str]], text: str, is_yaml: bool) -> list[str]:
-    lines = _line_index(text, is_yaml)
+    lines = line_index(text, is_yaml)
     out = []
     for loc, msg in problems:
         line = _nearest_line(lines, loc)

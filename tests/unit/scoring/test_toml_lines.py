@@ -7,7 +7,7 @@ import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamscore.scoring.rules import _toml_line_index
+from streamscore.scoring.source_lines import toml_line_index
 
 Path = tuple[str | int, ...]
 
@@ -81,5 +81,5 @@ def test_every_key_and_table_is_found_on_its_line(
 ) -> None:
     text, expected = _render(top, sections)
     tomllib.loads(text)  # the generator writes valid TOML
-    index = _toml_line_index(text)
+    index = toml_line_index(text)
     assert {path: index.get(path) for path in expected} == expected
