@@ -9,11 +9,14 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from streamscore.events.envelope import format_time_ms
+
+#: The benchmark's jobs: the full example rules, or issue 16's simple job.
+Job = Literal["full", "simple"]
 
 #: Index of each input topic, in Settings.input_topics order.
 PAGE_VIEWS, EMAIL_EVENTS, DOWNLOADS, UNSUBSCRIBES, PROFILES = range(5)
@@ -43,6 +46,13 @@ TYPE_MIX = (
     ("contact_request", 0.4),
     ("unsubscribe", 2.0),
     ("identify", 3.0),
+)
+#: The simple job's mix (issue 16): only the four event types it scores, one per input topic.
+SIMPLE_MIX = (
+    ("page_view", 62.0),
+    ("email_open", 25.0),
+    ("download", 10.0),
+    ("unsubscribe", 3.0),
 )
 PATHS = (
     ("/", 20),
@@ -105,6 +115,7 @@ class Message:
     partition: int
     key: bytes
     value: bytes
+    time_ms: int = 0  # the event time, also the record timestamp when the job asks for it
 
 
 @dataclass
@@ -183,9 +194,10 @@ class Profiles:
 class EventFactory:
     """Builds event documents of every type, native or Segment-shaped."""
 
-    def __init__(self, rng: random.Random, profiles: Profiles) -> None:
+    def __init__(self, rng: random.Random, profiles: Profiles, segment_share: float = 0.3) -> None:
         self.rng = rng
         self.profiles = profiles
+        self.segment_share = segment_share
         self._paths = _weighted(PATHS)
         self.segment_shaped = 0
 
@@ -205,7 +217,9 @@ class EventFactory:
     ) -> dict[str, Any]:
         """One event document (dict) for event_type."""
         rng = self.rng
-        segment = event_type in ("page_view", "identify", "download") and rng.random() < 0.3
+        # The draw is made even with segment_share 0, so one seed gives one stream of choices.
+        draw = rng.random() if event_type in ("page_view", "identify", "download") else 1.0
+        segment = draw < self.segment_share
         if segment:
             self.segment_shaped += 1
             return self._segment(event_type, lead_id, lead_index, time_ms, identify_count, path)
@@ -285,12 +299,22 @@ def leads_per_batch(messages: Sequence[Message], batch: int) -> float:
 
 
 def build_workload(
-    events: int, leads: int, seed: int, end_ms: int, window_ms: int, partitions: int
+    events: int,
+    leads: int,
+    seed: int,
+    end_ms: int,
+    window_ms: int,
+    partitions: int,
+    job: Job = "full",
 ) -> Workload:
-    """`events` events over `leads` leads, Zipf-like activity, event times rising to end_ms."""
+    """`events` events over `leads` leads, Zipf-like activity, event times rising to end_ms.
+
+    The full job mixes every event type (TYPE_MIX), 30% of them Segment-shaped; the simple job
+    has only its four types (SIMPLE_MIX), all native JSON.
+    """
     rng = random.Random(seed)
     profiles = Profiles(seed)
-    factory = EventFactory(rng, profiles)
+    factory = EventFactory(rng, profiles, segment_share=0.3 if job == "full" else 0.0)
     # Zipf-like activity (exponent 0.6): the busiest lead gets ~0.5% of the events, the median
     # lead a dozen, the quietest a few. Ranks are shuffled over lead ids.
     ranks = list(range(leads))
@@ -299,7 +323,7 @@ def build_workload(
     cum = list(itertools.accumulate(weights))
     profiled = [i for i in range(leads) if rng.random() < 0.4]
     prof_cum = list(itertools.accumulate(weights[i] for i in profiled))
-    types, type_cum = _weighted(TYPE_MIX)
+    types, type_cum = _weighted(TYPE_MIX if job == "full" else SIMPLE_MIX)
     chosen_types = rng.choices(types, cum_weights=type_cum, k=events)
     chosen_leads = rng.choices(range(leads), cum_weights=cum, k=events)
     identifies: Counter[int] = Counter()
@@ -321,7 +345,9 @@ def build_workload(
         if event_type == "identify":
             identifies[lead] += 1
         by_type[event_type] += 1
-        messages.append(Message(TOPIC_OF_TYPE[event_type], parts[lead], keys[lead], dumps(doc)))
+        messages.append(
+            Message(TOPIC_OF_TYPE[event_type], parts[lead], keys[lead], dumps(doc), time_ms)
+        )
     return Workload(
         messages=messages,
         leads=leads,
@@ -371,6 +397,8 @@ class LiveStream:
         self._types = types
         self._type_cum = cum
         self._hot_seq = 0
+        #: hot lead id -> the event that makes it cross into hot (its /pricing view)
+        self.triggers: dict[str, str] = {}
 
     def _event(
         self, event_type: str, lead_id: str, lead_index: int, path: str | None = None
@@ -404,7 +432,9 @@ class LiveStream:
                 out.append(ident)
                 # Spaced out (~0.1 and ~0.3 of the hot period later) so each is its own event.
                 gap = max(hot_every // 10, 1)
-                pending.append((i + gap, self._event("page_view", lead_id, 0, "/pricing")))
+                crossing = self._event("page_view", lead_id, 0, "/pricing")
+                self.triggers[lead_id] = crossing.event_id
+                pending.append((i + gap, crossing))
                 pending.append((i + 3 * gap, self._event("demo_request", lead_id, 0)))
                 continue
             due = [p for p in pending if p[0] <= i]
