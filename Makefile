@@ -40,10 +40,14 @@ lint: install ## ruff lint and format check, mypy strict
 	$(BIN)/ruff format --check streamscore tests benchmarks
 	$(BIN)/mypy
 
-bench: install bench-deps ## the benchmark: streamscore vs a per-event Faust app vs a bare batch loop
+bench: install bench-deps ## the benchmark: streamscore vs Quix Streams, a minimal loop and Faust; full rules; latency
 	$(PY) -m benchmarks.bench
 
-bench-deps: ## install Debian's redis-server (Redis 7) when missing; the benchmark runs on it
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[embedded,test,dev,bench]"
+	touch $@
+
+bench-deps: $(VENV)/.bench-installed ## the bench extra (quixstreams) and Debian's redis-server (Redis 7) when missing
 	@command -v redis-server >/dev/null || { \
 	  [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
