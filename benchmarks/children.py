@@ -1,4 +1,5 @@
-"""Child processes of the benchmark (worker, baselines), configured by STREAMSCORE_* variables."""
+"""Child processes of the benchmark: the worker and (b) take STREAMSCORE_* variables, (c) and
+(q) their own command-line options."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ class Child:
         name: str,
         module: str,
         args: list[str],
-        settings: Settings,
+        settings: Settings | None,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update(settings_env(settings))
+        if settings is not None:
+            env.update(settings_env(settings))
         env.update(extra_env or {})
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p

@@ -1,4 +1,4 @@
-"""Fast producing of the pre-encoded workload (confluent-kafka) and high watermarks by fetch."""
+"""Kafka helpers: topic creation, fast producing of the workload, high watermarks, read-back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.workload import Message as Record
 
@@ -23,9 +24,13 @@ PRODUCER_CONFIG = {
 
 
 def produce_all(
-    bootstrap: str, topics: Sequence[str], records: Sequence[Record]
+    bootstrap: str, topics: Sequence[str], records: Sequence[Record], *, event_time: bool = False
 ) -> tuple[dict[tuple[str, int], int], float]:
-    """Send every record to its topic and partition; returns counts per partition and seconds."""
+    """Send every record to its topic and partition; returns counts per partition and seconds.
+
+    With `event_time`, each record's timestamp is its event's time (as a collector that stamps
+    records with the event time would produce them): Quix Streams merges topics by it.
+    """
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
     errors: list[str] = []
     acked: dict[tuple[str, int], int] = {}
@@ -45,9 +50,23 @@ def produce_all(
     for i, r in enumerate(records):
         while True:
             try:
-                produce(
-                    topics[r.topic], r.value, r.key, partition=r.partition, on_delivery=on_delivery
-                )
+                if event_time:
+                    produce(
+                        topics[r.topic],
+                        r.value,
+                        r.key,
+                        partition=r.partition,
+                        on_delivery=on_delivery,
+                        timestamp=r.time_ms,
+                    )
+                else:
+                    produce(
+                        topics[r.topic],
+                        r.value,
+                        r.key,
+                        partition=r.partition,
+                        on_delivery=on_delivery,
+                    )
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -88,3 +107,67 @@ def highwaters(
 ) -> dict[tuple[str, int], int]:
     """Synchronous wrapper of fetch_highwaters."""
     return asyncio.run(fetch_highwaters(bootstrap, topics, partitions))
+
+
+def create_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Create topics (those that exist are left alone) with an unlimited retention.
+
+    retention.ms is set explicitly: the workload's event times (its record timestamps, for the
+    simple job) are up to 30 days old, and Quix Streams reads the setting back to configure its
+    changelog topics (it fails on a topic whose configuration lacks it).
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    existing = set(admin.list_topics(timeout=30).topics)
+    wanted = [
+        NewTopic(t, partitions, 1, config={"retention.ms": "-1"})
+        for t in topics
+        if t not in existing
+    ]
+    if not wanted:
+        return
+    for topic, future in admin.create_topics(wanted, operation_timeout=30).items():
+        try:
+            future.result(30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"cannot create topic {topic}: {exc}") from exc
+
+
+async def fetch_all(
+    bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0
+) -> list[bytes]:
+    """Every record value of a topic, read from the start to the high watermarks of a fetch."""
+    marks = await fetch_highwaters(bootstrap, [topic], partitions, timeout_s)
+    values: list[bytes] = []
+    if not any(marks.values()):
+        return values
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions) if marks[(topic, p)]]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        left = {tp: marks[(tp.topic, tp.partition)] for tp in tps}
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                for r in records:
+                    if r.offset < left.get(tp, 0) and r.value is not None:
+                        values.append(r.value)
+                if records and records[-1].offset + 1 >= left.get(tp, 0):
+                    left.pop(tp, None)
+        if left:
+            raise RuntimeError(f"{topic}: could not read to the high watermark of {list(left)}")
+        return values
+    finally:
+        await consumer.stop()
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
+    """Synchronous wrapper of fetch_all."""
+    return asyncio.run(fetch_all(bootstrap, topic, partitions))
+
+
+def topic_records(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records in a topic (sum of its high watermarks; every topic here starts at offset 0)."""
+    return sum(highwaters(bootstrap, [topic], partitions).values())

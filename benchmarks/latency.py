@@ -22,20 +22,21 @@ from confluent_kafka import (
 
 from benchmarks.workload import LiveEvent, LiveStream
 
-#: The tracker's linger. Trackers batch their sends (Segment's clients flush every 0.5 s), and
-#: latency is measured from the append, so linger is not in it; it sets how many record batches
-#: the broker stores. Tansu's memory storage slows with every batch it holds: a bare aiokafka
-#: consumer of 4 partitions x 5 topics at 2k events/s saw ack->fetch p99 86 ms (and a max rising
-#: to 322 ms within 15 s) with 20 ms of linger, and p99 9.6 ms, flat, with 100 ms.
-DEFAULT_LINGER_MS = 100
-
-_BUCKET = re.compile(r'^streamscore_event_to_scored_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+#: The producers' lingers the phase tries: a tracker SDK or collector flushing small batches
+#: (5 ms), and one batching for 100 ms. Latency is measured from the append, so the linger is not
+#: in it; it sets how many record batches the broker stores (see benchmarks/README.md).
+DEFAULT_LINGERS_MS = (5, 100)
+SCORED_HISTOGRAM = "streamscore_event_to_scored_seconds"
+VISIBLE_HISTOGRAM = "streamscore_handoff_visible_seconds"
+#: Width of the slices the append->handoff p50 is reported over, to show drift within a run.
+DRIFT_SLICE_S = 20.0
 
 
 @dataclass
 class RateResult:
     """Latency figures for one input rate."""
 
+    linger_ms: int
     target_rate: float
     achieved_rate: float
     seconds: float
@@ -43,6 +44,10 @@ class RateResult:
     hot_leads: int
     handoffs: int
     handoffs_unmatched: int
+    # Designed hot leads whose handoff never arrived, and handoffs naming another event than
+    # the one that made the lead cross (the /pricing view).
+    never_arrived: int
+    wrong_trigger: int
     # From the broker's append (the producer's ack) to the handoff read off its topic.
     p50_ms: float
     p99_ms: float
@@ -50,9 +55,14 @@ class RateResult:
     # From the record's create time (set when the tracker called produce(), before its linger).
     p50_from_create_ms: float
     p99_from_create_ms: float
+    p50_by_slice_ms: list[float]  # append->handoff p50 per DRIFT_SLICE_S of sending
     scored_p50_ms: float
     scored_p99_ms: float
     scored_count: int
+    # The worker's own streamscore_handoff_visible_seconds over the same window.
+    visible_p50_ms: float
+    visible_p99_ms: float
+    visible_count: int
     cpu_cores: dict[str, float]  # CPU seconds per second while the input was paced
     events_per_apply: float  # worker metrics over the rate's window
     ms_per_apply: float
@@ -71,11 +81,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def scrape_histogram(metrics_url: str) -> dict[float, float]:
-    """Cumulative bucket counts of streamscore_event_to_scored_seconds, by upper bound."""
+def scrape_histograms(metrics_url: str, names: Sequence[str]) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts of unlabelled histograms, by name and upper bound."""
     with urllib.request.urlopen(metrics_url, timeout=5) as resp:
         text = resp.read().decode()
-    return {float(le): float(n) for le, n in _BUCKET.findall(text)}
+    out: dict[str, dict[float, float]] = {}
+    for name in names:
+        pattern = re.compile(rf'^{re.escape(name)}_bucket\{{le="([^"]+)"\}} (\S+)$', re.M)
+        out[name] = {float(le): float(n) for le, n in pattern.findall(text)}
+    return out
 
 
 def scrape_worker_metrics(metrics_url: str) -> dict[str, float]:
@@ -127,7 +141,7 @@ class LatencyProbe:
         bootstrap: str,
         input_topics: Sequence[str],
         handoff_topic: str,
-        linger_ms: int = DEFAULT_LINGER_MS,
+        linger_ms: int,
     ) -> None:
         self.input_topics = list(input_topics)
         self.producer = Producer(
@@ -221,6 +235,7 @@ class LatencyProbe:
 def measure_rate(
     probe: LatencyProbe,
     metrics_url: str,
+    linger_ms: int,
     rate: float,
     seconds: float,
     hot_leads: int,
@@ -232,9 +247,11 @@ def measure_rate(
     """Pace `rate` events/s for `seconds`, then match each handoff to its triggering event."""
     stream = LiveStream(seed, tag, partitions, background_leads=max(int(rate * seconds), 1000))
     events = stream.build(int(rate * seconds), hot_leads)
-    before = scrape_histogram(metrics_url)
+    names = (SCORED_HISTOGRAM, VISIBLE_HISTOGRAM)
+    before = scrape_histograms(metrics_url, names)
     applies_before = scrape_worker_metrics(metrics_url)
     cpu_before = cpu() if cpu else {}
+    started_ms = time.time() * 1000.0
     elapsed, achieved = probe.send_paced(events, rate)
     cpu_after = cpu() if cpu else {}
     cores = {k: (cpu_after[k] - v) / elapsed for k, v in cpu_before.items() if k in cpu_after}
@@ -244,7 +261,7 @@ def measure_rate(
     # An overloaded worker catches up after the input stops; wait for it (bounded).
     probe.drain(hot_leads, f"{tag}-hot-", timeout_s=max(15.0, 3 * seconds))
     time.sleep(0.5)  # let the worker observe the last events' histogram samples
-    after = scrape_histogram(metrics_url)
+    after = scrape_histograms(metrics_url, names)
     applies_after = scrape_worker_metrics(metrics_url)
     calls = applies_after.get("apply_calls", 0.0) - applies_before.get("apply_calls", 0.0)
     applied = applies_after.get("batch_events_sum", 0.0) - applies_before.get(
@@ -254,8 +271,11 @@ def measure_rate(
         "apply_seconds_sum", 0.0
     )
     from_create, from_ack = [], []
+    slices: dict[int, list[float]] = {}
     unmatched = 0
     handoffs = [(lead, trig, seen) for lead, trig, seen in probe.handoffs if lead.startswith(tag)]
+    arrived = {lead for lead, _, _ in handoffs}
+    wrong = sum(1 for lead, trig, _ in handoffs if stream.triggers.get(lead, trig) != trig)
     for _, trig, seen in handoffs:
         ack = probe.acks.get(trig)
         if ack is None:
@@ -263,23 +283,35 @@ def measure_rate(
             continue
         from_create.append(seen - ack[0])
         from_ack.append(seen - ack[1])
-    scored_total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+        slices.setdefault(int((ack[1] - started_ms) / 1000.0 // DRIFT_SLICE_S), []).append(
+            seen - ack[1]
+        )
+    scored_before, scored_after = before[SCORED_HISTOGRAM], after[SCORED_HISTOGRAM]
+    visible_before, visible_after = before[VISIBLE_HISTOGRAM], after[VISIBLE_HISTOGRAM]
+    inf = float("inf")
     return RateResult(
+        linger_ms=linger_ms,
         target_rate=rate,
         achieved_rate=achieved,
         seconds=elapsed,
         events=len(events),
-        hot_leads=hot_leads,
+        hot_leads=len(stream.triggers),
         handoffs=len(handoffs),
         handoffs_unmatched=unmatched,
+        never_arrived=len(stream.triggers.keys() - arrived),
+        wrong_trigger=wrong,
         p50_ms=percentile(from_ack, 50),
         p99_ms=percentile(from_ack, 99),
         max_ms=max(from_ack) if from_ack else float("nan"),
         p50_from_create_ms=percentile(from_create, 50),
         p99_from_create_ms=percentile(from_create, 99),
-        scored_p50_ms=histogram_quantile(before, after, 0.50) * 1000.0,
-        scored_p99_ms=histogram_quantile(before, after, 0.99) * 1000.0,
-        scored_count=int(scored_total),
+        p50_by_slice_ms=[percentile(slices[k], 50) for k in sorted(slices)],
+        scored_p50_ms=histogram_quantile(scored_before, scored_after, 0.50) * 1000.0,
+        scored_p99_ms=histogram_quantile(scored_before, scored_after, 0.99) * 1000.0,
+        scored_count=int(scored_after.get(inf, 0.0) - scored_before.get(inf, 0.0)),
+        visible_p50_ms=histogram_quantile(visible_before, visible_after, 0.50) * 1000.0,
+        visible_p99_ms=histogram_quantile(visible_before, visible_after, 0.99) * 1000.0,
+        visible_count=int(visible_after.get(inf, 0.0) - visible_before.get(inf, 0.0)),
         cpu_cores=cores,
         events_per_apply=applied / calls if calls else float("nan"),
         ms_per_apply=apply_s / calls * 1000.0 if calls else float("nan"),

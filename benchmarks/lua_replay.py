@@ -19,7 +19,8 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.bench import RULES_FILE, WINDOW_MS, redis_binary
+from benchmarks.bench import redis_binary
+from benchmarks.session import RULES_FILE, WINDOW_MS
 from benchmarks.stages import KINDS, TOPICS, valkey_cpu_s
 from benchmarks.workload import build_workload
 from streamscore import devstack

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -78,12 +79,34 @@ def applied_count(client: redis.Redis, keyspace: KeySpace) -> int:
     return total
 
 
+def redis_offsets_progress(client: redis.Redis, keyspace: KeySpace) -> Callable[[], int]:
+    """Progress of a consumer that records its offsets as streamscore does."""
+    return lambda: applied_count(client, keyspace)
+
+
+def offsets_hash_progress(client: redis.Redis, key: str) -> Callable[[], int]:
+    """Progress of a consumer that keeps (last applied offset) per partition in one hash."""
+    return lambda: sum(int(off) + 1 for off in client.hgetall(key).values())
+
+
+def file_progress(path: Path) -> Callable[[], int]:
+    """Progress of a child that writes its count of processed events to a file."""
+
+    def read() -> int:
+        try:
+            return int(path.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    return read
+
+
 def measure(
     name: str,
     label: str,
     child: Child,
     client: redis.Redis,
-    keyspace: KeySpace,
+    progress: Callable[[], int],
     total: int,
     valkey_pid: int,
     broker_pid: int,
@@ -94,10 +117,12 @@ def measure(
     note: str = "",
     scrape: Callable[[], dict[str, float]] | None = None,
 ) -> RunResult:
-    """Poll Redis until `total` events are applied (or the window ends), then stop the child.
+    """Poll `progress` until `total` events are applied (or the window ends); leaves it running.
 
-    The window opens when the first applied offset appears; the events counted are those
-    applied after that first sighting, so startup, group join and the first batch are excluded.
+    The window opens when progress first shows; the events counted are those applied after
+    that first sighting, so startup, group join and the first batch are excluded. `client` is
+    the Redis server's, for its command statistics. The caller stops the child (after letting
+    its last outputs out).
     """
 
     def mark(applied: int) -> _Mark:
@@ -119,7 +144,7 @@ def measure(
     last_progress = (time.monotonic(), 0)
     completed = False
     while True:
-        applied = applied_count(client, keyspace)
+        applied = progress()
         now = time.monotonic()
         if not child.alive():
             raise RunFailed(f"{name}: exited with {child.proc.returncode}:\n{child.log_tail()}")
@@ -150,7 +175,6 @@ def measure(
             scraped = scrape()
         except OSError:
             scraped = None
-    exit_code = child.stop()
     valkey_cpu = _delta(first.valkey, end.valkey)
     broker_cpu = _delta(first.broker, end.broker)
     seconds = end.t - first.t
@@ -173,7 +197,7 @@ def measure(
         applied_total=end.applied,
         applied_at_first_seen=first.applied,
         startup_s=first.t - child.started,
-        exit_code=exit_code,
+        exit_code=None,
         note=note,
         child_metrics=scraped,
         redis_commands=_command_delta(first.commands, end.commands),
