@@ -25,7 +25,7 @@ def test_release_is_time_order_per_partition(placement: list[tuple[int, int]], s
     streams: dict[TopicPartition, list[Pending]] = {tp: [] for tp in tps}
     for i, (topic, part) in enumerate(placement):
         tp = TopicPartition(TOPICS[topic], part)
-        streams[tp].append(Pending(i, "L", f"e{i}", 1.0, len(streams[tp])))
+        streams[tp].append((i, "L", f"e{i}", 1, len(streams[tp])))
     merger = Merger(tps)
     fetched = dict.fromkeys(tps, 0)
     highwater: dict[TopicPartition, int | None] = dict.fromkeys(tps)
@@ -50,6 +50,6 @@ def test_release_is_time_order_per_partition(placement: list[tuple[int, int]], s
     last_offsets.update(offsets)
     assert sorted(released) == sorted(e for s in streams.values() for e in s)
     for part in range(2):
-        mine = [e.time_ms for e in released if placement[e.time_ms][1] == part]
+        mine = [e[0] for e in released if placement[e[0]][1] == part]
         assert mine == sorted(mine)
     assert last_offsets == {tp: len(s) - 1 for tp, s in streams.items() if s}
