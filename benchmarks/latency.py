@@ -48,6 +48,7 @@ class RateResult:
     # the one that made the lead cross (the /pricing view).
     never_arrived: int
     wrong_trigger: int
+    wrong_trigger_identify: int  # of which named the lead's identify
     # From the broker's append (the producer's ack) to the handoff read off its topic.
     p50_ms: float
     p99_ms: float
@@ -276,6 +277,7 @@ def measure_rate(
     handoffs = [(lead, trig, seen) for lead, trig, seen in probe.handoffs if lead.startswith(tag)]
     arrived = {lead for lead, _, _ in handoffs}
     wrong = sum(1 for lead, trig, _ in handoffs if stream.triggers.get(lead, trig) != trig)
+    named_identify = sum(1 for lead, trig, _ in handoffs if stream.identifies.get(lead) == trig)
     for _, trig, seen in handoffs:
         ack = probe.acks.get(trig)
         if ack is None:
@@ -300,6 +302,7 @@ def measure_rate(
         handoffs_unmatched=unmatched,
         never_arrived=len(stream.triggers.keys() - arrived),
         wrong_trigger=wrong,
+        wrong_trigger_identify=named_identify,
         p50_ms=percentile(from_ack, 50),
         p99_ms=percentile(from_ack, 99),
         max_ms=max(from_ack) if from_ack else float("nan"),

@@ -105,7 +105,7 @@ def latency_table(rates: Sequence[dict[str, Any]]) -> str:
             r["seconds"],
             f"{r['handoffs']}/{r['hot_leads']}",
             r["never_arrived"],
-            r["wrong_trigger"],
+            f"{r['wrong_trigger']} ({r.get('wrong_trigger_identify', '-')})",
             r["p50_ms"],
             r["p99_ms"],
             r["max_ms"],
@@ -130,7 +130,7 @@ def latency_table(rates: Sequence[dict[str, Any]]) -> str:
             "seconds",
             "handoffs/hot leads",
             "never arrived",
-            "wrong trigger",
+            "wrong trigger (identify)",
             "append->handoff p50 ms",
             "p99 ms",
             "max ms",
@@ -238,8 +238,18 @@ def _simple(s: dict[str, Any], args: dict[str, Any]) -> list[str]:
         "left out. CPU is read from /proc for the run's process, Redis and the broker inside "
         "the window; peak RSS is the process's VmHWM."
     )
+    load = others_cores(s.get("all_runs", {}))
+    if load is not None:
+        parts.append(
+            f"Other processes on the machine used {load:.2f} of its cores on average inside "
+            "these windows" + (": the rates are depressed by them." if load > 0.2 else ".")
+        )
     parts.append("")
-    checks = [c for cs in s.get("checks", {}).values() for c in cs]
+    checks = [
+        {**c, "run": f"{c['run']} (run {i + 1})" if len(cs) > 1 else c["run"]}
+        for cs in s.get("checks", {}).values()
+        for i, c in enumerate(cs)
+    ]
     if checks:
         parts += [
             "Reference check (per-lead score within 1e-6 relative at the lead's last event, "
@@ -285,6 +295,15 @@ def _simple(s: dict[str, Any], args: dict[str, Any]) -> list[str]:
     return parts
 
 
+def others_cores(all_runs: dict[str, list[dict[str, Any]]]) -> float | None:
+    """CPU seconds per second used by processes outside the benchmark, over all windows."""
+    runs = [r for rs in all_runs.values() for r in rs if r.get("seconds")]
+    seconds = float(sum(r["seconds"] for r in runs))
+    if not seconds:
+        return None
+    return float(sum(r.get("others_cpu_s") or 0.0 for r in runs)) / seconds
+
+
 def _full(f: dict[str, Any]) -> list[str]:
     runs = f["runs"]
     parts = [
@@ -327,9 +346,10 @@ def _latency(lat: dict[str, Any]) -> list[str]:
         "a consumer; p50 per 20 s shows drift within the run. never arrived: designed hot leads "
         "whose handoff was not read by the end (the wait after the input stops is bounded); "
         "wrong trigger: a handoff naming another event than the /pricing view that made the "
-        "lead cross. The worker's streamscore_handoff_visible_seconds is read from /metrics "
-        "over the same window, beside the consumer's figure. create->handoff includes the "
-        "producer's linger; event->scored is the worker's own histogram.",
+        "lead cross (in brackets: how many named the lead's identify instead). The worker's "
+        "streamscore_handoff_visible_seconds is read from /metrics over the same window, "
+        "beside the consumer's figure. create->handoff includes the producer's linger; "
+        "event->scored is the worker's own histogram.",
         "",
     ]
 

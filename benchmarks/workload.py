@@ -399,6 +399,8 @@ class LiveStream:
         self._hot_seq = 0
         #: hot lead id -> the event that makes it cross into hot (its /pricing view)
         self.triggers: dict[str, str] = {}
+        #: hot lead id -> its identify (applied after the /pricing view, it is named instead)
+        self.identifies: dict[str, str] = {}
 
     def _event(
         self, event_type: str, lead_id: str, lead_index: int, path: str | None = None
@@ -429,6 +431,7 @@ class LiveStream:
                 lead_id = f"{self.tag}-hot-{self._hot_seq:05d}"
                 ident = self._event("identify", lead_id, self._hot_seq)
                 ident.doc["traits"] = {**self.HOT_TRAITS, "email": f"{lead_id}@corp.example"}
+                self.identifies[lead_id] = ident.event_id
                 out.append(ident)
                 # Spaced out (~0.1 and ~0.3 of the hot period later) so each is its own event.
                 gap = max(hot_every // 10, 1)

@@ -48,7 +48,8 @@ def run_latency(session: Session) -> None:
                 say(
                     f"latency linger {linger_ms} ms, {rate:,.0f}/s: {result.handoffs} handoffs "
                     f"({result.never_arrived} never arrived, {result.wrong_trigger} wrong "
-                    f"trigger), p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max "
+                    f"trigger, {result.wrong_trigger_identify} naming the identify), p50 "
+                    f"{result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max "
                     f"{result.max_ms:.1f} ms; worker's handoff_visible p50 "
                     f"{result.visible_p50_ms:.1f} ms, p99 {result.visible_p99_ms:.1f} ms; cores "
                     + ", ".join(f"{k} {v:.2f}" for k, v in result.cpu_cores.items())
