@@ -116,21 +116,16 @@ def cmd_lead(args: argparse.Namespace) -> int:
 
 
 async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
-    from streamscore.metrics import create_metrics
+    from streamscore.runtime.clock import now_ms
     from streamscore.scoring.rules import load_rules
     from streamscore.store.explain import describe_lead
     from streamscore.store.keys import KeySpace
     from streamscore.store.store import RedisStore, connect
-    from streamscore.worker import now_ms
 
     rules = load_rules(settings.rules_file)
     client = connect(settings.redis_url.get_secret_value())
     try:
-        store = RedisStore(
-            client,
-            KeySpace(settings.redis_key_prefix, settings.redis_key_groups),
-            create_metrics(process=False),
-        )
+        store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
         fields = await store.lead_fields(lead_id)
     finally:
         await client.aclose()

@@ -21,6 +21,7 @@ SCRIPT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 OUTCOMES = ("scored", "rejected", "duplicate")
 SCRIPTS = ("apply_batch", "tick")
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
+REDIS_FAILURES = ("transient", "backpressure")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Metrics:
     redis_script_seconds: Histogram
     batch_events: Histogram
     retries_total: Counter
+    redis_failing: Gauge
     consumer_lag_messages: Gauge
     ready: Gauge
     partitions_assigned: Gauge
@@ -105,6 +107,14 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             "streamscore_retries_total",
             "Retries of transient failures, by operation.",
             ["operation"],
+            registry=reg,
+        ),
+        redis_failing=Gauge(
+            "streamscore_redis_failing",
+            "1 while Redis calls fail with this class of failure: transient (connection, "
+            "timeout, failover; retried within redis_retry_max_s) or backpressure (out of "
+            "memory; retried until it passes).",
+            ["failure"],
             registry=reg,
         ),
         consumer_lag_messages=Gauge(
@@ -178,6 +188,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_redis_script_seconds",
     "streamscore_batch_events",
     "streamscore_retries_total",
+    "streamscore_redis_failing",
     "streamscore_consumer_lag_messages",
     "streamscore_ready",
     "streamscore_partitions_assigned",

@@ -34,7 +34,6 @@ class Aligner(Generic[P, T]):
         self._rank: dict[P, int] = {}
         self._backlog: dict[P, int | None] = {}
         self._empty_since: dict[P, int] = {}
-        self._next_offset: dict[P, int] = {}
 
     def assign(self, partitions: Iterable[P], now_ms: int) -> None:
         """Start tracking partitions (ranked by their sort order, for tie-breaks)."""
@@ -51,15 +50,12 @@ class Aligner(Generic[P, T]):
         for p in partitions:
             for table in (self._queues, self._rank, self._backlog, self._empty_since):
                 table.pop(p, None)
-            self._next_offset.pop(p, None)
 
-    def push(self, partition: P, records: Sequence[T], next_offset: int) -> None:
-        """Buffer records (in offset order); next_offset is the offset after the fetched ones."""
+    def push(self, partition: P, records: Sequence[T]) -> None:
+        """Buffer records of an assigned partition, in offset order."""
         queue = self._queues.get(partition)
-        if queue is None:
-            return
-        queue.extend(records)
-        self._next_offset[partition] = next_offset
+        if queue is not None:
+            queue.extend(records)
 
     def note_position(self, partition: P, backlog: int | None, now_ms: int) -> None:
         """Record how many records the broker holds beyond what was fetched (None: unknown)."""
@@ -99,12 +95,10 @@ class Aligner(Generic[P, T]):
                     break
         return out
 
-    def commit_offset(self, partition: P) -> int | None:
-        """The offset safe to commit: the first buffered record, else the next unfetched one."""
+    def first_offset(self, partition: P) -> int | None:
+        """Offset of the first record buffered for `partition` (None when it holds none)."""
         queue = self._queues.get(partition)
-        if queue:
-            return self._offset(queue[0])
-        return self._next_offset.get(partition)
+        return self._offset(queue[0]) if queue else None
 
     def flow(self, paused: set[P], high: int) -> tuple[list[P], list[P]]:
         """Partitions to pause (holding `high` records or more) and to resume (down to half).

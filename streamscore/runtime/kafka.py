@@ -13,6 +13,11 @@ from aiokafka.helpers import create_ssl_context
 
 from streamscore.config import Settings
 
+#: The producer's request limit (aiokafka's default, and Kafka's default message.max.bytes).
+PRODUCER_MAX_REQUEST_BYTES = 1024 * 1024
+#: A dead letter is cut to fit under this, leaving room for its key and the batch framing.
+DEAD_LETTER_MAX_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16 * 1024
+
 
 def security_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client: protocol, SASL and TLS."""
@@ -39,7 +44,8 @@ def make_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         linger_ms=linger_ms,
-        max_batch_size=1024 * 1024,
+        max_batch_size=PRODUCER_MAX_REQUEST_BYTES,
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         client_id="streamscore-producer",
         **security_kwargs(settings),
     )

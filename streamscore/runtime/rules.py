@@ -8,24 +8,23 @@ from pathlib import Path
 import orjson
 
 from streamscore.errors import RulesError
-from streamscore.metrics import Metrics
+from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.rules import CompiledRules, load_rules
 
 log = logging.getLogger(__name__)
 
 
 class RulesHolder:
-    """Holds the compiled rules and the script config derived from them."""
+    """Holds the compiled rules and what is derived from them, swapped together on reload."""
 
-    def __init__(self, path: Path, metrics: Metrics, dedup_window_s: int) -> None:
+    def __init__(self, path: Path, sensor: Sensor, dedup_window_s: int) -> None:
         self.path = path
-        self._metrics = metrics
+        self._sensor = sensor
         self._dedup_window_ms = dedup_window_s * 1000
         self._mtime_ns = self._stat()
         self.rules = load_rules(path)  # fails fast at start: there is nothing to fall back on
-        self.script_config = self._script_config(self.rules)
-        self.tier_rank = {t.name: i for i, t in enumerate(self.rules.tiers)}
-        metrics.rules_version_info.labels(version=self.rules.version).set(1)
+        self._derive(self.rules)
+        sensor.rules_loaded(self.rules.version, self.tier_rank, "initial")
 
     def _stat(self) -> int:
         try:
@@ -33,8 +32,11 @@ class RulesHolder:
         except OSError:
             return -1
 
-    def _script_config(self, rules: CompiledRules) -> bytes:
-        return orjson.dumps({**rules.script_config(), "dedup_window_ms": self._dedup_window_ms})
+    def _derive(self, rules: CompiledRules) -> None:
+        self.script_config = orjson.dumps(
+            {**rules.script_config(), "dedup_window_ms": self._dedup_window_ms}
+        )
+        self.tier_rank = {t.name: i for i, t in enumerate(rules.tiers)}
 
     def reload(self) -> bool:
         """Load the file again; on error keep the rules in force. True when new rules apply."""
@@ -42,16 +44,13 @@ class RulesHolder:
         try:
             rules = load_rules(self.path)
         except RulesError as exc:
-            self._metrics.rules_reloads_total.labels(result="rejected").inc()
+            self._sensor.rules_loaded(self.rules.version, self.tier_rank, "rejected")
             log.error("rules reload rejected, keeping version %s: %s", self.rules.version, exc)
             return False
         old = self.rules.version
         self.rules = rules
-        self.script_config = self._script_config(rules)
-        self.tier_rank = {t.name: i for i, t in enumerate(rules.tiers)}
-        self._metrics.rules_reloads_total.labels(result="applied").inc()
-        self._metrics.rules_version_info.clear()
-        self._metrics.rules_version_info.labels(version=rules.version).set(1)
+        self._derive(rules)
+        self._sensor.rules_loaded(rules.version, self.tier_rank, "applied")
         log.warning("rules reloaded from %s: version %s -> %s", self.path, old, rules.version)
         return True
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamscore.stream.align import Aligner
+from streamscore.runtime.aligner import Aligner
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def push_all(aligner: Aligner[str, Rec], parts: dict[str, list[Rec]], chunk: int
     for p, recs in parts.items():
         for start in range(0, len(recs), chunk):
             part = recs[start : start + chunk]
-            aligner.push(p, part, part[-1].offset + 1)
+            aligner.push(p, part)
 
 
 def drain(aligner: Aligner[str, Rec], now_ms: int, limits: list[int]) -> list[tuple[str, Rec]]:
@@ -127,7 +127,7 @@ def test_catching_up_unblocks_at_once(parts: dict[str, list[Rec]], data: st.Data
     aligner.note_position("z", 0, T_ASSIGN + 2)
     assert drain(aligner, T_ASSIGN + 2, []) == merged(parts)
     # Falling behind again (new data at the broker) blocks again, for a fresh max_wait_ms.
-    aligner.push("a" if "a" in parts else next(iter(parts)), [Rec(0, "x", 10**6)], 10**6 + 1)
+    aligner.push("a" if "a" in parts else next(iter(parts)), [Rec(0, "x", 10**6)])
     aligner.note_position("z", None, T_ASSIGN + 5)
     assert aligner.pop_ready(T_ASSIGN + 5 + 59_999, 1000) == []
     assert len(aligner.pop_ready(T_ASSIGN + 5 + 60_000, 1000)) == 1
@@ -158,7 +158,7 @@ def test_release_stops_where_a_partition_behind_runs_dry(
         for n, t in enumerate(data.draw(st.lists(st.integers(0, 20), max_size=4)))
     ]
     if extra:
-        aligner.push(behind, extra, extra[-1].offset + 1)
+        aligner.push(behind, extra)
     aligner.note_position(behind, 0, T_ASSIGN)
     rest = drain(aligner, T_ASSIGN, [])
     remaining = {p: [r for q, r in full if q == p and (q, r) not in out] for p in parts}
@@ -168,12 +168,12 @@ def test_release_stops_where_a_partition_behind_runs_dry(
 
 @settings(max_examples=50, deadline=None)
 @given(parts=partitions(), data=st.data())
-def test_commit_offset_is_the_first_buffered_record_or_the_next_offset(
+def test_first_offset_is_the_first_buffered_record(
     parts: dict[str, list[Rec]], data: st.DataObject
 ) -> None:
     aligner = make(parts)
     for p in parts:
-        assert aligner.commit_offset(p) is None  # nothing fetched yet
+        assert aligner.first_offset(p) is None  # nothing fetched yet
     push_all(aligner, parts)
     for p in parts:
         aligner.note_position(p, 0, T_ASSIGN)
@@ -182,8 +182,7 @@ def test_commit_offset_is_the_first_buffered_record_or_the_next_offset(
         released += aligner.pop_ready(T_ASSIGN, limit)
         for p, recs in parts.items():
             pending = recs[sum(1 for q, _ in released if q == p) :]
-            expected = pending[0].offset if pending else (recs[-1].offset + 1 if recs else None)
-            assert aligner.commit_offset(p) == expected
+            assert aligner.first_offset(p) == (pending[0].offset if pending else None)
             assert aligner.buffered(p) == len(pending)
 
 
@@ -198,8 +197,8 @@ def test_revoke_drops_buffers(parts: dict[str, list[Rec]], data: st.DataObject) 
         aligner.note_position(p, 0 if p != gone else None, T_ASSIGN)
     aligner.revoke([gone])
     assert aligner.buffered(gone) == 0
-    assert aligner.commit_offset(gone) is None
-    aligner.push(gone, [Rec(0, "x", 99)], 100)  # a late fetch for it is ignored
+    assert aligner.first_offset(gone) is None
+    aligner.push(gone, [Rec(0, "x", 99)])  # a late fetch for it is ignored
     assert aligner.buffered(gone) == 0
     kept = {p: recs for p, recs in parts.items() if p != gone}
     assert drain(aligner, T_ASSIGN, []) == merged(kept)
@@ -209,7 +208,7 @@ def test_revoke_drops_buffers(parts: dict[str, list[Rec]], data: st.DataObject) 
 def test_caught_up_needs_every_partition_caught_up_and_nothing_buffered() -> None:
     aligner = make({"a": [], "b": []})
     assert not aligner.caught_up()
-    aligner.push("a", [Rec(1, "x", 0)], 1)
+    aligner.push("a", [Rec(1, "x", 0)])
     aligner.note_position("a", 0, T_ASSIGN)
     aligner.note_position("b", 0, T_ASSIGN)
     assert not aligner.caught_up()
@@ -222,11 +221,11 @@ def test_a_partition_known_to_be_behind_holds_the_merge_for_max_wait() -> None:
     max_wait = 200
     aligner: Aligner[str, Rec] = Aligner(key, offset, max_wait_ms=max_wait)
     aligner.assign(["p", "q"], T_ASSIGN)
-    aligner.push("p", [Rec(10, "p0", 0), Rec(30, "p1", 1)], 2)
+    aligner.push("p", [Rec(10, "p0", 0), Rec(30, "p1", 1)])
     aligner.note_position("p", 0, T_ASSIGN)
     aligner.note_position("q", 5, T_ASSIGN)  # five records at the broker, none fetched yet
     assert aligner.pop_ready(T_ASSIGN + max_wait - 1, 100) == []
-    aligner.push("q", [Rec(20, "q0", 0)], 1)
+    aligner.push("q", [Rec(20, "q0", 0)])
     aligner.note_position("q", 4, T_ASSIGN + max_wait - 1)
     released = [r for _, r in aligner.pop_ready(T_ASSIGN + max_wait - 1, 100)]
     assert released[:2] == [Rec(10, "p0", 0), Rec(20, "q0", 0)]
@@ -250,7 +249,7 @@ def test_flow_control_bounds_every_buffer_and_keeps_the_exact_merge(
                 continue
             chunk = recs[fetched[p] : fetched[p] + rng.randint(1, most_per_fetch)]
             fetched[p] += len(chunk)
-            aligner.push(p, chunk, chunk[-1].offset + 1)
+            aligner.push(p, chunk)
         for p, recs in parts.items():
             aligner.note_position(p, len(recs) - fetched[p], T_ASSIGN)
         out += aligner.pop_ready(T_ASSIGN, rng.randint(1, 6))
