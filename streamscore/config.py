@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     topic_downloads: str = "ss.v1.downloads"
     topic_unsubscribes: str = "ss.v1.unsubscribes"
     topic_profiles: str = "ss.v1.profiles"
+    topic_track: str = "ss.v1.track"
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
@@ -125,6 +126,7 @@ class Settings(BaseSettings):
             self.topic_downloads: TopicKind.DOWNLOADS,
             self.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
             self.topic_profiles: TopicKind.PROFILES,
+            self.topic_track: TopicKind.TRACK,
         }
 
     @property
@@ -136,6 +138,7 @@ class Settings(BaseSettings):
             self.topic_downloads,
             self.topic_unsubscribes,
             self.topic_profiles,
+            self.topic_track,  # last, so the indexes of benchmarks/workload.py stay valid
         )
 
     @property
