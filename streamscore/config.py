@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
 
+    # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8088, ge=0, le=65535)
+    # Comma-separated write keys; a client authenticates with one as the Basic auth username.
+    collector_write_keys: SecretStr = SecretStr("")
+    collector_allowed_origins: str = "*"
+    collector_max_message_bytes: int = Field(default=32 * 1024, ge=256)
+    collector_max_request_bytes: int = Field(default=500 * 1024, ge=256)
+    collector_ack_timeout_s: float = Field(default=10.0, gt=0)
+    collector_max_pending_events: int = Field(default=50_000, ge=1)
+    collector_retry_after_s: int = Field(default=2, ge=0, le=300)
+    collector_idempotent_producer: bool = True
+    collector_start_timeout_s: float = Field(default=60.0, gt=0)
+
     # Web, logging
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -105,6 +119,14 @@ class Settings(BaseSettings):
             # Never echo the URL: it may hold a password.
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _collector_limits(self) -> Settings:
+        if self.collector_max_message_bytes > self.collector_max_request_bytes:
+            raise ValueError(
+                "collector_max_message_bytes must not exceed collector_max_request_bytes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
@@ -150,6 +172,19 @@ class Settings(BaseSettings):
             self.topic_tier_changes,
             self.topic_dead_letter,
         )
+
+    @property
+    def collector_keys(self) -> frozenset[str]:
+        """The collector's write keys (secrets: never log them)."""
+        keys = self.collector_write_keys.get_secret_value().split(",")
+        return frozenset(key.strip() for key in keys if key.strip())
+
+    @property
+    def collector_origins(self) -> frozenset[str] | None:
+        """Origins a browser may post from; None when any origin may."""
+        origins = {o.strip().rstrip("/") for o in self.collector_allowed_origins.split(",")}
+        origins.discard("")
+        return None if "*" in origins else frozenset(origins)
 
     @classmethod
     def settings_customise_sources(
