@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, dev, rules check, lead."""
+"""The `streamscore` command: worker, collector, dev, rules check, lead."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from streamscore.config import Settings, load_settings
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
 
 EXIT_USAGE = 2
+#: The write key `streamscore dev` gives its collector when collector_write_keys is unset.
+DEV_WRITE_KEY = "dev"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -57,6 +59,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collector(args: argparse.Namespace) -> int:
+    """Run the Segment/RudderStack-compatible HTTP collector (Tracking API in, Kafka out)."""
+    from streamscore.collector.app import run_collector
+    from streamscore.logs import logging_config
+
+    settings = _settings(args)
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    run_collector(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.devstack import DevStack, free_port
@@ -75,17 +88,36 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"redis url: {stack.redis_url}", flush=True)
         print(f"metrics url: http://127.0.0.1:{web_port}/metrics", flush=True)
         print(f"rules: {base.rules_file} (lead state: http://127.0.0.1:{web_port}/leads/ID)")
-        services: list[Any] = []
+        services: list[Any] = [_dev_collector(settings, args.collector_port, args.kafka is None)]
         if args.demo:
             from streamscore.demo import DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
-            services = [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+            services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
         try:
             _run_faust(settings, services)
         except SystemExit as exc:
             return int(exc.code or 0)
     return 0
+
+
+def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
+    """The collector as a service of the dev process; prints its URL (and the dev write key)."""
+    from pydantic import SecretStr
+
+    from streamscore.collector.service import CollectorService
+    from streamscore.devstack import free_port
+
+    overrides: dict[str, Any] = {"collector_port": port or free_port()}
+    key_note = "write key: your collector_write_keys"
+    if not settings.collector_keys:
+        overrides["collector_write_keys"] = SecretStr(DEV_WRITE_KEY)
+        key_note = f"write key: {DEV_WRITE_KEY}"
+    if tansu:  # Tansu 0.6 refuses aiokafka's idempotent-producer handshake (InitProducerId v0)
+        overrides["collector_idempotent_producer"] = False
+    collector = settings.model_copy(update=overrides)
+    print(f"collector url: http://127.0.0.1:{collector.collector_port} ({key_note})", flush=True)
+    return CollectorService(collector)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -158,12 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help=cmd_worker.__doc__)
     worker.set_defaults(func=cmd_worker)
 
+    collector = sub.add_parser("collector", help=cmd_collector.__doc__)
+    collector.set_defaults(func=cmd_collector)
+
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
     dev.add_argument("--kafka", metavar="HOST:PORT", help="use this broker instead of Tansu")
     dev.add_argument("--redis", metavar="URL", help="use this Redis instead of Valkey")
     dev.add_argument("--web-port", type=int, default=0, help="HTTP port (default: a free one)")
     dev.add_argument("--rate", type=float, default=150.0, help="demo events per second")
+    dev.add_argument("--collector-port", type=int, default=0, help="collector port (default: free)")
     dev.set_defaults(func=cmd_dev)
 
     rules = sub.add_parser("rules", help="rules file tools")
