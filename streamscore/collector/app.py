@@ -14,9 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamscore.collector.auth import WriteKeys
 from streamscore.collector.body import decode_body, parse_object
-from streamscore.collector.errors import Reason, Rejected
+from streamscore.collector.errors import REASONS, Reason, Rejected
 from streamscore.collector.producer import DurableProducer
-from streamscore.collector.routing import Endpoint, records_of
+from streamscore.collector.routing import MESSAGE_TYPES, Endpoint, records_of, topic_kinds_of
 from streamscore.config import Settings
 from streamscore.errors import ConfigError
 from streamscore.metrics import COLLECTOR_STATUSES, CollectorMetrics, create_collector_metrics
@@ -70,6 +70,12 @@ class Collector:
         self.keys = WriteKeys(keys)
         self.origins = settings.collector_origins
         self.producer = DurableProducer(settings, metrics)
+        # Zero samples for the closed label sets, so a rate() over them exists before the first.
+        for reason in REASONS:
+            metrics.rejected_total.labels(reason=reason)
+        for message_type in MESSAGE_TYPES:
+            for kind in topic_kinds_of(message_type):
+                metrics.events_total.labels(type=message_type, topic_kind=kind)
         # The wire limit leaves room for gzip's framing around an incompressible body.
         self._wire_limit = settings.collector_max_request_bytes + 1024
 

@@ -64,6 +64,13 @@ def topic_kind(message_type: str, event: object) -> TopicKind:
     return TOPIC_KIND_BY_TYPE[message_type]
 
 
+def topic_kinds_of(message_type: str) -> tuple[TopicKind, ...]:
+    """Every topic kind a message of `message_type` can go to."""
+    if message_type == "track":
+        return (*sorted(set(_TRACK_KINDS.values())), TopicKind.TRACK)
+    return (TOPIC_KIND_BY_TYPE[message_type],)
+
+
 def records_of(
     doc: dict[str, Any], endpoint: Endpoint, received_ms: int, max_message_bytes: int
 ) -> list[Record]:

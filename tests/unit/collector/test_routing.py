@@ -19,6 +19,7 @@ from streamscore.collector.routing import (
     parse_time_ms,
     records_of,
     topic_kind,
+    topic_kinds_of,
 )
 from streamscore.errors import InvalidEvent
 from streamscore.events import Limits, format_time_ms, parse_event
@@ -287,6 +288,13 @@ def test_every_reason_has_an_sdk_meaningful_status() -> None:
     assert set(STATUS) == set(REASONS)
     retried = {reason for reason in REASONS if STATUS[reason] in (429, 503)}
     assert retried == {"overloaded", "broker_unavailable"}
+
+
+def test_topic_kinds_of_lists_where_each_type_can_go() -> None:
+    seen = {(t, one(sdk_message(t)).topic_kind) for t in MESSAGE_TYPES}
+    seen |= {("track", topic_kind("track", name)) for name in SEGMENT_TRACK_ALIASES}
+    listed = {(t, kind) for t in MESSAGE_TYPES for kind in topic_kinds_of(t)}
+    assert seen == listed
 
 
 def test_message_types_are_segments() -> None:
