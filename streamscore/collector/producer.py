@@ -42,8 +42,9 @@ class DurableProducer:
 
     Backpressure: events handed to the producer and not yet acked or failed are counted; a
     request that would take the count past collector_max_pending_events is refused at once
-    with 429 (overloaded), so a slow or absent broker cannot make the collector buffer without
-    bound. A broker error, or no ack within collector_ack_timeout_s, is a 503.
+    with 429 (overloaded), unless nothing is pending, so a slow or absent broker cannot make
+    the collector buffer without bound. A broker error, or no ack within
+    collector_ack_timeout_s, is a 503.
     """
 
     def __init__(self, settings: Settings, metrics: CollectorMetrics) -> None:
@@ -80,6 +81,9 @@ class DurableProducer:
             acks="all",
             enable_idempotence=self.settings.collector_idempotent_producer,
             linger_ms=LINGER_MS,
+            # Records expire one ack timeout after their request was answered 503, so a retried
+            # event is rarely written twice and stop() is not held by an absent broker for 40 s.
+            request_timeout_ms=int(self.settings.collector_ack_timeout_s * 2000),
             max_batch_size=1024 * 1024,
             **security_kwargs(self.settings),
         )
@@ -122,7 +126,8 @@ class DurableProducer:
         if not count:
             return
         limit = self.settings.collector_max_pending_events
-        if self.pending + count > limit:
+        # A request is taken when nothing is pending, whatever its size: none can starve.
+        if self.pending and self.pending + count > limit:
             raise Rejected(
                 "overloaded", f"{self.pending} events await the broker's ack, limit {limit}"
             )

@@ -366,22 +366,6 @@ async def test_cors_preflight_and_allowed_origins(
         assert status == 200 and "Access-Control-Allow-Origin" not in headers
 
 
-@bounded(60)
-async def test_past_the_pending_bound_requests_get_429_with_retry_after(
-    collector_settings: Callable[..., Settings],
-) -> None:
-    settings = collector_settings(collector_max_pending_events=2, collector_retry_after_s=3)
-    batch = {"batch": [{"type": "page", "anonymousId": f"a{i}"} for i in range(3)]}
-    async with serving(settings) as running:
-        status, reply, headers = await post(running.url + "/v1/b", orjson.dumps(batch), basic(KEY))
-        assert (status, reply["code"]) == (429, "overloaded")
-        assert headers["Retry-After"] == "3" and headers["X-RateLimit-Reset"] == "3"
-        batch["batch"].pop()
-        status, _, _ = await post(running.url + "/v1/b", orjson.dumps(batch), basic(KEY))
-        assert status == 200
-        assert running.count("streamscore_collector_pending_events") == 0
-
-
 # ------------------------------------------------------------------------------ broker outage
 
 
@@ -429,6 +413,36 @@ async def test_broker_outage_gives_503_and_the_sdk_retry_delivers(
         assert during["messageId"] in ids and before["messageId"] not in ids
         assert {key for key, _ in landed} == {b"lead-o"}
         assert running.count("streamscore_collector_requests_total", status="200") >= 2
+
+
+@bounded(90)
+async def test_past_the_pending_bound_requests_get_429_with_retry_after(
+    collector_settings: Callable[..., Settings], own_broker: list[devstack.EmbeddedServer]
+) -> None:
+    broker = own_broker[0]
+    settings = collector_settings(
+        kafka_bootstrap=broker.bootstrap,
+        collector_max_pending_events=4,
+        collector_retry_after_s=3,
+        collector_ack_timeout_s=1.0,
+    )
+
+    def batch(n: int) -> bytes:
+        return orjson.dumps({"batch": [{"type": "page", "anonymousId": f"a{i}"} for i in range(n)]})
+
+    async with serving(settings) as running:
+        # A lone request is taken even past the bound, so no batch size can starve.
+        status, _, _ = await post(running.url + "/v1/b", batch(6), basic(KEY))
+        assert status == 200
+        broker.stop()  # by its PID: what is sent now stays pending in the producer
+        status, reply, _ = await post(running.url + "/v1/b", batch(3), basic(KEY))
+        assert (status, reply["code"]) == (503, "broker_unavailable")
+        assert running.count("streamscore_collector_pending_events") == 3
+        status, reply, headers = await post(running.url + "/v1/b", batch(2), basic(KEY))
+        assert (status, reply["code"]) == (429, "overloaded")  # 3 + 2 > 4, refused at once
+        assert headers["Retry-After"] == "3" and headers["X-RateLimit-Reset"] == "3"
+        status, reply, _ = await post(running.url + "/v1/b", batch(1), basic(KEY))
+        assert status == 503  # 3 + 1 <= 4: taken, and not acknowledged
 
 
 async def read_topic_unreachable(settings: Settings) -> bool:
