@@ -94,9 +94,10 @@ class Collector:
         )
         encoding = request.headers.get("Content-Encoding")
         doc = parse_object(decode_body(raw, encoding, limit))
-        self.metrics.received_bytes_total.labels(
-            encoding="identity" if encoding is None or encoding == "identity" else "gzip"
-        ).inc(len(raw))
+        plain = (encoding or "identity").strip().lower() == "identity"  # else gzip: decoded
+        self.metrics.received_bytes_total.labels(encoding="identity" if plain else "gzip").inc(
+            len(raw)
+        )
         if authorization is None:
             self.keys.check(None, doc.get("writeKey"))
         records = records_of(doc, endpoint, received_ms, settings.collector_max_message_bytes)
