@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from streamscore.outcomes.events import Outcome, OutcomeType
 from streamscore.outcomes.kpi import (
@@ -479,3 +480,44 @@ def _reason(outcome: Outcome) -> str | None:
     if outcome.type is OutcomeType.LOST:
         return reason_label("lost", outcome.reason)
     return None
+
+
+# ---------------------------------------------------------------- wire form
+
+
+def to_wire(funnel: Funnel) -> list[Any]:
+    """The funnel as nested lists of str/int/float/None/bool (for MessagePack in the lead state);
+    an empty funnel is an empty list, so the codec can leave it out."""
+    if funnel == EMPTY:
+        return []
+    return [
+        [
+            [h.handoff_id, h.time_ms, h.model, h.rules_version, h.tier, h.score, h.grade,
+             h.bant_mask, h.band, h.deadline_ms, h.inferred]
+            for h in funnel.handoffs
+        ],
+        [
+            [o.outcome_id, o.type.value, o.time_ms, o.reason, o.amount, o.currency]
+            for o in funnel.outcomes
+        ],
+        sorted(funnel.breached),
+        funnel.duplicates,
+        funnel.overflow,
+    ]  # fmt: skip
+
+
+def from_wire(data: Sequence[Any]) -> Funnel:
+    """The inverse of to_wire; raises ValueError on a malformed value."""
+    if not data:
+        return EMPTY
+    try:
+        handoffs, outcomes, breached, duplicates, overflow = data
+        return Funnel(
+            handoffs=tuple(HandoffRecord(*h) for h in handoffs),
+            outcomes=tuple(OutcomeRecord(o[0], OutcomeType(o[1]), *o[2:]) for o in outcomes),
+            breached=frozenset(breached),
+            duplicates=int(duplicates),
+            overflow=int(overflow),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a funnel: {exc}") from None

@@ -9,6 +9,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,9 @@ from streamscore.outcomes.funnel import (
     ScoreSnapshot,
     apply_outcome,
     check_sla,
+    from_wire,
     record_handoff,
+    to_wire,
 )
 from streamscore.outcomes.kpi import (
     OVER,
@@ -283,3 +286,23 @@ def check_distribution(dist: Distribution, durations: list[float]) -> None:
         lower = 0.0 if i == 0 else float(bounds[i - 1])
         upper = bounds[i] if math.isfinite(bounds[i]) else lower
         assert lower <= value <= upper, (q, exact, value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(world=worlds(), seed=st.integers(0, 2**32 - 1))
+def test_wire_form_round_trips_through_msgpack(world: World, seed: int) -> None:
+    rng = random.Random(seed)
+    for handoffs, outcomes in world.leads.values():
+        funnel: Funnel = EMPTY
+        facts: list[ScoreSnapshot | Outcome] = [*handoffs, *outcomes, *outcomes[:1]]
+        rng.shuffle(facts)
+        for fact in facts:
+            if isinstance(fact, ScoreSnapshot):
+                funnel = record_handoff(funnel, fact, world.rules, T0)[0]
+            else:
+                funnel = apply_outcome(
+                    funnel, fact, None, world.rules, fact.time_ms + 7 * 86400_000
+                )[0]
+        packed = msgpack.packb(to_wire(funnel))
+        assert from_wire(msgpack.unpackb(packed)) == funnel
+    assert to_wire(EMPTY) == [] and from_wire([]) == EMPTY
