@@ -18,9 +18,11 @@ from streamscore.outcomes.funnel import (
     EMPTY,
     Funnel,
     ScoreSnapshot,
+    SlaBreach,
     apply_outcome,
     check_sla,
     from_wire,
+    next_sla_due_ms,
     record_handoff,
     to_wire,
 )
@@ -306,3 +308,26 @@ def test_wire_form_round_trips_through_msgpack(world: World, seed: int) -> None:
         packed = msgpack.packb(to_wire(funnel))
         assert from_wire(msgpack.unpackb(packed)) == funnel
     assert to_wire(EMPTY) == [] and from_wire([]) == EMPTY
+
+
+@settings(max_examples=100, deadline=None)
+@given(world=worlds(), seed=st.integers(0, 2**32 - 1))
+def test_next_sla_due_is_when_check_sla_first_emits(world: World, seed: int) -> None:
+    rng = random.Random(seed)
+    for handoffs, outcomes in world.leads.values():
+        facts: list[ScoreSnapshot | Outcome] = [*handoffs, *outcomes]
+        rng.shuffle(facts)
+        funnel: Funnel = EMPTY
+        for fact in facts:
+            if isinstance(fact, ScoreSnapshot):
+                funnel = record_handoff(funnel, fact, world.rules, T0)[0]
+            else:
+                funnel = apply_outcome(funnel, fact, None, world.rules, T0)[0]
+        due = next_sla_due_ms(funnel, world.rules)
+        if due is None:
+            assert check_sla(funnel, world.rules, T0 + 365 * 86400_000)[2] == ()
+            continue
+        assert check_sla(funnel, world.rules, due - 1)[2] == ()
+        after, _, effects = check_sla(funnel, world.rules, due)
+        assert effects and all(isinstance(e, SlaBreach) for e in effects)
+        assert check_sla(after, world.rules, due)[2] == ()  # never twice
