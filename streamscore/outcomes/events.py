@@ -17,10 +17,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import jsonschema_rs
 import orjson
@@ -88,9 +87,9 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _OPTIONAL_FIELDS = ("currency", "rep_id", "reason", "channel", "source")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One validated outcome; `time_ms` is the CRM's time in epoch milliseconds."""
+class Outcome(NamedTuple):
+    """One validated outcome; `time_ms` is the CRM's time in epoch milliseconds (a NamedTuple,
+    like Event: a frozen dataclass of ten fields costs about 8 us to build, this under 1)."""
 
     outcome_id: str
     lead_id: str
