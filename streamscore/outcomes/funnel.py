@@ -422,7 +422,8 @@ def _handoff_record(snapshot: ScoreSnapshot, rules: OutcomeRules, inferred: bool
         grade=snapshot.grade,
         bant_mask=snapshot.bant_mask,
         band=band_label(snapshot.score, rules.band_edges, rules.fine_bands),
-        deadline_ms=rules.sla_deadline_ms(snapshot.tier, snapshot.handoff_ms),
+        # An inferred handoff predates the SLA clock: no deadline, so no breach for old news.
+        deadline_ms=None if inferred else rules.sla_deadline_ms(snapshot.tier, snapshot.handoff_ms),
         inferred=inferred,
     )
 

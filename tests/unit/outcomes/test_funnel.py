@@ -311,9 +311,12 @@ def test_each_model_attributes_on_its_own_timeline() -> None:
 
 def test_a_handoff_older_than_the_funnel_is_rebuilt_from_the_snapshot() -> None:
     snapshot = handoff("h0", T0 - 86400_000, score=80)
-    funnel, deltas, _ = feed(EMPTY, outcome("w", OutcomeType.WON, T0), snapshot=snapshot)
+    funnel, deltas, effects = feed(EMPTY, outcome("w", OutcomeType.WON, T0), snapshot=snapshot)
     assert funnel.handoffs[0].inferred and funnel.handoffs[0].handoff_id == "h0"
     assert deltas[hot("handoffs")] == 1 and deltas[hot("stage", "won")] == 1
+    # it predates the SLA clock: no deadline, no breach for a day-old handoff
+    assert funnel.handoffs[0].deadline_ms is None and effects == []
+    assert not any("sla" in key for key in deltas)
 
 
 def test_caps_count_overflow() -> None:
