@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, dev, rules check, lead."""
+"""The `streamscore` command: worker, collector, dev, rules check, lead, report."""
 
 from __future__ import annotations
 
@@ -181,6 +181,27 @@ async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the sales-outcomes report (HTML, and its figures as JSON) from KPI counters."""
+    from streamscore.outcomes.kpi import compute_kpis
+    from streamscore.outcomes.report import render_report
+
+    try:
+        data = orjson.loads(args.from_json.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
+    # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
+    counters = data.get("counters", data) if isinstance(data, dict) else None
+    if not isinstance(counters, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
+    ):
+        raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
+    tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+    html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
+    print(f"report: {html_path}\nfigures: {json_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `streamscore` command."""
     parser = argparse.ArgumentParser(prog="streamscore", description=__doc__)
@@ -212,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("lead_id")
     lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
     lead.set_defaults(func=cmd_lead)
+
+    report = sub.add_parser("report", help=cmd_report.__doc__)
+    report.add_argument(
+        "--from-json", type=Path, required=True, metavar="KPIS.json",
+        help="KPI counters: a report's .json, {\"counters\": {...}} or a bare field -> count map",
+    )  # fmt: skip
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -499,7 +499,9 @@ async def test_hostile_input_is_dead_lettered_and_valid_input_scored(
     expected = Counter(c.expect for c in cases)
     valid = [c for c in cases if c.expect == SCORED]
     assert len(cases) - len(valid) >= 2000, expected
-    assert set(expected) == {SCORED, *REJECT_REASONS}, f"reasons never drawn: {expected}"
+    # bad_amount is for the outcomes topic only, which this fuzz does not feed.
+    drawable = {SCORED, *REJECT_REASONS} - {"bad_amount"}
+    assert set(expected) == drawable, f"reasons never drawn: {expected}"
 
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=15)
     try:

@@ -63,6 +63,8 @@ def test_the_expected_schemas_exist() -> None:
         "handoff.v1.json",
         "tier-change.v1.json",
         "dead-letter.v1.json",
+        "outcomes.v1.json",
+        "sla-breach.v1.json",
     }
 
 
