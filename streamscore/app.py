@@ -16,12 +16,13 @@ from mode import Service
 from streamscore.agents import register_handoff_audit
 from streamscore.config import Settings
 from streamscore.events.schemas import compile_input_schemas
-from streamscore.kafka.clients import ensure_topics, make_producer
 from streamscore.metrics import Metrics, create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.kafka import ensure_topics, make_producer
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import PrometheusSensor, Sensor
+from streamscore.runtime.worker import ScoringWorker
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.worker import ScoringWorker
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0
 
 
-def open_store(settings: Settings, metrics: Metrics) -> RedisStore:
+def open_store(settings: Settings) -> RedisStore:
     """The worker's store: its client has no socket timeout, each call is bounded instead.
 
     With a socket timeout, redis-py sends from a new task (asyncio.wait_for on Python 3.11),
@@ -42,9 +43,7 @@ def open_store(settings: Settings, metrics: Metrics) -> RedisStore:
         ssl_ca_certs=str(ca_certs) if ca_certs else None,
         socket_timeout=None,
     )
-    return RedisStore(
-        client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups), metrics
-    )
+    return RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
 
 
 @dataclass
@@ -53,6 +52,7 @@ class Runtime:
 
     settings: Settings
     metrics: Metrics
+    sensor: Sensor
     rules: RulesHolder
     worker: ScoringWorker | None = None
 
@@ -78,10 +78,10 @@ class ScoringAgent(Service):
         created = await ensure_topics(settings)
         if created:
             log.info("created topics: %s", ", ".join(created))
-        store = open_store(settings, self.runtime.metrics)
+        store = open_store(settings)
         producer = make_producer(settings)
         await producer.start()
-        worker = ScoringWorker(settings, self.runtime.metrics, self.runtime.rules, store, producer)
+        worker = ScoringWorker(settings, self.runtime.sensor, self.runtime.rules, store, producer)
         self.runtime.worker = worker
         # Outputs recorded before a crash go out first, with their original ids.
         await worker.redrive_outbox()
@@ -92,7 +92,7 @@ class ScoringAgent(Service):
     def _on_worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
             log.critical("scoring worker failed: %r; stopping", task.exception())
-            self.runtime.metrics.ready.set(0)
+            self.runtime.sensor.readiness(False)
             # The process exits non-zero so an orchestrator restarts it from committed offsets.
             exc = task.exception()
             assert exc is not None
@@ -141,8 +141,12 @@ def create_app(
     from streamscore import views
 
     metrics = metrics or create_metrics()
+    sensor = PrometheusSensor(metrics, settings.input_topics)
     runtime = Runtime(
-        settings, metrics, RulesHolder(settings.rules_file, metrics, settings.dedup_window_s)
+        settings,
+        metrics,
+        sensor,
+        RulesHolder(settings.rules_file, sensor, settings.dedup_window_s),
     )
     app = faust.App(
         f"{settings.consumer_group}-app",
@@ -182,13 +186,13 @@ def create_app(
         async def rules_watch() -> None:
             runtime.rules.reload_if_changed()
 
-    register_handoff_audit(app, settings, metrics)
+    register_handoff_audit(app, settings, sensor)
     views.register(app, runtime)
     return app, ScoringAgent(runtime)
 
 
 def _faust_credentials(settings: Settings) -> faust.auth.Credentials | None:
-    from streamscore.kafka.clients import security_kwargs
+    from streamscore.runtime.kafka import security_kwargs
 
     kwargs = security_kwargs(settings)
     protocol = settings.kafka_security_protocol

@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, dev, rules check, lead."""
+"""The `streamscore` command: worker, collector, dev, rules check, lead, report."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from streamscore.config import Settings, load_settings
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
 
 EXIT_USAGE = 2
+#: The write key `streamscore dev` gives its collector when collector_write_keys is unset.
+DEV_WRITE_KEY = "dev"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -57,6 +59,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collector(args: argparse.Namespace) -> int:
+    """Run the Segment/RudderStack-compatible HTTP collector (Tracking API in, Kafka out)."""
+    from streamscore.collector.app import run_collector
+    from streamscore.logs import logging_config
+
+    settings = _settings(args)
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    run_collector(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.devstack import DevStack, free_port
@@ -75,17 +88,36 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"redis url: {stack.redis_url}", flush=True)
         print(f"metrics url: http://127.0.0.1:{web_port}/metrics", flush=True)
         print(f"rules: {base.rules_file} (lead state: http://127.0.0.1:{web_port}/leads/ID)")
-        services: list[Any] = []
+        services: list[Any] = [_dev_collector(settings, args.collector_port, args.kafka is None)]
         if args.demo:
             from streamscore.demo import DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
-            services = [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+            services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
         try:
             _run_faust(settings, services)
         except SystemExit as exc:
             return int(exc.code or 0)
     return 0
+
+
+def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
+    """The collector as a service of the dev process; prints its URL (and the dev write key)."""
+    from pydantic import SecretStr
+
+    from streamscore.collector.service import CollectorService
+    from streamscore.devstack import free_port
+
+    overrides: dict[str, Any] = {"collector_port": port or free_port()}
+    key_note = "write key: your collector_write_keys"
+    if not settings.collector_keys:
+        overrides["collector_write_keys"] = SecretStr(DEV_WRITE_KEY)
+        key_note = f"write key: {DEV_WRITE_KEY}"
+    if tansu:  # Tansu 0.6 refuses aiokafka's idempotent-producer handshake (InitProducerId v0)
+        overrides["collector_idempotent_producer"] = False
+    collector = settings.model_copy(update=overrides)
+    print(f"collector url: http://127.0.0.1:{collector.collector_port} ({key_note})", flush=True)
+    return CollectorService(collector)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -116,21 +148,16 @@ def cmd_lead(args: argparse.Namespace) -> int:
 
 
 async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
-    from streamscore.metrics import create_metrics
+    from streamscore.runtime.clock import now_ms
     from streamscore.scoring.rules import load_rules
     from streamscore.store.explain import describe_lead
     from streamscore.store.keys import KeySpace
     from streamscore.store.store import RedisStore, connect
-    from streamscore.worker import now_ms
 
     rules = load_rules(settings.rules_file)
     client = connect(settings.redis_url.get_secret_value())
     try:
-        store = RedisStore(
-            client,
-            KeySpace(settings.redis_key_prefix, settings.redis_key_groups),
-            create_metrics(process=False),
-        )
+        store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
         fields = await store.lead_fields(lead_id)
     finally:
         await client.aclose()
@@ -154,6 +181,27 @@ async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the sales-outcomes report (HTML, and its figures as JSON) from KPI counters."""
+    from streamscore.outcomes.kpi import compute_kpis
+    from streamscore.outcomes.report import render_report
+
+    try:
+        data = orjson.loads(args.from_json.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
+    # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
+    counters = data.get("counters", data) if isinstance(data, dict) else None
+    if not isinstance(counters, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
+    ):
+        raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
+    tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+    html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
+    print(f"report: {html_path}\nfigures: {json_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `streamscore` command."""
     parser = argparse.ArgumentParser(prog="streamscore", description=__doc__)
@@ -163,12 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help=cmd_worker.__doc__)
     worker.set_defaults(func=cmd_worker)
 
+    collector = sub.add_parser("collector", help=cmd_collector.__doc__)
+    collector.set_defaults(func=cmd_collector)
+
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
     dev.add_argument("--kafka", metavar="HOST:PORT", help="use this broker instead of Tansu")
     dev.add_argument("--redis", metavar="URL", help="use this Redis instead of Valkey")
     dev.add_argument("--web-port", type=int, default=0, help="HTTP port (default: a free one)")
     dev.add_argument("--rate", type=float, default=150.0, help="demo events per second")
+    dev.add_argument("--collector-port", type=int, default=0, help="collector port (default: free)")
     dev.set_defaults(func=cmd_dev)
 
     rules = sub.add_parser("rules", help="rules file tools")
@@ -181,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("lead_id")
     lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
     lead.set_defaults(func=cmd_lead)
+
+    report = sub.add_parser("report", help=cmd_report.__doc__)
+    report.add_argument(
+        "--from-json", type=Path, required=True, metavar="KPIS.json",
+        help="KPI counters: a report's .json, {\"counters\": {...}} or a bare field -> count map",
+    )  # fmt: skip
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

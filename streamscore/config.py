@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     topic_downloads: str = "ss.v1.downloads"
     topic_unsubscribes: str = "ss.v1.unsubscribes"
     topic_profiles: str = "ss.v1.profiles"
+    topic_track: str = "ss.v1.track"
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
@@ -81,6 +82,20 @@ class Settings(BaseSettings):
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
 
+    # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8088, ge=0, le=65535)
+    # Comma-separated write keys; a client authenticates with one as the Basic auth username.
+    collector_write_keys: SecretStr = SecretStr("")
+    collector_allowed_origins: str = "*"
+    collector_max_message_bytes: int = Field(default=32 * 1024, ge=256)
+    collector_max_request_bytes: int = Field(default=500 * 1024, ge=256)
+    collector_ack_timeout_s: float = Field(default=10.0, gt=0)
+    collector_max_pending_events: int = Field(default=50_000, ge=1)
+    collector_retry_after_s: int = Field(default=2, ge=0, le=300)
+    collector_idempotent_producer: bool = True
+    collector_start_timeout_s: float = Field(default=60.0, gt=0)
+
     # Web, logging
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -106,6 +121,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _collector_limits(self) -> Settings:
+        if self.collector_max_message_bytes > self.collector_max_request_bytes:
+            raise ValueError(
+                "collector_max_message_bytes must not exceed collector_max_request_bytes"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
@@ -125,6 +148,7 @@ class Settings(BaseSettings):
             self.topic_downloads: TopicKind.DOWNLOADS,
             self.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
             self.topic_profiles: TopicKind.PROFILES,
+            self.topic_track: TopicKind.TRACK,
         }
 
     @property
@@ -136,6 +160,7 @@ class Settings(BaseSettings):
             self.topic_downloads,
             self.topic_unsubscribes,
             self.topic_profiles,
+            self.topic_track,  # last, so the indexes of benchmarks/workload.py stay valid
         )
 
     @property
@@ -147,6 +172,19 @@ class Settings(BaseSettings):
             self.topic_tier_changes,
             self.topic_dead_letter,
         )
+
+    @property
+    def collector_keys(self) -> frozenset[str]:
+        """The collector's write keys (secrets: never log them)."""
+        keys = self.collector_write_keys.get_secret_value().split(",")
+        return frozenset(key.strip() for key in keys if key.strip())
+
+    @property
+    def collector_origins(self) -> frozenset[str] | None:
+        """Origins a browser may post from; None when any origin may."""
+        origins = {o.strip().rstrip("/") for o in self.collector_allowed_origins.split(",")}
+        origins.discard("")
+        return None if "*" in origins else frozenset(origins)
 
     @classmethod
     def settings_customise_sources(

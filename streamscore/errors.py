@@ -30,9 +30,17 @@ class InvalidEvent(StreamscoreError):
         super().__init__(f"{reason}: {detail}")
 
 
-class StoreUnavailable(StreamscoreError):
-    """Redis stayed unreachable after the bounded retry."""
-
-
 class DevStackError(StreamscoreError):
     """An embedded server (broker or Valkey) failed to start or stop."""
+
+
+class RetryBudgetExhausted(StreamscoreError):
+    """A transient failure outlasted its retry budget; the process should exit and restart."""
+
+    def __init__(self, operation: str, elapsed_s: float, cause: BaseException) -> None:
+        self.operation = operation
+        super().__init__(f"{operation} failed for {elapsed_s:.0f} s: {cause!r}")
+
+
+class FatalStoreError(StreamscoreError):
+    """Redis refused in a way no retry can fix (a wrong password, a script error)."""

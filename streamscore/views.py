@@ -9,8 +9,8 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamscore.runtime.clock import now_ms
 from streamscore.store.explain import describe_lead
-from streamscore.worker import now_ms
 
 if TYPE_CHECKING:
     from streamscore.app import Runtime
@@ -29,11 +29,9 @@ def register(app: faust.App, runtime: Runtime) -> None:
     async def readyz(view: View, request: Request) -> Response:
         worker = runtime.worker
         ready = worker is not None and worker.ready
-        runtime.metrics.ready.set(1 if ready else 0)
         body = {
             "ready": ready,
-            "partitions_assigned": len(worker.assigned) if worker else 0,
-            "redis_reachable": bool(worker and worker.redis_ok),
+            **(worker.describe() if worker else {}),
             "rules_version": runtime.rules.rules.version,
         }
         return view.json(body, status=200 if ready else 503)

@@ -52,6 +52,7 @@ RejectReason = Literal[
     "time_out_of_range",
     "too_many_properties",
     "bad_lead_id",
+    "bad_amount",  # outcomes only (streamscore.outcomes.events)
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -14,7 +13,6 @@ from redis.asyncio.client import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from streamscore.metrics import Metrics
 from streamscore.store.keys import KeySpace
 from streamscore.store.wire import GroupBatch, decode_lead_state
 
@@ -76,10 +74,9 @@ def connect(
 class RedisStore:
     """Applies batches and ticks atomically; every method is one round trip or one script."""
 
-    def __init__(self, client: Redis, keyspace: KeySpace, metrics: Metrics) -> None:
+    def __init__(self, client: Redis, keyspace: KeySpace) -> None:
         self.client = client
         self.keys = keyspace
-        self.metrics = metrics
         self._apply: AsyncScript = client.register_script(APPLY_BATCH_LUA)
         self._tick: AsyncScript = client.register_script(TICK_LUA)
 
@@ -102,7 +99,6 @@ class RedisStore:
 
     async def apply_packed(self, packed: PackedApply, now_ms: int) -> ScriptResult:
         """apply() of a call packed beforehand."""
-        started = time.perf_counter()
         scored_at = str(now_ms).encode()
         command = [
             b"*%d\r\n" % packed.arguments,
@@ -110,11 +106,7 @@ class RedisStore:
             b"$%d\r\n%s\r\n" % (len(scored_at), scored_at),
         ]
         entry, outputs, dups = await self._send_packed(command)
-        self.metrics.redis_script_seconds.labels(script="apply_batch").observe(
-            time.perf_counter() - started
-        )
         batch = packed.batch
-        self.metrics.batch_events.observe(len(batch.events))
         # cjson encodes an empty list as {}.
         duplicates = orjson.loads(dups) or []
         return ScriptResult(batch.group, _text(entry), _bytes(outputs), duplicates)
@@ -140,13 +132,9 @@ class RedisStore:
         self, group: int, config_json: bytes, until_ms: int, limit: int, now_ms: int
     ) -> tuple[ScriptResult, int]:
         """Apply inactivity tier drops due by until_ms; returns the result and leads advanced."""
-        started = time.perf_counter()
         entry, outputs, advanced = await self._tick(
             keys=[self.keys.due(group), self.keys.outbox(group)],
             args=[config_json, until_ms, limit, now_ms],
-        )
-        self.metrics.redis_script_seconds.labels(script="tick").observe(
-            time.perf_counter() - started
         )
         return ScriptResult(group, _text(entry), _bytes(outputs), []), int(advanced)
 

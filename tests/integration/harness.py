@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamscore import devstack
 from streamscore.config import ENV_PREFIX, Settings, settings_env
-from streamscore.kafka.clients import ensure_topics
+from streamscore.runtime.kafka import ensure_topics
 
 
 class WorkerProcess:

@@ -27,9 +27,8 @@ from streamscore import devstack
 from streamscore.config import Settings
 from streamscore.events.envelope import Limits, parse_event
 from streamscore.events.types import TOPIC_BY_TYPE, EventType
-from streamscore.kafka.clients import ensure_topics
-from streamscore.metrics import create_metrics
 from streamscore.outputs import output_id
+from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
 from streamscore.scoring.model import LeadState, Output, apply_event, score_at
 from streamscore.scoring.rules import load_rules
@@ -399,7 +398,7 @@ async def store(settings_factory: Callable[..., Settings]) -> AsyncIterator[Redi
     settings = settings_factory()
     # A read timeout, so that a stuck call fails the test instead of hanging it.
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=15)
-    yield RedisStore(client, KeySpace(settings.redis_key_prefix), create_metrics(process=False))
+    yield RedisStore(client, KeySpace(settings.redis_key_prefix))
     await client.aclose()
 
 

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from streamscore.metrics import create_metrics
 from streamscore.scoring.engine import Decision, decide
 from streamscore.scoring.model import LeadState, Output, advance, apply_event, score_at
 from streamscore.store.keys import KeySpace
@@ -83,7 +82,7 @@ def _assert_same(expected: list[Output], got: list[Output]) -> None:
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     client = aioredis.Redis.from_url(redis_url)
-    yield RedisStore(client, KeySpace("parity"), create_metrics(process=False))
+    yield RedisStore(client, KeySpace("parity"))
     await client.aclose()
 
 

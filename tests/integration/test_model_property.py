@@ -29,9 +29,8 @@ from hypothesis import strategies as st
 from streamscore.config import Settings
 from streamscore.events.envelope import Limits, parse_event
 from streamscore.events.types import TopicKind
-from streamscore.kafka.clients import ensure_topics
-from streamscore.metrics import create_metrics
 from streamscore.outputs import output_id, rfc3339
+from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
 from streamscore.scoring.model import (
     LeadState,
@@ -397,7 +396,7 @@ def test_worker_matches_the_reference_model(
             loop.run_until_complete(worker.wait_ready())
             loop.run_until_complete(outputs.start())
             keys = KeySpace(settings.redis_key_prefix)
-            store = RedisStore(client, keys, create_metrics(process=False))
+            store = RedisStore(client, keys)
             live = Live(loop, settings, worker, store, outputs)
 
             @hypothesis_settings(

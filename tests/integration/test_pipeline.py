@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 from streamscore.config import Settings
 from streamscore.events.envelope import Limits, parse_event
 from streamscore.events.types import TopicKind
-from streamscore.metrics import create_metrics
 from streamscore.scoring.engine import decide
 from streamscore.scoring.model import LeadState, apply_event, score_at
 from streamscore.scoring.rules import load_rules
@@ -51,7 +50,7 @@ KIND_BY_TYPE = {
 async def store(settings_factory: Callable[..., Settings]) -> AsyncIterator[RedisStore]:
     settings = settings_factory()
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
-    yield RedisStore(client, KeySpace(settings.redis_key_prefix), create_metrics(process=False))
+    yield RedisStore(client, KeySpace(settings.redis_key_prefix))
     await client.aclose()
 
 

@@ -11,7 +11,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from streamscore.metrics import create_metrics
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
@@ -27,7 +26,7 @@ PRICING = FakeEvent("page_view", {"path": "/pricing"}, {}, {})
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     client = aioredis.Redis.from_url(redis_url)
     keys = KeySpace(f"store:{uuid.uuid4().hex[:8]}")
-    yield RedisStore(client, keys, create_metrics(process=False))
+    yield RedisStore(client, keys)
     await client.aclose()
 
 

@@ -25,12 +25,11 @@ FORBIDDEN = (
     "logging.handlers",
     "time",
     "streamscore.store",
-    "streamscore.worker",
+    "streamscore.runtime",
     "streamscore.app",
     "streamscore.agents",
     "streamscore.views",
     "streamscore.metrics",
-    "streamscore.kafka",
 )
 #: Clock reads, as `<name>.<attribute>(...)` calls.
 CLOCK_CALLS = {
@@ -112,7 +111,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import asyncio\nfrom ..store import keys\nfrom redis.asyncio import Redis\n"
-        "from .. import worker\nfrom .rules import load_rules\nimport timeit\n"
+        "from .. import runtime\nfrom .rules import load_rules\nimport timeit\n"
         "import datetime as dt\nfrom datetime import datetime\n"
         "a = datetime.now()\nb = dt.datetime.utcnow()\nc = time.time()\nd = dt.timedelta(1)\n",
         encoding="utf-8",
@@ -123,15 +122,15 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
         "time.time()",
     ]
     found = {m for _, m in imported_modules(probe, "streamscore.scoring")}
-    assert {"asyncio", "streamscore.store", "redis.asyncio", "streamscore.worker"} <= found
+    assert {"asyncio", "streamscore.store", "redis.asyncio", "streamscore.runtime"} <= found
     assert "streamscore.scoring.rules" in found
     assert sorted(m for m in found if is_forbidden(m)) == [
         "asyncio",
         "redis.asyncio",
         "redis.asyncio.Redis",
+        "streamscore.runtime",
         "streamscore.store",
         "streamscore.store.keys",
-        "streamscore.worker",
     ]
 
 

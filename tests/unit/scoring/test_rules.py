@@ -179,6 +179,8 @@ def test_example_rules_load_with_every_engagement_and_fit_rule(
 def test_example_rules_use_every_feature() -> None:
     rules = load_rules(RULES_FILE)
     engagement = rules.engagement
+    # outcomes: an SLA and a recycle action
+    assert rules.outcomes.sla_ms and rules.outcomes.recycle is not None
     # caps, negative points, disqualify and requalify
     assert any(r.cap_points > 0 and r.cap_window_s > 0 for r in engagement)
     assert any(r.points < 0 for r in engagement)
