@@ -23,29 +23,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from streamscore.scoring.engine import DISQUALIFY, Decision
+from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
 
 TOP_REASONS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """A tier change or a handoff produced by applying an event or by decay."""
-
-    kind: Literal["handoff", "tier_change"]
-    lead_id: str
-    seq: int
-    old_tier: str
-    new_tier: str
-    score: float
-    engagement: float
-    fit: float
-    grade: int
-    bant_mask: int
-    reasons: tuple[tuple[str, float], ...]
-    event_id: str | None
-    time_ms: int
-    cause: Literal["event", "decay"]
 
 
 @dataclass
@@ -182,6 +163,7 @@ def _evaluate(
                 event_id=event_id,
                 time_ms=event_ms,
                 cause=cause,
+                rules_version=rules.version,
             )
         )
 

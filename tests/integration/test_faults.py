@@ -30,7 +30,8 @@ from streamscore.events.types import TOPIC_BY_TYPE, EventType
 from streamscore.outputs import output_id
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import LeadState, Output, apply_event, score_at
+from streamscore.scoring.model import LeadState, apply_event, score_at
+from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import load_rules
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore

@@ -34,13 +34,13 @@ from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
 from streamscore.scoring.model import (
     LeadState,
-    Output,
     apply_event,
     bant_mask,
     disqualified,
     fit_points,
     score_at,
 )
+from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES, CompiledRules, parse_rules_text
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore

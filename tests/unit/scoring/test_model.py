@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from streamscore.scoring.engine import DISQUALIFY, Decision, decide
 from streamscore.scoring.model import (
     LeadState,
-    Output,
     advance,
     apply_event,
     bant_mask,
@@ -23,6 +22,7 @@ from streamscore.scoring.model import (
     fit_points,
     score_at,
 )
+from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules, parse_rules_text
 from tests.scoring_support import PARITY_RULES_YAML, parity_rules
 
