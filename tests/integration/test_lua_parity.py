@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from streamscore.scoring.engine import Decision, decide
-from streamscore.scoring.model import LeadState, advance, apply_event, score_at
 from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import LeadState, advance, apply_event, score_at
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
 from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches

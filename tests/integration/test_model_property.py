@@ -32,7 +32,8 @@ from streamscore.events.types import TopicKind
 from streamscore.outputs import output_id, rfc3339
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import (
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import (
     LeadState,
     apply_event,
     bant_mask,
@@ -40,7 +41,6 @@ from streamscore.scoring.model import (
     fit_points,
     score_at,
 )
-from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES, CompiledRules, parse_rules_text
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore

@@ -1,8 +1,8 @@
-"""Reference lead-state arithmetic: brute force over every award, the oracle for the Lua script.
+"""Reference lead-state arithmetic: brute force over every award, the oracle of scoring/state.py.
 
-The worker applies the same rules incrementally in Redis (store/scripts/*.lua). This module keeps
-every award and recomputes sums from scratch, so it is slow but obviously correct, and the
-parity and property tests compare the two.
+scoring/state.py applies the same rules incrementally (and store/scripts/*.lua, until the worker
+switches to it). This module keeps every award and recomputes sums from scratch, so it is slow
+but obviously correct, and the parity and property tests compare the two.
 
 Semantics, in one place:
 - Positive points decay with the half-life, by event time; negative points (penalties) do not.

@@ -11,7 +11,8 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from streamscore.scoring.engine import DISQUALIFY, Decision, decide
-from streamscore.scoring.model import (
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import (
     LeadState,
     advance,
     apply_event,
@@ -22,7 +23,6 @@ from streamscore.scoring.model import (
     fit_points,
     score_at,
 )
-from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules, parse_rules_text
 from tests.scoring_support import PARITY_RULES_YAML, parity_rules
 
