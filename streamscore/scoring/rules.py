@@ -217,9 +217,10 @@ class HandoffSpec(_Strict):
 
 
 class DecaySpec(_Strict):
-    """Exponential decay of positive engagement points, by event time."""
+    """Exponential decay of engagement points by event time: positive ones, and penalties if set."""
 
     half_life: float
+    penalties: bool = False
 
     @field_validator("half_life", mode="before")
     @classmethod
@@ -391,6 +392,8 @@ class CompiledRules:
     attributes: tuple[Attribute, ...]
     #: root ("traits", "properties", "context") -> first key -> [(priority, attribute index)]
     source_index: Mapping[str, Mapping[str, tuple[tuple[int, int], ...]]]
+    #: Negative points decay with the half-life too (decay.penalties); else they never do.
+    decay_penalties: bool = False
 
     def script_config(self) -> dict[str, Any]:
         """The arithmetic parameters the Redis script needs, JSON-serialisable."""
@@ -607,6 +610,7 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         by_type=by_type,
         attributes=tuple(attributes),
         source_index=source_index,
+        decay_penalties=spec.decay.penalties,
     )
 
 
