@@ -587,6 +587,8 @@ def _trim_seen(state: LeadState, oldest_ms: int) -> None:
     if seen:
         for key in [k for k, t in seen.items() if t < oldest_ms]:
             del seen[key]
+        if not seen:
+            state.seen = None  # no empty tables: stored, None and empty are one thing
 
 
 def _adopt(state: LeadState, rules: CompiledRules) -> None:
