@@ -77,7 +77,8 @@ def is_forbidden(module: str) -> bool:
 
 def test_scoring_files_are_found() -> None:
     names = {p.name for p in SCORING_FILES}
-    assert {"rules.py", "engine.py", "reference.py"} <= names
+    expected = {"rules.py", "engine.py", "reference.py", "state.py", "outputs.py", "explain.py"}
+    assert expected <= names
 
 
 @pytest.mark.parametrize("path", SCORING_FILES, ids=lambda p: p.name)
@@ -140,6 +141,7 @@ def test_importing_scoring_loads_no_io_module() -> None:
         "import sys\n"
         "import streamscore.scoring.rules, streamscore.scoring.engine\n"
         "import streamscore.scoring.reference, streamscore.scoring.durations\n"
+        "import streamscore.scoring.state, streamscore.scoring.explain\n"
         "print('\\n'.join(sorted(sys.modules)))\n"
     )
     result = subprocess.run(
