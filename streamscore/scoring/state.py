@@ -1,9 +1,9 @@
 """Production lead state and its incremental arithmetic (decay, caps, tiers, handoffs, dedup).
 
-A port of store/scripts/lead.lua + apply_batch.lua + tick.lua to Python, with the deliberate
-changes of design.md section 3 (cap-window retention, decaying penalties, the reasons tie-break).
-scoring/reference.py is the oracle: it keeps every award and recomputes from scratch, and the
-property tests hold the two to the same outputs. The semantics are documented there.
+A port of store/scripts/lead.lua + apply_batch.lua + tick.lua to Python, with three deliberate
+changes (cap-window retention, decay.penalties, the reasons tie-break). scoring/reference.py is
+the oracle: it keeps every award and recomputes from scratch, its docstring states the
+semantics, and property tests hold the two to the same outputs.
 
 How the incremental form works:
 - Decaying points are kept normalised to an anchor time: an award of p points at t adds
@@ -49,8 +49,8 @@ CAP_WINDOWS_KEPT = 8
 REANCHOR_HALF_LIVES = 500.0
 #: Reasons carried by an output: the top rules by points.
 TOP_REASONS = 3
-#: A score this far (relative) above its tier's exit cannot be due to drop: the log in due_ms
-#: rounds to far less than this. Nearer than that, due_ms decides.
+#: A score this far (relative) above its tier's exit at t is not due to drop by t: due_ms's
+#: rounding is orders of magnitude smaller. Nearer than that, due_ms itself decides.
 DUE_MARGIN = 1e-6
 
 _LN2 = math.log(2.0)
