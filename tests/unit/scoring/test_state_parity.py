@@ -11,6 +11,7 @@ from streamscore.scoring import reference, state
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
+from streamscore.scoring.state import CAP_WINDOWS_KEPT
 from tests.state_support import (
     DAY,
     DEDUP_WINDOWS,
@@ -27,6 +28,19 @@ VIEW_SHAPE = 0  # SHAPES[0]: a /blog page view, 3 capped points
 
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def forgotten_window(
+    s: state.LeadState, rules: CompiledRules, awards: tuple[tuple[int, float], ...], t: int
+) -> bool:
+    """Whether a capped award of this event falls before the windows its rule keeps."""
+    for index, _ in awards:
+        rule = rules.engagement[index]
+        windows = (s.caps or {}).get(rule.id)
+        window = t // int(rule.cap_window_s * 1000) if rule.cap_points else 0
+        if windows and window < max(windows) - CAP_WINDOWS_KEPT:
+            return True
+    return False
 
 
 def assert_same_outputs(expected: list[Output], got: list[Output]) -> None:
@@ -100,6 +114,8 @@ def test_state_matches_the_reference(
         ref = refs.setdefault(lead, reference.LeadState(lead))
         got = leads.setdefault(lead, state.new_lead(lead))
         reused = event_id in ref.seen
+        if forgotten_window(got, rules, decision.awards, t):
+            event("capped award older than the kept windows")
         points_anchor = got.points_anchor_ms
         expected = reference.apply_event(ref, rules, event_id, t, decision, dedup_ms)
         out: list[Output] = []
