@@ -195,7 +195,10 @@ def score_at(state: LeadState, rules: CompiledRules, t_ms: int) -> float:
     if anchor is None:
         raw += state.negative
     else:
-        factor = _pow(2.0, (anchor - t_ms) / (rules.half_life_s * 1000.0))
+        # Judged at its newest award's time (most events): no decay, and no pow to compute it.
+        factor = (
+            1.0 if anchor == t_ms else _pow(2.0, (anchor - t_ms) / (rules.half_life_s * 1000.0))
+        )
         raw += state.positive * factor
         raw += state.negative * factor if state.penalties_decay else state.negative
     if raw < rules.floor:
