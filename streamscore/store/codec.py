@@ -35,7 +35,7 @@ an event applied before it is counted again unless it arrives after the dedup wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -173,9 +173,12 @@ def decode_lead(raw: bytes, lead_id_hint: str | None = None) -> LeadState:
 
 
 def _int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"{key} must be an integer, not {value!r}")
-    return int(value)
+    if type(value) is int:  # the common case first: decode runs once per lead loaded
+        return value
+    # Lua numbers are doubles: an integral float is an integer; bool is no number here.
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise ValueError(f"{key} must be an integer, not {value!r}")
 
 
 def _opt_int(value: Any, key: str) -> int | None:
@@ -183,9 +186,11 @@ def _opt_int(value: Any, key: str) -> int | None:
 
 
 def _float(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{key} must be a number, not {value!r}")
-    return float(value)
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise ValueError(f"{key} must be a number, not {value!r}")
 
 
 def _str(value: Any, key: str) -> str:
@@ -200,8 +205,8 @@ def _flag(value: Any, key: str) -> bool:
     return bool(value)
 
 
-def _event_flag(value: Any) -> int:
-    flag = _int(value, "dq")
+def _event_flag(value: Any, key: str) -> int:
+    flag = _int(value, key)
     if flag not in (NO_FLAG, DISQUALIFY, REQUALIFY):
         raise ValueError(f"dq must be {NO_FLAG}, {DISQUALIFY} or {REQUALIFY}, not {flag}")
     return flag
@@ -252,6 +257,51 @@ def _lead_id(m: Mapping[str, Any], hint: str | None) -> str:
     return hint
 
 
+def _caps(value: Any, key: str) -> dict[str, dict[int, float]] | None:
+    caps = {
+        _str(rule, key): {_int(w, key): _float(used, key) for w, used in _map(ws, key).items()}
+        for rule, ws in _map(value, key).items()
+    }
+    return {rule: ws for rule, ws in caps.items() if ws} or None
+
+
+def _seen(value: Any, key: str) -> dict[int, int] | None:
+    return {_int(h, key): _int(t, key) for h, t in _map(value, key).items()} or None
+
+
+def _opt_str(value: Any, key: str) -> str | None:
+    return None if value is None else _str(value, key)
+
+
+def _opt_numbers(value: Any, key: str) -> dict[str, float] | None:
+    return _numbers(value, key) or None
+
+
+#: Stored key -> (LeadState field, reader of the stored value). "v", "id" and "ra" are apart.
+_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "a": ("anchor_ms", _opt_int),
+    "e": ("positive", _float),
+    "pen": ("negative", _float),
+    "lt": ("last_ms", _opt_int),
+    "tier": ("tier", _int),
+    "arm": ("armed", _flag),
+    "n": ("seq", _int),
+    "dq": ("flag", _event_flag),
+    "dqt": ("flag_ms", _opt_int),
+    "fit": ("fit", _float),
+    "fdq": ("fit_disqualify", _flag),
+    "bant": ("bant", _int),
+    "ver": ("rules_version", _opt_str),
+    "pd": ("penalties_decay", _flag),
+    "r": ("points", _numbers),
+    "np": ("penalties", _opt_numbers),
+    "c": ("caps", _caps),
+    "P": ("profile", _profile),
+    "s": ("seen", _seen),
+    "hp": ("partition", _opt_int),
+}
+
+
 def _decode_current(m: dict[str, Any], hint: str | None) -> LeadState:
     version = m["v"]
     if version != FORMAT:
@@ -259,38 +309,19 @@ def _decode_current(m: dict[str, Any], hint: str | None) -> LeadState:
             f"lead state format {version!r} is not {FORMAT}: written by another streamscore "
             "version; refusing to guess what its fields mean"
         )
-    anchor = _opt_int(m.get("a"), "a")
-    caps = {
-        _str(rule, "c"): {_int(w, "c"): _float(used, "c") for w, used in _map(ws, "c").items()}
-        for rule, ws in _map(m.get("c", {}), "c").items()
-    }
-    seen = {_int(h, "s"): _int(t, "s") for h, t in _map(m.get("s", {}), "s").items()}
-    extra = {k: v for k, v in m.items() if k not in _KNOWN}
-    return LeadState(
-        lead_id=_lead_id(m, hint),
-        anchor_ms=anchor,
-        positive=_float(m.get("e", 0.0), "e"),
-        negative=_float(m.get("pen", 0.0), "pen"),
-        points_anchor_ms=_opt_int(m["ra"], "ra") if "ra" in m else anchor,
-        last_ms=_opt_int(m.get("lt"), "lt"),
-        tier=_int(m.get("tier", 0), "tier"),
-        armed=_flag(m.get("arm", 1), "arm"),
-        seq=_int(m.get("n", 0), "n"),
-        flag=_event_flag(m.get("dq", NO_FLAG)),
-        flag_ms=_opt_int(m.get("dqt"), "dqt"),
-        fit=_float(m.get("fit", 0.0), "fit"),
-        fit_disqualify=_flag(m.get("fdq", 0), "fdq"),
-        bant=_int(m.get("bant", 0), "bant"),
-        rules_version=None if m.get("ver") is None else _str(m["ver"], "ver"),
-        penalties_decay=_flag(m.get("pd", 0), "pd"),
-        points=_numbers(m.get("r", {}), "r"),
-        penalties=_numbers(m.get("np", {}), "np") or None,
-        caps={rule: ws for rule, ws in caps.items() if ws} or None,
-        profile=_profile(m.get("P", {}), "P"),
-        seen=seen or None,
-        partition=_opt_int(m.get("hp"), "hp"),
-        extra=extra or None,
-    )
+    state = LeadState(_lead_id(m, hint))
+    # Only the keys present are read: most leads store a handful.
+    extra: dict[str, Any] = {}
+    for key, value in m.items():
+        spec = _FIELDS.get(key)
+        if spec is not None:
+            setattr(state, spec[0], spec[1](value, key))
+        elif key not in _KNOWN:
+            extra[key] = value
+    state.points_anchor_ms = _opt_int(m["ra"], "ra") if "ra" in m else state.anchor_ms
+    if extra:
+        state.extra = extra
+    return state
 
 
 def _decode_legacy(m: dict[str, Any], hint: str | None) -> LeadState:
@@ -337,7 +368,7 @@ def _decode_legacy(m: dict[str, Any], hint: str | None) -> LeadState:
         tier=_int(m.get("tier", 0), "tier"),
         armed=_flag(m.get("arm", 1), "arm"),
         seq=_int(m.get("n", 0), "n"),
-        flag=_event_flag(m.get("dq", NO_FLAG)),
+        flag=_event_flag(m.get("dq", NO_FLAG), "dq"),
         flag_ms=_opt_int(m.get("dqt"), "dqt"),
         fit=_float(m.get("fit", 0), "fit"),
         fit_disqualify=_flag(m.get("fdq", 0), "fdq"),
