@@ -131,6 +131,8 @@ def encode_lead(state: LeadState) -> bytes:
         m["hp"] = state.partition
     if state.extra:
         for key, value in sorted(state.extra.items()):
+            if key in _KNOWN:
+                raise StateCodecError(f"extra field {key!r} of {state.lead_id!r} shadows a field")
             m[key] = _canonical(value)
     # surrogateescape both ways: text that arrived as invalid UTF-8 goes back byte for byte.
     packed: bytes = msgpack.packb(m, use_bin_type=True, unicode_errors="surrogateescape")

@@ -220,6 +220,13 @@ def test_bad_bytes_are_rejected_loudly(raw: bytes, needle: str) -> None:
         decode_lead(raw)
 
 
+def test_an_extra_field_cannot_shadow_a_known_one() -> None:
+    s = state.new_lead("x")
+    s.extra = {"lt": 5}
+    with pytest.raises(StateCodecError, match="shadows"):
+        encode_lead(s)
+
+
 def test_a_missing_lead_id_comes_from_the_hint() -> None:
     assert decode_lead(msgpack.packb({"v": FORMAT}), "hinted").lead_id == "hinted"
     assert decode_lead(msgpack.packb({"v": FORMAT, "id": "own"}), "hinted").lead_id == "own"
