@@ -10,7 +10,7 @@ import msgpack
 import orjson
 
 from streamscore.scoring.engine import Decision
-from streamscore.scoring.model import Output
+from streamscore.scoring.outputs import Output
 from streamscore.store.keys import KeySpace
 
 
@@ -150,6 +150,7 @@ def decode_outputs(encoded: bytes | str) -> list[ScriptOutput]:
             event_id=event_id,
             time_ms=int(time_ms),
             cause=cause,
+            rules_version=version,
         )
         outputs.append(ScriptOutput(output, version, int(scored_at)))
     return outputs

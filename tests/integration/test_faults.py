@@ -2,7 +2,7 @@
 
 Each test runs `streamscore worker` subprocesses against the session's real broker and Valkey and
 compares what ends up in Redis and on the output topics with the reference model
-(streamscore.scoring.model). The invariant under every fault: each event counts exactly once in
+(streamscore.scoring.reference). The invariant under every fault: each event counts exactly once in
 its lead's state, and every output the reference emits appears with its deterministic id, its
 copies identical, and no output the reference does not emit appears at all.
 """
@@ -30,7 +30,8 @@ from streamscore.events.types import TOPIC_BY_TYPE, EventType
 from streamscore.outputs import output_id
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import LeadState, Output, apply_event, score_at
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import LeadState, apply_event, score_at
 from streamscore.scoring.rules import load_rules
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore

@@ -32,9 +32,9 @@ from streamscore.events.types import TopicKind
 from streamscore.outputs import output_id, rfc3339
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import (
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import (
     LeadState,
-    Output,
     apply_event,
     bant_mask,
     disqualified,

@@ -18,7 +18,7 @@ from streamscore.config import Settings
 from streamscore.events.envelope import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import LeadState, apply_event, score_at
+from streamscore.scoring.reference import LeadState, apply_event, score_at
 from streamscore.scoring.rules import load_rules
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
