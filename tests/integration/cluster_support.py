@@ -133,7 +133,7 @@ class ClusterAdmin:
         error: Exception | None = None
         for host, port in dict.fromkeys(candidates):
             try:
-                raw = _cmd(self.node(host, port), "CLUSTER", "NODES")
+                raw = raw_command(self.node(host, port), "CLUSTER", "NODES")
             except redis.ConnectionError as exc:
                 error = exc
                 continue
@@ -162,14 +162,14 @@ class ClusterAdmin:
     def keyslot(self, key: str) -> int:
         """The slot of `key`, as the cluster computes it."""
         host, port = self._seed
-        return int(_cmd(self.node(host, port), "CLUSTER", "KEYSLOT", key))
+        return int(raw_command(self.node(host, port), "CLUSTER", "KEYSLOT", key))
 
     # --- slot migration, the steps redis-cli --cluster reshard takes ---------------------
 
     def begin_migration(self, slot: int, source: NodeRow, target: NodeRow) -> None:
         """Mark `slot` IMPORTING on the target and MIGRATING on the source (target first)."""
-        _cmd(self.at(target), "CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-        _cmd(self.at(source), "CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        raw_command(self.at(target), "CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        raw_command(self.at(source), "CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
 
     def migrate_keys(
         self, slot: int, source: NodeRow, target: NodeRow, only: list[str] | None = None
@@ -177,10 +177,10 @@ class ClusterAdmin:
         """MIGRATE the slot's keys (or `only` these) from source to target; returns how many."""
         keys = only
         if keys is None:
-            raw = _cmd(self.at(source), "CLUSTER", "GETKEYSINSLOT", slot, 100_000)
+            raw = raw_command(self.at(source), "CLUSTER", "GETKEYSINSLOT", slot, 100_000)
             keys = [_text(k) for k in raw]
         if keys:
-            _cmd(
+            raw_command(
                 self.at(source),
                 "MIGRATE",
                 target.host,
@@ -196,10 +196,10 @@ class ClusterAdmin:
 
     def finish_migration(self, slot: int, target: NodeRow) -> None:
         """SETSLOT NODE target on the target, then every other primary (the source among them)."""
-        _cmd(self.at(target), "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+        raw_command(self.at(target), "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
         for row in self.primaries():
             if row.node_id != target.node_id:
-                _cmd(self.at(row), "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+                raw_command(self.at(row), "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
 
     def move_slot(self, slot: int, target: NodeRow) -> None:
         """The whole migration of `slot` to `target`, keys included."""
@@ -227,11 +227,11 @@ class ClusterAdmin:
                 ok = True
                 for host, port in addresses:
                     client = self.node(host, port)
-                    info = _text(_cmd(client, "CLUSTER", "INFO"))
+                    info = _text(raw_command(client, "CLUSTER", "INFO"))
                     if "cluster_state:ok" not in info:
                         ok, last = False, f"{host}:{port} not ok"
                         break
-                    maps.add(_slot_map(_cmd(client, "CLUSTER", "SLOTS")))
+                    maps.add(_slot_map(raw_command(client, "CLUSTER", "SLOTS")))
                 if ok and len(maps) == 1:
                     return
                 if ok:
@@ -310,34 +310,36 @@ class LocalCluster:
         for index, server in enumerate(self.servers):
             client = admin.node(server.host, server.port)
             # Distinct epochs up front, as redis-cli does: no collision rounds to wait out.
-            _cmd(client, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+            raw_command(client, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
             if index < self.primary_count:
                 lo = index * per
                 hi = HASH_SLOTS - 1 if index == self.primary_count - 1 else lo + per - 1
-                _cmd(client, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
+                raw_command(client, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
         for server in self.servers[1:]:
             meet = ("CLUSTER", "MEET", server.host, server.port, self.bus_ports[server.port])
-            _cmd(admin.node(first.host, first.port), *meet)
+            raw_command(admin.node(first.host, first.port), *meet)
         self._wait_known(timeout_s)
         ids = {s.port: self._my_id(s) for s in self.servers}
         primaries = self.servers[: self.primary_count]
         for index, server in enumerate(self.servers[self.primary_count :]):
             primary = primaries[index // replicas_per_primary]
-            _cmd(admin.node(server.host, server.port), "CLUSTER", "REPLICATE", ids[primary.port])
+            raw_command(
+                admin.node(server.host, server.port), "CLUSTER", "REPLICATE", ids[primary.port]
+            )
         addresses = [(s.host, s.port) for s in self.servers]
         admin.wait_ok(addresses, timeout_s)
         self._wait_replicas_linked(timeout_s)
         self._wait_known(timeout_s, replicas=len(self.servers) - self.primary_count)
 
     def _my_id(self, server: devstack.EmbeddedServer) -> str:
-        return _text(_cmd(self.admin.node(server.host, server.port), "CLUSTER", "MYID"))
+        return _text(raw_command(self.admin.node(server.host, server.port), "CLUSTER", "MYID"))
 
     def _wait_known(self, timeout_s: float, replicas: int = 0) -> None:
         # Until every node sees every node, and the same `replicas` of them as replicas.
         deadline = time.monotonic() + timeout_s
         while True:
             views = [
-                parse_cluster_nodes(_text(_cmd(self.admin.node(s.host, s.port), *NODES)))
+                parse_cluster_nodes(_text(raw_command(self.admin.node(s.host, s.port), *NODES)))
                 for s in self.servers
             ]
             roles = {frozenset((r.node_id, r.primary_id) for r in view) for view in views}
@@ -400,6 +402,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _cmd(client: redis.Redis, *args: Any) -> Any:
+def raw_command(client: redis.Redis, *args: Any) -> Any:
     """A raw command (no response callback: CLUSTER subcommands are sent as two words)."""
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
