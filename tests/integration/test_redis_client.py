@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -68,6 +69,34 @@ async def test_a_packed_call_takes_its_tail_argument_at_send_time(client: RedisC
     assert await client.run_packed(packed, b"again") == [5000, b"again", 2]
     assert await client.run_packed(packed) == [5000, b"v2", 1]
     assert await client.execute("GET", keys[-1], key=keys[-1]) == b"v2"
+
+
+SLOW = LuaScript(
+    "slow.lua",
+    """-- KEYS[1]: written once ARGV[1] ms have passed on the server's clock
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local until_ms = now_ms() + tonumber(ARGV[1])
+while now_ms() < until_ms do end
+return redis.call('SET', KEYS[1], 'late')
+""",
+)
+
+
+async def test_a_cancelled_call_leaves_no_reply_for_the_next_one(client: RedisClient) -> None:
+    """Cancelled after it was sent, while the server still runs it: its reply must not be read
+    by the next call (which would take the slow call's OK for its own counter)."""
+    slow, counter = keys_of(tag(), 2)
+    call = asyncio.ensure_future(client.run_script(SLOW, [slow], [100]))
+    await asyncio.sleep(0.03)
+    assert not call.done()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await client.run_script(INCR_FIRST, [counter], []) == 1
+    assert await client.execute("GET", slow, key=slow) == b"late"
 
 
 async def test_the_server_hashes_a_script_as_the_client_does(client: RedisClient) -> None:
