@@ -245,6 +245,8 @@ class ClusterAdmin:
     def close(self) -> None:
         """Close every admin connection."""
         for client in self._clients.values():
+            # A client given its pool leaves the pool open on close().
+            client.connection_pool.disconnect()
             client.close()
         self._clients.clear()
 
