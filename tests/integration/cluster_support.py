@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -123,22 +124,30 @@ class ClusterAdmin:
             self._clients[key] = client
         return client
 
+    def url_of(self, row: NodeRow) -> str:
+        """The cluster's URL (credentials, scheme) with `row`'s address: a seed that is up."""
+        parts = urlsplit(self.url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{row.address}" if userinfo else row.address
+        return urlunsplit(parts._replace(netloc=netloc))
+
     def at(self, row: NodeRow) -> redis.Redis:
         """A client of the node of a CLUSTER NODES row."""
         return self.node(row.host, row.port)
 
     def nodes(self) -> list[NodeRow]:
-        """CLUSTER NODES, from the first reachable node (the seed first)."""
-        candidates = [self._seed, *self._clients]
+        """CLUSTER NODES, from the first node that answers."""
+        return parse_cluster_nodes(_text(self.ask_any("CLUSTER", "NODES")))
+
+    def ask_any(self, *args: Any) -> Any:
+        """A command on the first node that answers: the seed, then every node met so far."""
         error: Exception | None = None
-        for host, port in dict.fromkeys(candidates):
+        for host, port in dict.fromkeys([self._seed, *self._clients]):
             try:
-                raw = raw_command(self.node(host, port), "CLUSTER", "NODES")
+                return raw_command(self.node(host, port), *args)
             except redis.ConnectionError as exc:
                 error = exc
-                continue
-            return parse_cluster_nodes(_text(raw))
-        raise DevStackError(f"no cluster node answered CLUSTER NODES: {error}")
+        raise DevStackError(f"no cluster node answered {args[0]}: {error}")
 
     def primaries(self) -> list[NodeRow]:
         """The live primaries, ordered by their first slot."""
@@ -161,8 +170,7 @@ class ClusterAdmin:
 
     def keyslot(self, key: str) -> int:
         """The slot of `key`, as the cluster computes it."""
-        host, port = self._seed
-        return int(raw_command(self.node(host, port), "CLUSTER", "KEYSLOT", key))
+        return int(self.ask_any("CLUSTER", "KEYSLOT", key))
 
     # --- slot migration, the steps redis-cli --cluster reshard takes ---------------------
 

@@ -57,7 +57,8 @@ def redis_cluster_with_replicas() -> Iterator[ClusterUnderTest]:
             f"unset {CLUSTER_URL_ENV} to run them",
             pytrace=False,
         )
-    cluster = LocalCluster.start(primaries=3, replicas_per_primary=1)
+    # A 2 s node timeout: a killed primary is marked failed (CLUSTERDOWN) within seconds.
+    cluster = LocalCluster.start(primaries=3, replicas_per_primary=1, node_timeout_ms=2000)
     try:
         yield ClusterUnderTest(cluster.url, cluster.admin, cluster)
     finally:

@@ -152,15 +152,16 @@ async def test_a_killed_primary_s_calls_are_transient_until_its_replica_is_promo
     is promoted (CLUSTER FAILOVER FORCE), the caller's retry reaches it with the data intact."""
     cluster = redis_cluster_with_replicas
     local, admin = cluster.require_local(), cluster.admin
-    client = await open_client(cluster.url, cluster=True)
+    # Seeded by a live primary: an earlier test may have killed the URL's node.
+    client = await open_client(admin.url_of(admin.primaries()[0]), cluster=True)
     assert isinstance(client, ClusterClient)
     try:
+        primary, replica = primary_with_replica(admin)
         keys = counters(100)
+        while not primary.serves(admin.keyslot(keys[0])):
+            keys = counters(100)
         packed = pack_script_call(INCR_ALL, keys, [])
         assert await client.run_packed(packed, "t1") == [1] * 100 + [b"t1"]
-        slot = admin.keyslot(keys[0])
-        primary = admin.owner(slot)
-        replica = admin.replica_of(primary)
         # The write is on the replica before the kill (replication is asynchronous).
         assert raw_command(admin.at(primary), "WAIT", 1, 5000) >= 1
         local.kill(primary.port)
@@ -185,3 +186,56 @@ async def test_a_killed_primary_s_calls_are_transient_until_its_replica_is_promo
         assert await client.ping()
     finally:
         await client.close()
+
+
+async def test_while_a_failed_primary_is_not_replaced_every_call_is_transient_clusterdown(
+    redis_cluster_with_replicas: ClusterUnderTest,
+) -> None:
+    """A primary killed and its replica told not to fail over: once the cluster marks it
+    failed, the nodes refuse every call (cluster-require-full-coverage), and the client says
+    so as TransientRedisError("clusterdown"), even for slots on live primaries. A takeover by
+    the replica ends it."""
+    cluster = redis_cluster_with_replicas
+    local, admin = cluster.require_local(), cluster.admin
+    # Seeded by a live primary: an earlier test may have killed the URL's node.
+    client = await open_client(admin.url_of(admin.primaries()[0]), cluster=True)
+    assert isinstance(client, ClusterClient)
+    try:
+        victim, replica = primary_with_replica(admin)
+        keys = counters(5)
+        while victim.serves(admin.keyslot(keys[0])):  # keys on a primary that stays up
+            keys = counters(5)
+        assert await incr(client, keys) == [1] * 5
+        raw_command(admin.at(replica), "CONFIG", "SET", "cluster-replica-no-failover", "yes")
+        local.kill(victim.port)
+        witness = next(p for p in admin.primaries() if p.node_id != victim.node_id)
+        deadline = time.monotonic() + 30
+        while b"cluster_state:fail" not in raw_command(admin.at(witness), "CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "the cluster never marked the primary failed"
+            await asyncio.sleep(0.05)
+
+        with pytest.raises(TransientRedisError) as caught:
+            await incr(client, keys)
+        assert caught.value.reason == "clusterdown"
+
+        raw_command(admin.at(replica), "CLUSTER", "FAILOVER", "TAKEOVER")
+        raw_command(admin.at(replica), "CONFIG", "SET", "cluster-replica-no-failover", "no")
+        while True:
+            try:
+                assert await incr(client, keys) == [2] * 5
+                break
+            except TransientRedisError as exc:
+                assert time.monotonic() < deadline, f"still down after 30 s: {exc}"
+                await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+
+
+def primary_with_replica(admin: ClusterAdmin) -> tuple[NodeRow, NodeRow]:
+    """A live primary that has a live replica, and that replica."""
+    rows = admin.nodes()
+    for primary in admin.primaries():
+        for row in rows:
+            if row.primary_id == primary.node_id and not row.failed:
+                return primary, row
+    raise AssertionError("no primary has a live replica left")
