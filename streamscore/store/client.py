@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -489,15 +489,19 @@ class ClusterClient:
 
     def __init__(
         self,
-        seed: ConnectionPool,
-        seed_name: str,
+        seeds: Sequence[tuple[str, ConnectionPool]],
         *,
         max_redirects: int = MAX_REDIRECTS,
         refresh_timeout_s: float = REFRESH_TIMEOUT_S,
     ) -> None:
-        kwargs = seed.connection_kwargs
-        self._template = seed
-        self._seed = _Node(seed_name, seed, str(kwargs.get("host", "")), int(kwargs.get("port", 0)))
+        # Seeds: (host:port, pool) of the nodes the URL names; the first one's connection
+        # settings (credentials, TLS) are used for every node found from them.
+        self._template = seeds[0][1]
+        self._seeds = tuple(
+            _Node(name, pool, str(pool.connection_kwargs.get("host", "")),
+                  int(pool.connection_kwargs.get("port", 0)))
+            for name, pool in seeds
+        )  # fmt: skip
         self._nodes: dict[str, _Node] = {}
         self._slots: list[_Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._primaries: tuple[_Node, ...] = ()
@@ -573,7 +577,7 @@ class ClusterClient:
 
     async def close(self) -> None:
         """Disconnect every connection to every node."""
-        pools = {id(n.pool): n.pool for n in (self._seed, *self._nodes.values())}
+        pools = {id(n.pool): n.pool for n in (*self._seeds, *self._nodes.values())}
         for pool in pools.values():
             await pool.disconnect()
 
@@ -618,10 +622,10 @@ class ClusterClient:
 
     def _candidates(self) -> list[_Node]:
         # The node a redirect named first (it knows the new owner), then the primaries, the
-        # seed, and every node ever seen (a replica, or a former primary back up); the node
+        # seeds, and every node ever seen (a replica, or a former primary back up); the node
         # whose connection failed last goes last.
         ordered: dict[str, _Node] = {}
-        for node in (self._prefer, *self._primaries, self._seed, *self._nodes.values()):
+        for node in (self._prefer, *self._primaries, *self._seeds, *self._nodes.values()):
             if node is not None:
                 ordered.setdefault(node.name, node)
         suspect = ordered.pop(self._suspect, None) if self._suspect else None
@@ -660,8 +664,9 @@ class ClusterClient:
         name = _host_port(host, port)
         node = self._nodes.get(name)
         if node is None:
-            if name == self._seed.name:
-                node = self._seed
+            seed = next((n for n in self._seeds if n.name == name), None)
+            if seed is not None:
+                node = seed
             else:
                 kwargs = {**self._template.connection_kwargs, "host": host, "port": port}
                 pool = ConnectionPool(connection_class=self._template.connection_class, **kwargs)
@@ -748,8 +753,9 @@ async def open_client(
 ) -> RedisClient:
     """A client for a redis://, rediss:// or unix:// URL (password in the URL).
 
-    `cluster` None asks the server once (INFO cluster); True needs a cluster node as the URL
-    (any node: the others are found from it). No socket timeout by default: bound the calls
+    `cluster` None asks the server once (INFO cluster); True needs cluster nodes. A cluster URL
+    may name several nodes, `redis://:pw@h1:6379,h2:6379`, so that the client starts while one
+    is down; the others are found from them. No socket timeout by default: bound the calls
     with asyncio.timeout (see the module docstring). redis-py's own retries are off: a failed
     call raises TransientRedisError at once, and the caller decides when to retry.
     """
@@ -761,25 +767,52 @@ async def open_client(
     }
     if ssl_ca_certs:
         kwargs["ssl_ca_certs"] = ssl_ca_certs
-    seed = ConnectionPool.from_url(url, **kwargs)
-    name = _endpoint(url)
-    single = SingleNodeClient(seed, name)
+    seeds = [(_endpoint(u), ConnectionPool.from_url(u, **kwargs)) for u in _seed_urls(url)]
     try:
         if cluster is None:
-            (info,) = (await single.execute_on_primaries("INFO", "cluster")).values()
-            cluster = b"cluster_enabled:1" in _bytes(info)
+            cluster = await _is_cluster(seeds)
         if not cluster:
-            return single
+            if len(seeds) > 1:
+                raise ConfigError("a redis_url with several hosts is for Redis Cluster only")
+            name, pool = seeds[0]
+            return SingleNodeClient(pool, name)
         if urlsplit(url).scheme == "unix":
             raise ConfigError("Redis Cluster needs a redis:// or rediss:// URL, not unix://")
-        if int(seed.connection_kwargs.get("db") or 0) != 0:
+        if int(seeds[0][1].connection_kwargs.get("db") or 0) != 0:
             raise ConfigError("Redis Cluster has database 0 only; drop the /<db> from the URL")
-        client = ClusterClient(seed, name, max_redirects=max_redirects)
+        client = ClusterClient(seeds, max_redirects=max_redirects)
         await client.refresh()
     except BaseException:
-        await seed.disconnect()
+        for _, pool in seeds:
+            await pool.disconnect()
         raise
     return client
+
+
+async def _is_cluster(seeds: list[tuple[str, ConnectionPool]]) -> bool:
+    # The first host that answers decides.
+    failures = []
+    for name, pool in seeds:
+        try:
+            info = await _Node(name, pool).call(
+                _pack(("INFO", "cluster")), None, ClientStats(), False
+            )
+        except TransientRedisError as exc:
+            failures.append(str(exc))
+            continue
+        return b"cluster_enabled:1" in _bytes(info)
+    raise TransientRedisError("connection", None, "no host answered: " + "; ".join(failures))
+
+
+def _seed_urls(url: str) -> list[str]:
+    # redis://user:pw@h1:1,h2:2/0 -> redis://user:pw@h1:1/0, redis://user:pw@h2:2/0
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return [url]
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    return [
+        urlunsplit(parts._replace(netloc=f"{userinfo}{at}{h.strip()}")) for h in hosts.split(",")
+    ]
 
 
 async def open_settings_client(settings: Settings) -> RedisClient:

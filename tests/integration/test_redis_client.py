@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from streamscore import devstack
 from streamscore.config import load_settings
 from streamscore.errors import ConfigError, ScriptError, TransientRedisError
 from streamscore.store.client import (
@@ -232,6 +233,22 @@ async def test_the_redis_cluster_setting_picks_the_client(
         assert isinstance(opened, expected)
     finally:
         await opened.close()
+
+
+async def test_a_cluster_url_may_name_several_nodes_and_starts_while_one_is_down(
+    redis_cluster: ClusterUnderTest,
+) -> None:
+    live = redis_cluster.admin.primaries()[-1]
+    url = f"redis://127.0.0.1:{devstack.free_port()},{live.address}"  # nobody on the first
+    opened = await open_client(url)
+    try:
+        assert isinstance(opened, ClusterClient)
+        assert len(opened.primaries) == len(redis_cluster.admin.primaries())
+        assert await opened.run_script(INCR_FIRST, keys_of(tag(), 1), []) == 1
+    finally:
+        await opened.close()
+    with pytest.raises(ConfigError, match="several hosts"):
+        await open_client(url, cluster=False)
 
 
 async def test_a_cluster_client_of_a_single_server_says_so(redis_url: str) -> None:
