@@ -15,8 +15,9 @@ Errors a caller sees:
 - redis-py's own classes, passed through for the caller to map: `OutOfMemoryError` (OOM),
   `ReadOnlyError` (READONLY), `BusyLoadingError` (LOADING), `AuthenticationError` (NOAUTH,
   WRONGPASS), `NoPermissionError`, `ClusterCrossSlotError`, other `ResponseError`s.
-- `ConfigError`: a single-node client got MOVED/ASK (the server is a cluster node), or a URL
-  cannot reach a cluster.
+- `ConfigError`: the URL or setting does not fit the server: a single-node client got MOVED or
+  ASK (the server is a cluster node), a cluster client's server is not one, a cluster URL with a
+  database other than 0.
 
 No client here sets a socket timeout by default: redis-py sends through asyncio.wait_for when one
 is set, which on Python 3.11 runs the send in a new task behind every ready callback (5 to 64 ms
@@ -450,9 +451,10 @@ class SingleNodeClient:
         try:
             return await self._node.call(chunks, script, self._stats, asking=False)
         except AskError as exc:
+            kind = "MOVED" if isinstance(exc, MovedError) else "ASK"
             raise ConfigError(
-                f"Redis at {self._node.name} redirected a call ({str(exc).split(' ')[0]}): "
-                "it is a Redis Cluster node; set redis_cluster to auto or true"
+                f"Redis at {self._node.name} answered {kind} for slot {exc.slot_id}: it is a "
+                "Redis Cluster node; set redis_cluster to auto or true"
             ) from None
 
 
