@@ -20,6 +20,7 @@ from streamscore.store.client import (
     open_settings_client,
     pack_script_call,
 )
+from streamscore.store.errors import Failure, classify
 from tests.conftest import RedisServer
 from tests.integration.conftest import ClusterUnderTest
 
@@ -147,6 +148,7 @@ async def test_a_lua_error_names_the_script_file_and_line(client: RedisClient) -
     assert (caught.value.file, caught.value.line) == ("broken.lua", line)
     assert str(caught.value).startswith(f"broken.lua:{line}: attempt to perform arithmetic")
     assert "user_script" not in str(caught.value)
+    assert classify(caught.value) is Failure.FATAL  # the guard does not retry a bug
 
 
 async def test_an_error_in_a_joined_file_names_that_file_and_its_own_line(
@@ -269,6 +271,7 @@ async def test_a_stopped_server_raises_the_transient_error_and_the_next_call_rec
         with pytest.raises(TransientRedisError) as caught:
             await client.run_script(INCR_FIRST, [key], [])
         assert caught.value.reason == "connection"
+        assert classify(caught.value) is Failure.TRANSIENT  # the guard retries it
         assert not await client.ping()
         redis_server.start()
         loads = client.stats.script_loads

@@ -18,6 +18,7 @@ from streamscore.store.client import (
     open_client,
     pack_script_call,
 )
+from streamscore.store.errors import Failure, classify
 from tests.integration.cluster_support import ClusterAdmin, NodeRow, raw_command
 from tests.integration.conftest import ClusterUnderTest
 
@@ -117,6 +118,7 @@ async def test_a_call_whose_keys_are_split_by_a_migration_is_transient(
     with pytest.raises(TransientRedisError) as caught:
         await incr(client, keys)
     assert caught.value.reason == "tryagain"
+    assert classify(caught.value) is Failure.TRANSIENT
 
     admin.migrate_keys(slot, source, target)
     admin.finish_migration(slot, target)
@@ -139,6 +141,7 @@ async def test_a_redirect_loop_ends_after_the_bound_as_a_transient_error(
         with pytest.raises(TransientRedisError) as caught:
             await incr(client, keys)
         assert caught.value.reason == "redirects"
+        assert classify(caught.value) is Failure.TRANSIENT
         assert client.stats.asked + client.stats.moved == MAX_REDIRECTS + 1
     finally:
         raw_command(admin.at(source), "CLUSTER", "SETSLOT", slot, "STABLE")
@@ -183,6 +186,7 @@ async def test_a_killed_primary_s_calls_are_transient_until_its_replica_is_promo
         assert values == [2] * 100 + [b"t3"]
         assert client.node_of(keys[0]) == replica.address
         assert {e.reason for e in errors} <= {"connection", "clusterdown", "topology", "redirects"}
+        assert {classify(e) for e in errors} == {Failure.TRANSIENT}
         assert await client.ping()
     finally:
         await client.close()
@@ -217,6 +221,7 @@ async def test_while_a_failed_primary_is_not_replaced_every_call_is_transient_cl
         with pytest.raises(TransientRedisError) as caught:
             await incr(client, keys)
         assert caught.value.reason == "clusterdown"
+        assert classify(caught.value) is Failure.TRANSIENT
 
         raw_command(admin.at(replica), "CLUSTER", "FAILOVER", "TAKEOVER")
         raw_command(admin.at(replica), "CONFIG", "SET", "cluster-replica-no-failover", "no")
