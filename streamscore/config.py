@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    redis_cluster: Literal["auto", "true", "false"] = "auto"
+    """Redis Cluster client or not; auto asks the server once at start (INFO cluster)."""
     redis_ssl_ca_certs: Path | None = None
     redis_retry_max_s: float = Field(default=120.0, gt=0)
     redis_timeout_s: float = Field(default=5.0, gt=0)
@@ -119,6 +121,14 @@ class Settings(BaseSettings):
             # Never echo the URL: it may hold a password.
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _cluster_choice(cls, value: object) -> object:
+        # YAML and TOML give booleans, the environment gives text in any case.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _collector_limits(self) -> Settings:
