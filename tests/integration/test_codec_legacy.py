@@ -1,5 +1,5 @@
-"""States written by the real apply_batch.lua decode (store/codec.py) to what the reference says,
-and scoring/state.py carries on from them as the reference does."""
+"""States written by streamscore 0.1's Lua engine decode (store/codec.py) to what the reference
+says, and scoring/state.py carries on from them as the reference does."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.store.codec import decode_lead, encode_lead
 from streamscore.store.keys import KeySpace
-from streamscore.store.store import RedisStore
-from streamscore.store.wire import ScoredEvent, encode_batches
-from tests.integration.test_lua_parity import CAPPED_SPAN_MIN, CONFIG, MIN, RULES, STEPS, T0
+from tests.integration.legacy_v01 import V01Event, apply_v01
+from tests.scoring_support import CAPPED_SPAN_MIN, MIN, RULES, STEPS, T0
 
 DEDUP_MS = 3_600_000  # the window in CONFIG
 
@@ -30,9 +29,9 @@ def close(a: float, b: float) -> bool:
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
-    yield RedisStore(client, KeySpace("legacy"))
+    yield client
     await client.aclose()
 
 
@@ -51,22 +50,21 @@ def timed(steps: list[Any]) -> list[tuple[str, str, int, Any]]:
 )
 @given(steps=STEPS, later=STEPS)
 async def test_lua_states_decode_to_the_reference_and_go_on_in_python(
-    store: RedisStore, steps: list[Any], later: list[Any]
+    client: aioredis.Redis, steps: list[Any], later: list[Any]
 ) -> None:
-    store.keys = KeySpace(f"legacy:{uuid.uuid4().hex[:8]}")
+    keys = KeySpace(f"legacy:{uuid.uuid4().hex[:8]}")
     refs: dict[str, reference.LeadState] = {}
     scored = []
     for offset, (lead, event_id, t, shape) in enumerate(timed(steps)):
         decision = decide(shape, RULES)
         ref = refs.setdefault(lead, reference.LeadState(lead))
         reference.apply_event(ref, RULES, event_id, t, decision, DEDUP_MS)
-        scored.append(ScoredEvent(lead, event_id, t, "topic", 0, offset, decision))
-    for batch in encode_batches(scored, store.keys):
-        await store.apply(batch, CONFIG, T0)
+        scored.append(V01Event(lead, event_id, t, offset, decision))
+    await apply_v01(client, keys, RULES, scored)
 
     leads: dict[str, state.LeadState] = {}
     for lead, ref in refs.items():
-        raw = await store.client.get(store.keys.lead(store.keys.lead_ref(lead)))
+        raw = await client.get(keys.lead(keys.lead_ref(lead)))
         assert isinstance(raw, bytes)
         stored: dict[str, Any] = msgpack.unpackb(raw, unicode_errors="surrogateescape")
         s = leads[lead] = decode_lead(raw)
