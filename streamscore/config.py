@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
+    lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
 
     # Input limits (beyond them an event is dead-lettered)
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
@@ -135,6 +136,17 @@ class Settings(BaseSettings):
         if self.collector_max_message_bytes > self.collector_max_request_bytes:
             raise ValueError(
                 "collector_max_message_bytes must not exceed collector_max_request_bytes"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cache_holds_two_batches(self) -> Settings:
+        # A batch's leads are touched last, so the cache never evicts them while they are
+        # scored and committed, as long as it holds the two batches in flight.
+        if self.lead_cache_max < 2 * self.batch_max_events:
+            raise ValueError(
+                f"lead_cache_max ({self.lead_cache_max}) must be at least twice "
+                f"batch_max_events ({self.batch_max_events})"
             )
         return self
 
