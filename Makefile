@@ -17,11 +17,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install streamscore with the embedded broker and Valkey
 
-system-deps: ## install promtool (Debian's prometheus) and Debian's chromium + chromium-driver when missing
+system-deps: ## install promtool (Debian's prometheus), chromium + chromium-driver and redis-server when missing
 	@missing=; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	[ -z "$$missing" ] || { \
 	  [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \

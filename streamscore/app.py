@@ -21,8 +21,9 @@ from streamscore.runtime.kafka import ensure_topics, make_producer
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import PrometheusSensor, Sensor
 from streamscore.runtime.worker import ScoringWorker
+from streamscore.store.client import open_settings_client
 from streamscore.store.keys import KeySpace
-from streamscore.store.store import RedisStore, connect
+from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,15 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0
 
 
-def open_store(settings: Settings) -> RedisStore:
-    """The worker's store: its client has no socket timeout, each call is bounded instead.
+async def open_store(settings: Settings) -> RedisStore:
+    """The worker's store, on one Redis server or a Redis Cluster as the settings say.
 
-    With a socket timeout, redis-py sends from a new task (asyncio.wait_for on Python 3.11),
-    queued behind the CPU work already scheduled: 5 to 64 ms a 0.6 MB apply call, during which
-    Redis sat idle. The worker bounds every call by redis_timeout_s itself.
+    Its client has no socket timeout: redis-py enforces one by sending through
+    asyncio.wait_for, which on Python 3.11 runs the send in a new task queued behind the CPU
+    work already scheduled (5 to 64 ms a 0.6 MB call, with Redis idle). The worker bounds every
+    call by redis_timeout_s itself (runtime.guard).
     """
-    ca_certs = settings.redis_ssl_ca_certs
-    client = connect(
-        settings.redis_url.get_secret_value(),
-        ssl_ca_certs=str(ca_certs) if ca_certs else None,
-        socket_timeout=None,
-    )
+    client = await open_settings_client(settings)
     return RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
 
 
@@ -78,7 +75,7 @@ class ScoringAgent(Service):
         created = await ensure_topics(settings)
         if created:
             log.info("created topics: %s", ", ".join(created))
-        store = open_store(settings)
+        store = await open_store(settings)
         producer = make_producer(settings)
         await producer.start()
         worker = ScoringWorker(settings, self.runtime.sensor, self.runtime.rules, store, producer)
@@ -115,7 +112,7 @@ class ScoringAgent(Service):
         worker = self.runtime.worker
         if worker is not None:
             await worker.producer.stop()
-            await worker.store.client.aclose()
+            await worker.store.close()
 
 
 class ScoringProcess(faust.Worker):
@@ -169,11 +166,6 @@ def create_app(
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
     )
-
-    @app.timer(interval=settings.decay_tick_s)
-    async def decay_tick() -> None:
-        if runtime.worker is not None and runtime.worker.consumer is not None:
-            await runtime.worker.tick()
 
     @app.timer(interval=settings.outbox_redrive_s)
     async def outbox_redrive() -> None:

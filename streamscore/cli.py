@@ -148,23 +148,21 @@ def cmd_lead(args: argparse.Namespace) -> int:
 
 
 async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
+    from streamscore.app import open_store
     from streamscore.runtime.clock import now_ms
+    from streamscore.scoring.explain import describe_lead
     from streamscore.scoring.rules import load_rules
-    from streamscore.store.explain import describe_lead
-    from streamscore.store.keys import KeySpace
-    from streamscore.store.store import RedisStore, connect
 
     rules = load_rules(settings.rules_file)
-    client = connect(settings.redis_url.get_secret_value())
+    store = await open_store(settings)
     try:
-        store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
-        fields = await store.lead_fields(lead_id)
+        state = await store.lead_state(lead_id)
     finally:
-        await client.aclose()
-    if not fields:
+        await store.close()
+    if state is None:
         print(f"unknown lead: {lead_id}", file=sys.stderr)
         return 1
-    info = describe_lead(fields, rules, now_ms())
+    info = describe_lead(state, rules, now_ms())
     if as_json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0

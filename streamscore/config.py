@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    redis_cluster: Literal["auto", "true", "false"] = "auto"
+    """Redis Cluster client or not; auto asks the server once at start (INFO cluster)."""
     redis_ssl_ca_certs: Path | None = None
     redis_retry_max_s: float = Field(default=120.0, gt=0)
     redis_timeout_s: float = Field(default=5.0, gt=0)
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
+    lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
 
     # Input limits (beyond them an event is dead-lettered)
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
@@ -120,11 +123,30 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _cluster_choice(cls, value: object) -> object:
+        # YAML and TOML give booleans, the environment gives text in any case.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value.strip().lower() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _collector_limits(self) -> Settings:
         if self.collector_max_message_bytes > self.collector_max_request_bytes:
             raise ValueError(
                 "collector_max_message_bytes must not exceed collector_max_request_bytes"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cache_holds_two_batches(self) -> Settings:
+        # A batch's leads are touched last, so the cache never evicts them while they are
+        # scored and committed, as long as it holds the two batches in flight.
+        if self.lead_cache_max < 2 * self.batch_max_events:
+            raise ValueError(
+                f"lead_cache_max ({self.lead_cache_max}) must be at least twice "
+                f"batch_max_events ({self.batch_max_events})"
             )
         return self
 

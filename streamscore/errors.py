@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+#: Why a Redis call failed transiently; a closed set, fit for a metric label.
+TransientReason = Literal[
+    "connection", "timeout", "tryagain", "clusterdown", "redirects", "topology"
+]
+
 
 class StreamscoreError(Exception):
     """Base class of streamscore's own errors."""
@@ -28,6 +35,27 @@ class InvalidEvent(StreamscoreError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class TransientRedisError(StreamscoreError):
+    """Redis cannot serve a call now (connection lost, failover, slot migration): retry it later."""
+
+    def __init__(self, reason: TransientReason, node: str | None, detail: str) -> None:
+        self.reason: TransientReason = reason
+        self.node = node
+        where = f" on {node}" if node else ""
+        super().__init__(f"{reason}{where}: {detail}")
+
+
+class ScriptError(StreamscoreError):
+    """A Lua script failed inside Redis; `file` and `line` say where (line None when unknown)."""
+
+    def __init__(self, file: str, line: int | None, detail: str) -> None:
+        self.file = file
+        self.line = line
+        self.detail = detail
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {detail}")
 
 
 class DevStackError(StreamscoreError):

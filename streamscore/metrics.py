@@ -19,7 +19,7 @@ SCRIPT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 #: Closed label sets, so a dashboard can rely on them and cardinality stays bounded.
 OUTCOMES = ("scored", "rejected", "duplicate")
-SCRIPTS = ("apply_batch", "tick")
+SCRIPTS = ("commit",)
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
 REDIS_FAILURES = ("transient", "backpressure")
 
@@ -92,14 +92,15 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         redis_script_seconds=Histogram(
             "streamscore_redis_script_seconds",
-            "Duration of one Redis Lua script call, by script.",
+            "Duration of one Redis Lua script call, by script (commit: one key group's share "
+            "of a batch or a tick).",
             ["script"],
             buckets=SCRIPT_BUCKETS_S,
             registry=reg,
         ),
         batch_events=Histogram(
             "streamscore_batch_events",
-            "Number of events applied per Redis script call.",
+            "Number of events in each batch committed to Redis.",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
             registry=reg,
         ),

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
-from streamscore.store.wire import ScriptOutput
+from streamscore.store.outbox import ScoredOutput
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -38,8 +38,8 @@ def rfc3339(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def format_output(decoded: ScriptOutput, tier_rank: dict[str, int]) -> OutputMessage:
-    """Build the message for one output of apply_batch.lua or tick.lua."""
+def format_output(decoded: ScoredOutput, tier_rank: dict[str, int]) -> OutputMessage:
+    """Build the message for one output of the scoring engine."""
     out = decoded.output
     direction = "up" if tier_rank.get(out.new_tier, 0) >= tier_rank.get(out.old_tier, 0) else "down"
     common = {
@@ -50,7 +50,7 @@ def format_output(decoded: ScriptOutput, tier_rank: dict[str, int]) -> OutputMes
         "triggering_event_id": out.event_id,
         "event_time": rfc3339(out.time_ms),
         "scored_at": rfc3339(decoded.scored_at),
-        "rules_version": decoded.rules_version,
+        "rules_version": out.rules_version,
     }
     if out.kind == "handoff":
         body = {

@@ -10,7 +10,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamscore.runtime.clock import now_ms
-from streamscore.store.explain import describe_lead
+from streamscore.scoring.explain import describe_lead
 
 if TYPE_CHECKING:
     from streamscore.app import Runtime
@@ -48,10 +48,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
             return view.json({"error": "not started"}, status=503)
         try:
             async with asyncio.timeout(runtime.settings.redis_timeout_s):
-                fields = await worker.store.lead_fields(lead_id)
+                state = await worker.store.lead_state(lead_id)
         except TimeoutError:
             return view.json({"error": "redis timed out"}, status=503)
-        if not fields:
+        if state is None:
             return view.json({"error": "unknown lead", "lead_id": lead_id}, status=404)
-        body: dict[str, Any] = describe_lead(fields, runtime.rules.rules, now_ms())
+        body: dict[str, Any] = describe_lead(state, runtime.rules.rules, now_ms())
         return view.json(body)

@@ -22,8 +22,8 @@ from streamscore.config import Settings
 from streamscore.outputs import format_output
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
+from streamscore.store.outbox import ScoredOutput, decode_outputs
 from streamscore.store.store import RedisStore
-from streamscore.store.wire import ScriptOutput, decode_outputs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class Emitter:
         self._redis = redis
         self._acking: set[asyncio.Task[None]] = set()
 
-    async def emit(self, group: int, entry_id: str, outputs: Sequence[ScriptOutput]) -> None:
+    async def emit(self, group: int, entry_id: str, outputs: Sequence[ScoredOutput]) -> None:
         """Hand one outbox entry's outputs to the producer; its ack is awaited off this path."""
         if not entry_id:
             return
@@ -81,7 +81,7 @@ class Emitter:
             log.warning("re-sent %d outbox entries left by an earlier run", sent)
         return sent
 
-    async def _produce(self, outputs: Sequence[ScriptOutput]) -> list[asyncio.Future[Any]]:
+    async def _produce(self, outputs: Sequence[ScoredOutput]) -> list[asyncio.Future[Any]]:
         settings = self._settings
         futures = []
         for output in outputs:

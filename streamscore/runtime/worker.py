@@ -24,12 +24,12 @@ from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.guard import RedisGuard
 from streamscore.runtime.intake import DeadLetterSender, Pending, Rejected, parse_fetched
 from streamscore.runtime.kafka import make_consumer
+from streamscore.runtime.leads import LeadCache
 from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.partitions import Partitions
 from streamscore.runtime.pipeline import Pipeline
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
-from streamscore.runtime.tick import DecayTicker
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,18 @@ class ScoringWorker:
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)
         self.emitter = Emitter(settings, producer, store, rules, sensor, self.guard)
-        self.pipeline = Pipeline(store, self.ledger, self.emitter, sensor, self.guard)
-        self.ticker = DecayTicker(settings, store, rules, sensor, self.guard, self.emitter)
+        self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
+        self.pipeline = Pipeline(
+            store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
+            settings.dedup_window_s * 1000,
+        )  # fmt: skip
         self.consumer: AIOKafkaConsumer | None = None
+        #: Kafka commits, rewinds and partition changes never interleave.
+        self._lock = asyncio.Lock()
         self._holding = False
+        self._assigned_pending: set[TopicPartition] = set()
         self._next_commit = 0.0
+        self._next_tick = 0.0
 
     @property
     def ready(self) -> bool:
@@ -111,7 +118,7 @@ class ScoringWorker:
                 await self.emitter.wait_acks()
         finally:
             try:
-                async with self.pipeline.lock:
+                async with self._lock:
                     await self._commit(consumer)
             finally:
                 self.partitions.clear()
@@ -122,6 +129,10 @@ class ScoringWorker:
     async def step(self, consumer: AIOKafkaConsumer) -> int:
         """One fetch; hand what the aligner releases to the pipeline; returns its size."""
         settings = self.settings
+        if self.pipeline.conflict is not None:
+            await self._rewind(consumer)
+        if self._assigned_pending:
+            await self._load_assigned()
         records = await consumer.getmany(
             timeout_ms=settings.fetch_timeout_ms, max_records=settings.batch_max_events
         )
@@ -140,11 +151,41 @@ class ScoringWorker:
         ready = [] if self._holding else self.aligner.pop_ready(now, settings.batch_max_events)
         self.partitions.flow_control(consumer, self.aligner, settings.align_max_buffered)
         if ready:
-            await self.pipeline.submit(ready, self.rules.rules, self.rules.script_config)
+            await self.pipeline.submit(ready, self.rules.rules)
+        if time.monotonic() >= self._next_tick:
+            await self.tick()
         if time.monotonic() >= self._next_commit:
-            async with self.pipeline.lock:
+            async with self._lock:
                 await self._commit(consumer)
         return len(ready)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        """After a commit conflict: void what is in flight, re-read Redis, seek back, go on."""
+        await self.pipeline.drain()  # stage two discards the void batches
+        async with self._lock:
+            positions = {}
+            for tp in self.partitions.assigned:
+                offset = self.ledger.committable(tp, self.aligner.first_offset(tp))
+                if offset is not None:
+                    positions[tp] = offset
+            log.warning(
+                "rewinding %d partitions to their committable offsets after a commit conflict "
+                "(%s): the cache is dropped and lead states are read from Redis again",
+                len(positions), self.pipeline.conflict,
+            )  # fmt: skip
+            self.pipeline.reset()
+            self.ledger.rewind(positions)
+            now = now_ms()
+            for tp, offset in positions.items():
+                self.aligner.revoke([tp])
+                self.aligner.assign([tp], now)
+                consumer.seek(tp, offset)
+                self.partitions.positions[tp] = offset
+            await self.pipeline.load_offsets(self.partitions.assigned)
+
+    async def _load_assigned(self) -> None:
+        assigned, self._assigned_pending = self._assigned_pending, set()
+        await self.pipeline.load_offsets(assigned & self.partitions.assigned)
 
     async def _dead_letter(self, rejected: list[Rejected], now: int) -> None:
         firsts: dict[TopicPartition, int] = {}
@@ -179,9 +220,10 @@ class ScoringWorker:
     # ------------------------------------------------------------------ ownership
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Start aligning newly assigned partitions."""
+        """Start aligning newly assigned partitions; their applied offsets load before scoring."""
         self.partitions.assign(assigned)
         self.aligner.assign(assigned, now_ms())
+        self._assigned_pending |= assigned
         self._report_readiness()
         log.info("assigned %d partitions", len(assigned))
 
@@ -192,12 +234,14 @@ class ScoringWorker:
             await self.pipeline.drain()
         finally:
             self._holding = False
-        async with self.pipeline.lock:
+        async with self._lock:
             if self.consumer is not None:
                 await self._commit(self.consumer, only=revoked)
             self.aligner.revoke(revoked)
             self.ledger.forget(revoked)
             self.partitions.revoke(revoked)
+            self.pipeline.forget(revoked)
+            self._assigned_pending -= revoked
         self._report_readiness()
 
     async def restart_partition(
@@ -214,8 +258,9 @@ class ScoringWorker:
             tp.topic, tp.partition, position, highwater,
         )  # fmt: skip
         await self.pipeline.drain()
-        async with self.pipeline.lock:
+        async with self._lock:
             await self.guard(partial(self.store.forget_offsets, f"{tp.topic}:{tp.partition}"))
+            self.pipeline.forget([tp])
             self.aligner.revoke([tp])
             self.aligner.assign([tp], now_ms())
             self.ledger.forget([tp])
@@ -226,16 +271,32 @@ class ScoringWorker:
     # ------------------------------------------------------------------ timers
 
     async def tick(self) -> int:
-        """Apply the inactivity tier drops that are due; returns the leads advanced."""
+        """Apply the inactivity drops due in the partitions this worker owns; leads advanced.
+
+        While behind (a backlog, a replay), "now" for a partition is the event time applied for
+        it so far, not the wall clock: otherwise a replay would drop leads whose later events are
+        still queued. Runs in the loop, between batches, so it sees the states they left.
+        """
+        self._next_tick = time.monotonic() + self.settings.decay_tick_s
+        now = now_ms()
         caught_up = self.aligner.caught_up() and self.pipeline.idle
-        async with self.pipeline.lock:
-            return await self.ticker.tick(caught_up, self.pipeline.stream_time_ms)
+        times = self.pipeline.partition_time_ms
+
+        def until(partition: int) -> int:
+            return now if caught_up else min(now, times.get(partition, 0))
+
+        owned = {tp.partition for tp in self.partitions.assigned}
+        advanced = await self.pipeline.submit_tick(
+            sorted(owned), until, self.settings.decay_tick_max_leads, self.rules.rules
+        )
+        due = await self.guard(partial(self.store.due_count, owned, now))
+        self.sensor.decay_due(due)
+        return advanced
 
     async def redrive_outbox(self) -> int:
         """Re-send outputs recorded in Redis whose send was never acknowledged (e.g. a crash)."""
         older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
-        async with self.pipeline.lock:
-            return await self.emitter.redrive(older_than)
+        return await self.emitter.redrive(older_than)
 
     def describe(self) -> dict[str, Any]:
         """State for /readyz."""

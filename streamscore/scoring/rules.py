@@ -223,9 +223,10 @@ class HandoffSpec(_Strict):
 
 
 class DecaySpec(_Strict):
-    """Exponential decay of positive engagement points, by event time."""
+    """Exponential decay of engagement points by event time: positive ones, and penalties if set."""
 
     half_life: float
+    penalties: bool = False
 
     @field_validator("half_life", mode="before")
     @classmethod
@@ -407,6 +408,8 @@ class CompiledRules:
     source_index: Mapping[str, Mapping[str, tuple[tuple[int, int], ...]]]
     #: the `outcomes:` section, defaults filled in (streamscore.outcomes reads it)
     outcomes: OutcomeRules
+    #: Negative points decay with the half-life too (decay.penalties); else they never do.
+    decay_penalties: bool = False
 
     def script_config(self) -> dict[str, Any]:
         """The arithmetic parameters the Redis script needs, JSON-serialisable."""
@@ -630,6 +633,7 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
             tiers[handoff_tier].exit,
             rearm_below,
         ),
+        decay_penalties=spec.decay.penalties,
     )
 
 

@@ -7,6 +7,8 @@ from enum import Enum
 
 import redis.exceptions as redis_errors
 
+from streamscore.errors import ScriptError, TransientRedisError
+
 
 class Failure(Enum):
     """The handling class of an error from Redis."""
@@ -48,6 +50,10 @@ _BACKPRESSURE_CODE = re.compile(r"(?:^|[\s:-])OOM\b")
 def classify(exc: BaseException) -> Failure | None:
     """The handling class of `exc`, or None when it is not a Redis failure at all."""
     # Order matters: AuthenticationError is a ConnectionError, OutOfMemoryError a ResponseError.
+    if isinstance(exc, TransientRedisError):  # store.client's: connection, failover, migration
+        return Failure.TRANSIENT
+    if isinstance(exc, ScriptError):  # store.client's Lua errors, located in their file
+        return _by_code(exc.detail)
     if isinstance(exc, _FATAL_TYPES):
         return Failure.FATAL
     if isinstance(exc, redis_errors.OutOfMemoryError):
@@ -55,12 +61,15 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, (*_TRANSIENT_TYPES, redis_errors.ConnectionError)):
         return Failure.TRANSIENT
     if isinstance(exc, redis_errors.ResponseError):
-        text = str(exc)
-        if _BACKPRESSURE_CODE.search(text):
-            return Failure.BACKPRESSURE
-        if _TRANSIENT_CODE.search(text):
-            return Failure.TRANSIENT
-        return Failure.FATAL
+        return _by_code(str(exc))
     if isinstance(exc, redis_errors.RedisError):
         return Failure.FATAL
     return None
+
+
+def _by_code(text: str) -> Failure:
+    if _BACKPRESSURE_CODE.search(text):
+        return Failure.BACKPRESSURE
+    if _TRANSIENT_CODE.search(text):
+        return Failure.TRANSIENT
+    return Failure.FATAL

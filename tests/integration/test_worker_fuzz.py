@@ -39,8 +39,10 @@ from streamscore.events.envelope import (
     parse_event,
 )
 from streamscore.events.types import SEGMENT_TRACK_ALIASES, TYPES_BY_TOPIC, TopicKind
+from streamscore.scoring.state import event_id_hash
+from streamscore.store.codec import decode_lead
+from streamscore.store.commit import split_value
 from streamscore.store.keys import KeySpace
-from streamscore.store.wire import decode_lead_state
 from tests.conftest import REPO_ROOT
 from tests.integration.harness import (
     WorkerProcess,
@@ -453,14 +455,14 @@ async def check_redis(
     pipe = client.pipeline(transaction=False)
     for case in valid:
         assert case.lead_id is not None and case.event_id is not None
-        ref = keys.lead_ref(case.lead_id)
-        pipe.get(keys.lead(ref))
-        pipe.zscore(keys.seen(ref), case.event_id)
+        pipe.get(keys.lead(keys.lead_ref(case.lead_id)))
     found = await pipe.execute()
-    for i, case in enumerate(valid):
-        stored_id, seen_at = decode_lead_state(found[2 * i]).get("id"), found[2 * i + 1]
-        assert stored_id == case.lead_id, (case, stored_id)
-        assert seen_at is not None, f"valid event never applied: {case}"
+    for raw, case in zip(found, valid, strict=True):
+        assert raw is not None, f"valid event never applied: {case}"
+        assert case.lead_id is not None and case.event_id is not None
+        stored = decode_lead(split_value(raw)[1])
+        assert stored.lead_id == case.lead_id, (case, stored.lead_id)
+        assert stored.seen and event_id_hash(case.event_id) in stored.seen, case
 
     own_keys = {keys.offsets(0), keys.outbox(0)}
     for lead in odd_lead_ids(settings.redis_key_prefix):

@@ -1,12 +1,16 @@
-"""Reference lead-state arithmetic: brute force over every award, the oracle for the Lua script.
+"""Reference lead-state arithmetic: brute force over every award, the oracle of scoring/state.py.
 
-The worker applies the same rules incrementally in Redis (store/scripts/*.lua). This module keeps
-every award and recomputes sums from scratch, so it is slow but obviously correct, and the
-parity and property tests compare the two.
+scoring/state.py applies the same rules incrementally (and store/scripts/*.lua, until the worker
+switches to it). This module keeps every award and recomputes sums from scratch, so it is slow
+but obviously correct, and the parity and property tests compare the two.
 
 Semantics, in one place:
-- Positive points decay with the half-life, by event time; negative points (penalties) do not.
-- A rule's cap limits the points it grants per fixed window of event time.
+- Positive points decay with the half-life, by event time; negative points (penalties) do not,
+  unless the rules say `decay.penalties: true`: then they decay with the same half-life.
+- A rule's cap limits the points it grants per fixed window of event time. A capped rule
+  remembers its windows from (the newest window it has granted in) - CAP_WINDOWS_KEPT on; an
+  award in an older window earns nothing from that rule, so the incremental state can forget
+  older windows without ever granting one twice.
 - A lead is evaluated at t = max(latest evaluation time, event time): a late event adds its
   decayed points but is judged at the lead's present.
 - Tiers have hysteresis: enter at `enter`, leave below `exit`. Drops caused by inactivity happen
@@ -14,6 +18,10 @@ Semantics, in one place:
 - Handoff fires when the lead is qualified (handoff tier or above, grade and BANT gates, not
   disqualified) while armed; it disarms, and re-arms once the score falls below `rearm_below`.
 - Profile attributes and the event-level disqualify flag are last-writer-wins by event time.
+- Reasons: the top TOP_REASONS rules by points at the time of the output, points descending,
+  then rule id ascending.
+- With decaying penalties, a fading net penalty raises the score between events, but tiers
+  still rise only when an event is applied; inactivity only ever drops a tier.
 """
 
 from __future__ import annotations
@@ -23,29 +31,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from streamscore.scoring.engine import DISQUALIFY, Decision
+from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-
-TOP_REASONS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """A tier change or a handoff produced by applying an event or by decay."""
-
-    kind: Literal["handoff", "tier_change"]
-    lead_id: str
-    seq: int
-    old_tier: str
-    new_tier: str
-    score: float
-    engagement: float
-    fit: float
-    grade: int
-    bant_mask: int
-    reasons: tuple[tuple[str, float], ...]
-    event_id: str | None
-    time_ms: int
-    cause: Literal["event", "decay"]
+from streamscore.scoring.state import CAP_WINDOWS_KEPT, TOP_REASONS
 
 
 @dataclass
@@ -82,9 +70,12 @@ def engagement_at(state: LeadState, rules: CompiledRules, t_ms: int) -> float:
     return sum(p * math.pow(2.0, (ti - t_ms) / h_ms) for ti, _, p in state.awards if p > 0)
 
 
-def penalty(state: LeadState) -> float:
-    """Sum of negative points, which do not decay."""
-    return sum(p for _, _, p in state.awards if p < 0)
+def penalty_at(state: LeadState, rules: CompiledRules, t_ms: int) -> float:
+    """Sum of negative points at t_ms: constant, or decayed when decay.penalties is set."""
+    if not rules.decay_penalties:
+        return sum(p for _, _, p in state.awards if p < 0)
+    h_ms = rules.half_life_s * 1000.0
+    return sum(p * math.pow(2.0, (ti - t_ms) / h_ms) for ti, _, p in state.awards if p < 0)
 
 
 def fit_points(state: LeadState) -> float:
@@ -109,7 +100,7 @@ def disqualified(state: LeadState) -> bool:
 def score_at(state: LeadState, rules: CompiledRules, t_ms: int) -> float:
     """The score tiers are judged on, clamped to floor and ceiling."""
     base = fit_points(state) if rules.basis == "total" else 0.0
-    raw = base + engagement_at(state, rules, t_ms) + penalty(state)
+    raw = base + engagement_at(state, rules, t_ms) + penalty_at(state, rules, t_ms)
     return min(max(raw, rules.floor), rules.ceiling)
 
 
@@ -118,7 +109,8 @@ def reasons_at(state: LeadState, rules: CompiledRules, t_ms: int) -> tuple[tuple
     h_ms = rules.half_life_s * 1000.0
     by_rule: dict[str, float] = {}
     for ti, rule, p in state.awards:
-        worth = p * math.pow(2.0, (ti - t_ms) / h_ms) if p > 0 else p
+        decays = p > 0 or rules.decay_penalties
+        worth = p * math.pow(2.0, (ti - t_ms) / h_ms) if decays else p
         by_rule[rules.rule_ids[rule]] = by_rule.get(rules.rule_ids[rule], 0.0) + worth
     for a in state.attributes.values():
         for rule_id, p in a.reasons:
@@ -128,12 +120,20 @@ def reasons_at(state: LeadState, rules: CompiledRules, t_ms: int) -> tuple[tuple
 
 
 def due_ms(state: LeadState, rules: CompiledRules) -> int | None:
-    """When inactivity alone drops the lead out of its tier, or None if it never does."""
+    """When inactivity alone drops the lead out of its tier, or None if it never does.
+
+    The decaying part is the positive points, plus the penalties when they decay; a drop is due
+    only while it is positive.
+    """
     if state.tier == 0 or state.last_ms is None:
         return None
-    base = (fit_points(state) if rules.basis == "total" else 0.0) + penalty(state)
-    gap = rules.tiers[state.tier].exit - base
+    base = fit_points(state) if rules.basis == "total" else 0.0
     e = engagement_at(state, rules, state.last_ms)
+    if rules.decay_penalties:
+        e += penalty_at(state, rules, state.last_ms)
+    else:
+        base += penalty_at(state, rules, state.last_ms)
+    gap = rules.tiers[state.tier].exit - base
     if e <= 0 or gap <= 0:
         return None
     # log(x)/log(2), not log2: the Lua script has no log2 and parity wants the same rounding.
@@ -182,6 +182,7 @@ def _evaluate(
                 event_id=event_id,
                 time_ms=event_ms,
                 cause=cause,
+                rules_version=rules.version,
             )
         )
 
@@ -239,6 +240,9 @@ def apply_event(
         granted = points
         if points > 0 and rule.cap_points:
             window = time_ms // int(rule.cap_window_s * 1000)
+            granted_in = [w for r, w in state.caps_used if r == rule_index]
+            if granted_in and window < max(granted_in) - CAP_WINDOWS_KEPT:
+                continue
             used = state.caps_used.get((rule_index, window), 0.0)
             granted = min(points, rule.cap_points - used)
             if granted <= 0:

@@ -11,9 +11,9 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from streamscore.scoring.engine import DISQUALIFY, Decision, decide
-from streamscore.scoring.model import (
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import (
     LeadState,
-    Output,
     advance,
     apply_event,
     bant_mask,
