@@ -65,8 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--full-runs",
         default="a",
-        help="full-job runs, of a,b,bare,bare2 (bare: a bare loop running streamscore's Lua; "
-        "bare2: the same, pipelined; default a)",
+        help="full-job runs, of a,b (default a)",
     )
     p.add_argument(
         "--undecayed-penalties",

@@ -1,4 +1,9 @@
-"""Redis memory per lead: a dedicated load of N leads x 3 events, applied as the worker does."""
+"""Redis memory per lead: a dedicated load of N leads x 3 events, written as the worker writes.
+
+The events go through the runtime's own Pipeline (benchmarks/inprocess.py): lead values are the
+8-byte write version plus the MessagePack LeadState (seen event ids inline), and a lead with a
+tier above the floor sits in its partition's due set.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,19 @@ from typing import Any
 
 import orjson
 import redis
+from aiokafka import TopicPartition
 
+from benchmarks.inprocess import InProcessPipeline
 from benchmarks.workload import EventFactory, Profiles, lead_id_of
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events.envelope import Event, Limits, parse_event
 from streamscore.events.types import TopicKind
-from streamscore.runtime.rules import RulesHolder
-from streamscore.runtime.sensors import Sensor
-from streamscore.scoring.engine import decide
+from streamscore.scoring.rules import load_rules
+from streamscore.store.codec import decode_lead
+from streamscore.store.commit import split_value
 from streamscore.store.keys import KeySpace
-from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import ScoredEvent, encode_batches
 
 BATCH = 2000
+PARTITIONS = 4
 PLAN = (
     ("identify", TopicKind.PROFILES, 0),
     ("page_view", TopicKind.PAGE_VIEWS, 3_600_000),
@@ -36,8 +42,8 @@ class WorkloadMemory:
 
     sample_size: int
     lead_state_bytes: float
-    seen_zset_bytes: float
-    seen_ids: float
+    value_bytes: float  # STRLEN: the stored value itself
+    seen_ids: float  # event ids kept inline for de-duplication
 
 
 @dataclass
@@ -49,10 +55,10 @@ class MemoryResult:
     used_memory_delta_bytes: int
     bytes_per_lead_info: float
     sample_size: int
-    lead_state_bytes: float
-    seen_zset_bytes: float
-    bytes_per_lead_keys: float
-    due_zset_bytes: int
+    lead_state_bytes: float  # MEMORY USAGE of the lead key (value, key, allocator overhead)
+    value_bytes: float  # STRLEN of the value
+    due_zset_bytes: int  # every due set, in all
+    due_members: int
     workload: WorkloadMemory | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,48 +66,31 @@ class MemoryResult:
         return asdict(self)
 
 
-async def _load(
-    redis_url: str, prefix: str, rules_file: Path, leads: int, seed: int, end_ms: int
-) -> None:
-    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
-    client = connect(redis_url)
-    store = RedisStore(client, KeySpace(prefix))
+def _events(leads: int, seed: int, end_ms: int) -> list[tuple[TopicPartition, Event]]:
+    """Each lead's identify, page view and email open, in event-time order."""
     rng = random.Random(seed)
     factory = EventFactory(rng, Profiles(seed))
     limits = Limits()
     now = end_ms + 60_000
-    pending: list[ScoredEvent] = []
-    offset = 0
-    try:
-        for lead in range(leads):
-            lead_id = lead_id_of(lead, "M")
-            base = end_ms - rng.randrange(30 * 86_400_000)
-            base = min(base, end_ms - 7_200_000)
-            for event_type, kind, delta_ms in PLAN:
-                doc = factory.document(event_type, lead_id, lead, base + delta_ms)
-                ev = parse_event(orjson.dumps(doc), kind, now, limits)
-                pending.append(
-                    ScoredEvent(
-                        ev.lead_id,
-                        ev.event_id,
-                        ev.time_ms,
-                        "mem",
-                        0,
-                        offset,
-                        decide(ev, holder.rules),
-                    )
-                )
-                offset += 1
-            if len(pending) >= BATCH or lead == leads - 1:
-                for batch in encode_batches(pending, store.keys):
-                    result = await store.apply(batch, holder.script_config, now)
-                    # As the worker does once the outputs are on the broker.
-                    await store.ack_outbox(
-                        result.group, [result.outbox_entry] if result.outbox_entry else []
-                    )
-                pending = []
-    finally:
-        await client.aclose()
+    out: list[tuple[int, TopicPartition, Event]] = []
+    for lead in range(leads):
+        lead_id = lead_id_of(lead, "M")
+        base = min(end_ms - rng.randrange(30 * 86_400_000), end_ms - 7_200_000)
+        for event_type, kind, delta_ms in PLAN:
+            doc = factory.document(event_type, lead_id, lead, base + delta_ms)
+            ev = parse_event(orjson.dumps(doc), kind, now, limits)
+            tp = TopicPartition(kind.value, lead % PARTITIONS)
+            out.append((ev.time_ms, tp, ev))
+    out.sort(key=lambda row: (row[0], row[2].event_id))
+    return [(tp, ev) for _, tp, ev in out]
+
+
+async def _load(redis_url: str, prefix: str, rules_file: Path, leads: int, seed: int) -> None:
+    end_ms = time.time_ns() // 1_000_000 - 60_000
+    events = _events(leads, seed, end_ms)
+    async with InProcessPipeline.open(redis_url, prefix, load_rules(rules_file)) as pipe:
+        for i in range(0, len(events), BATCH):
+            await pipe.submit(events[i : i + BATCH])
 
 
 def measure_memory(
@@ -118,18 +107,22 @@ def measure_memory(
     try:
         client.memory_purge()
         before = int(client.info("memory")["used_memory"])
-        end_ms = time.time_ns() // 1_000_000 - 60_000
-        asyncio.run(_load(redis_url, prefix, rules_file, leads, seed, end_ms))
+        asyncio.run(_load(redis_url, prefix, rules_file, leads, seed))
         client.memory_purge()
         after = int(client.info("memory")["used_memory"])
         keys = KeySpace(prefix)
         rng = random.Random(seed + 1)
         sample = rng.sample(range(leads), min(sample_size, leads))
-        state_total = zset_total = 0
+        state_total = value_total = 0
         for lead in sample:
-            ref = keys.lead_ref(lead_id_of(lead, "M"))
-            state_total += int(client.memory_usage(keys.lead(ref), samples=0) or 0)
-            zset_total += int(client.memory_usage(keys.seen(ref), samples=0) or 0)
+            key = keys.lead(keys.lead_ref(lead_id_of(lead, "M")))
+            state_total += int(client.memory_usage(key, samples=0) or 0)
+            value_total += int(client.strlen(key))
+        due_bytes = due_members = 0
+        for partition in range(PARTITIONS):
+            due_key = keys.due(0, partition)
+            due_bytes += int(client.memory_usage(due_key, samples=0) or 0)
+            due_members += int(client.zcard(due_key))
         n = len(sample)
         return MemoryResult(
             leads=leads,
@@ -138,9 +131,9 @@ def measure_memory(
             bytes_per_lead_info=(after - before) / leads,
             sample_size=n,
             lead_state_bytes=state_total / n,
-            seen_zset_bytes=zset_total / n,
-            bytes_per_lead_keys=(state_total + zset_total) / n,
-            due_zset_bytes=int(client.memory_usage(keys.due(0), samples=0) or 0),
+            value_bytes=value_total / n,
+            due_zset_bytes=due_bytes,
+            due_members=due_members,
             workload=workload,
         )
     finally:
@@ -158,11 +151,12 @@ def sample_workload(
             break
     if not lead_keys:
         return None
-    state_total = zset_total = ids = 0
+    state_total = value_total = ids = 0
     for key in lead_keys:
-        seen_key = key.replace(b":lead:", b":seen:")
         state_total += int(client.memory_usage(key, samples=0) or 0)
-        zset_total += int(client.memory_usage(seen_key, samples=0) or 0)
-        ids += int(client.zcard(seen_key))
+        raw = client.get(key)
+        assert isinstance(raw, bytes)
+        value_total += len(raw)
+        ids += len(decode_lead(split_value(raw)[1]).seen or ())
     n = len(lead_keys)
-    return WorkloadMemory(n, state_total / n, zset_total / n, ids / n)
+    return WorkloadMemory(n, state_total / n, value_total / n, ids / n)

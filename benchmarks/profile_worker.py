@@ -62,7 +62,7 @@ async def run(
     settings = load_settings()
     metrics = create_metrics(process=False)
     rules = RulesHolder(settings.rules_file, Sensor(), settings.dedup_window_s)
-    store = open_store(settings)
+    store = await open_store(settings)
     producer = make_producer(settings)
     await producer.start()
     worker = ScoringWorker(
@@ -104,7 +104,7 @@ async def run(
         stopping.set()
         await task
         await producer.stop()
-        await store.client.aclose()
+        await store.close()
     return profiler, events, elapsed
 
 

@@ -17,6 +17,7 @@ import redis
 
 from benchmarks.simple_reference import Expected, LeadScore
 from benchmarks.statecheck import read_scores
+from streamscore.scoring.rules import CompiledRules
 from streamscore.store.keys import KeySpace
 
 REL_TOL = 1e-6
@@ -78,12 +79,12 @@ def quix_scores(state_dir: Path) -> dict[str, LeadScore]:
 
 
 def worker_scores(
-    client: redis.Redis, keyspace: KeySpace, half_life_ms: float
+    client: redis.Redis, keyspace: KeySpace, rules: CompiledRules
 ) -> dict[str, LeadScore]:
-    """streamscore's lead states (today's Lua store), each scored at its last event."""
+    """streamscore's lead states, each scored at its last evaluation by the engine's score_at."""
     return {
         lead: LeadScore(state.score, state.lt)
-        for lead, state in read_scores(client, keyspace, half_life_ms).items()
+        for lead, state in read_scores(client, keyspace, rules).items()
     }
 
 

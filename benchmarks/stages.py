@@ -1,8 +1,11 @@
-"""Cost of each hot-path stage per event, without Kafka: Python stages, then Lua in Valkey.
+"""Cost of each hot-path stage per event, without Kafka: the Python stages, then commit.lua.
 
-Python stages are timed in-process over the workload's messages; the Lua cost is Valkey's own
-accounting (INFO commandstats, usec of EVALSHA) for batches applied to a fresh key prefix, so
-it excludes the network and the client.
+The Python stages are the worker's own functions, timed in-process over the workload's
+messages in the order and batch shape the worker runs them: parse + validate, align (Pending +
+Aligner), decide + apply (LeadState per lead, dirty leads per batch), encode the dirty leads
+once per batch, pack the commit call, format the outputs, count the batch. The commit's Redis
+cost is the server's own accounting (its main thread's CPU, INFO commandstats) while the
+runtime's Pipeline applies the same events to a fresh key prefix (benchmarks/inprocess.py).
 """
 
 from __future__ import annotations
@@ -15,26 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from aiokafka import TopicPartition
-from redis.asyncio.connection import Connection
 
+from benchmarks.inprocess import InProcessPipeline
 from benchmarks.workload import Message
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events.envelope import Event, Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
+from streamscore.outputs import format_output
 from streamscore.runtime.aligner import Aligner
 from streamscore.runtime.intake import Pending
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.runtime.worker import _merge_key, _offset
 from streamscore.scoring.engine import decide
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.rules import CompiledRules, load_rules
+from streamscore.scoring.state import LeadState, apply_event, due_ms, new_lead
+from streamscore.store.codec import encode_lead
+from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
 from streamscore.store.keys import KeySpace
-from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
+from streamscore.store.outbox import ScoredOutput, encode_outputs
 
 KINDS = list(TopicKind)  # Settings.input_topics order
 TOPICS = ("pv", "em", "dl", "un", "pr")
+DEDUP_MS = 7 * 86400 * 1000
 
 
 def _timed(fn: Callable[[], Any], n: int) -> float:
@@ -43,8 +51,8 @@ def _timed(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-#: Stages timed for comparison only: a part of another stage, and the encoder the worker replaced.
-NOT_IN_TOTAL = ("orjson.loads (part of parse_event)", "redis-py pack_command (replaced)")
+#: Stages timed for comparison only (a part of another stage).
+NOT_IN_TOTAL = ("orjson.loads (part of parse + validate)",)
 
 
 def python_stages(
@@ -61,113 +69,124 @@ def python_stages(
     return best
 
 
+def _align(
+    messages: Sequence[Message], events: list[Event], partitions: int, batch: int, now: int
+) -> list[list[tuple[TopicPartition, Pending]]]:
+    """The aligner as the worker drives it: Pending per record, push per partition, pop_ready."""
+    tps = [TopicPartition(t, p) for t in TOPICS for p in range(partitions)]
+    per_tp: dict[TopicPartition, list[Pending]] = {tp: [] for tp in tps}
+    for m, ev in zip(messages, events, strict=True):
+        queue = per_tp[TopicPartition(TOPICS[m.topic], m.partition)]
+        queue.append(Pending(ev, len(queue), 0))
+    aligner: Aligner[TopicPartition, Pending] = Aligner(_merge_key, _offset, 200)
+    aligner.assign(tps, now)
+    for tp in tps:
+        aligner.push(tp, per_tp[tp])
+        aligner.note_position(tp, 0, now)
+    released = []
+    while got := aligner.pop_ready(now, batch):
+        released.append(got)
+    return released
+
+
 def _python_stages_once(
     messages: Sequence[Message], rules_file: Path, batch: int, partitions: int
 ) -> dict[str, float]:
     import orjson
 
-    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
-    rules = holder.rules
+    rules = RulesHolder(rules_file, Sensor(), 7 * 86400).rules
     limits = Limits()
     now = time.time_ns() // 1_000_000
     n = len(messages)
     out: dict[str, float] = {}
-    out["orjson.loads (part of parse_event)"] = _timed(
+    out["orjson.loads (part of parse + validate)"] = _timed(
         lambda: [orjson.loads(m.value) for m in messages], n
     )
-    events: list[Any] = []
-    out["parse_event"] = _timed(
+    events: list[Event] = []
+    out["parse + validate (parse_event)"] = _timed(
         lambda: events.extend(parse_event(m.value, KINDS[m.topic], now, limits) for m in messages),
         n,
     )
-    decisions: list[Any] = []
-    out["decide"] = _timed(lambda: decisions.extend(decide(e, rules) for e in events), n)
-
-    # The aligner as the worker drives it: Pending per record, push per partition, pop_ready.
-    tps = [TopicPartition(t, p) for t in TOPICS for p in range(partitions)]
-    per_tp: dict[TopicPartition, list[tuple[Any, int]]] = {tp: [] for tp in tps}
-    for m, ev in zip(messages, events, strict=True):
-        queue = per_tp[TopicPartition(TOPICS[m.topic], m.partition)]
-        queue.append((ev, len(queue)))
-    aligner: Aligner[TopicPartition, Pending] = Aligner(_merge_key, _offset, 200)
-    aligner.assign(tps, now)
-    released: list[tuple[TopicPartition, Pending]] = []
-
-    def align() -> None:
-        for tp in tps:
-            queue = per_tp[tp]
-            aligner.push(tp, [Pending(ev, off, 0) for ev, off in queue])
-            aligner.note_position(tp, True, now)
-        while True:
-            got = aligner.pop_ready(now, batch)
-            if not got:
-                break
-            released.extend(got)
-
-    out["Pending + Aligner push/pop_ready"] = _timed(align, n)
-    decision_of = {id(e): d for e, d in zip(events, decisions, strict=True)}
-    scored: list[ScoredEvent] = []
-
-    def build() -> None:
-        scored.extend(
-            ScoredEvent(
-                p.event.lead_id,
-                p.event.event_id,
-                p.event.time_ms,
-                tp.topic,
-                tp.partition,
-                p.offset,
-                decision_of[id(p.event)],
-            )
-            for tp, p in released
-        )
-
-    out["ScoredEvent"] = _timed(build, n)
-    keys = KeySpace("stages")
-    groups: list[GroupBatch] = []
-
-    def encode_all() -> None:
-        for i in range(0, n, batch):
-            groups.extend(encode_batches(scored[i : i + batch], keys))
-
-    out["encode_batches"] = _timed(encode_all, n)
-    # The apply call in the Redis protocol: the worker's way (hiredis, while the batch is
-    # decided) and redis-py's own encoder, which it replaced. No connection is made.
-    store = RedisStore(aioredis.Redis(), keys)
-    config = holder.script_config
-    out["RedisStore.pack (hiredis)"] = _timed(lambda: [store.pack(g, config) for g in groups], n)
-    conn = Connection()
-    out["redis-py pack_command (replaced)"] = _timed(
-        lambda: [
-            conn.pack_command("EVALSHA", "0" * 40, len(g.keys), *g.keys, config, g.payload)
-            for g in groups
-        ],
-        n,
+    released: list[list[tuple[TopicPartition, Pending]]] = []
+    out["align (Pending + Aligner push/pop_ready)"] = _timed(
+        lambda: released.extend(_align(messages, events, partitions, batch, now)), n
     )
+    keys = KeySpace("stages")
+    states: dict[str, LeadState] = {}
+    dirty: list[tuple[dict[str, LeadState], dict[str, int], list[Output]]] = []
+
+    def decide_apply() -> None:
+        key_of: dict[str, str] = {}
+        for ready in released:
+            leads: dict[str, LeadState] = {}
+            offsets: dict[str, int] = {}
+            outputs: list[Output] = []
+            for tp, p in ready:
+                ev = p.event
+                key = key_of.get(ev.lead_id)
+                if key is None:
+                    key = key_of[ev.lead_id] = keys.lead(keys.lead_ref(ev.lead_id))
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = new_lead(ev.lead_id)
+                state.partition = tp.partition
+                apply_event(
+                    state, rules, ev.event_id, ev.time_ms, decide(ev, rules), DEDUP_MS, outputs
+                )
+                leads[key] = state
+                offsets[f"{tp.topic}:{tp.partition}"] = p.offset
+            dirty.append((leads, offsets, outputs))
+
+    out["decide + apply (engine.decide, state.apply_event)"] = _timed(decide_apply, n)
+    encoded: list[list[tuple[str, bytes, tuple[str, int] | None]]] = []
+
+    def encode() -> None:
+        for leads, _, _ in dirty:
+            rows = []
+            for key, state in leads.items():
+                due = due_ms(state, rules)
+                partition = state.partition
+                add = None if due is None or partition is None else (keys.due(0, partition), due)
+                rows.append((key, versioned(1, encode_lead(state)), add))
+            encoded.append(rows)
+
+    out["encode dirty leads once per batch (codec, due_ms)"] = _timed(encode, n)
+
+    def pack() -> None:
+        for (_, offsets, _), rows in zip(dirty, encoded, strict=True):
+            commit = GroupCommit(0)
+            for name, new in offsets.items():
+                commit.offsets.append(OffsetWrite(name, None, new))
+            for key, value, add in rows:
+                commit.leads.append(LeadWrite(key, b"", value, add, None))
+            commit.pack(keys)
+
+    out["pack commit call (GroupCommit.pack, hiredis)"] = _timed(pack, n)
+    tier_rank = {t.name: i for i, t in enumerate(rules.tiers)}
+
+    def outputs() -> None:
+        for _, _, outs in dirty:
+            encode_outputs(outs, now)
+            for o in outs:
+                format_output(ScoredOutput(o, now), tier_rank)
+
+    out["outputs (outbox entry, message formatting)"] = _timed(outputs, n)
     observe = create_metrics(process=False).event_to_scored_seconds.observe
     out["Histogram.observe (per event)"] = _timed(lambda: [observe(0.01) for _ in range(n)], n)
     return out
 
 
-async def _apply_all(
-    redis_url: str, prefix: str, rules_file: Path, batches: list[list[ScoredEvent]], now: int
+async def _commit_all(
+    redis_url: str, prefix: str, rules: CompiledRules, batches: list[list[Any]]
 ) -> float:
-    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
-    client = connect(redis_url)
-    store = RedisStore(client, KeySpace(prefix))
     started = time.perf_counter()
-    try:
+    async with InProcessPipeline.open(redis_url, prefix, rules) as pipe:
         for b in batches:
-            for group_batch in encode_batches(b, store.keys):
-                result = await store.apply(group_batch, holder.script_config, now)
-                if result.outbox_entry:
-                    await store.ack_outbox(result.group, [result.outbox_entry])
-    finally:
-        await client.aclose()
+            await pipe.submit(b)
     return time.perf_counter() - started
 
 
-def lua_cost(
+def commit_cost(
     messages: Sequence[Message],
     redis_url: str,
     prefix: str,
@@ -175,63 +194,51 @@ def lua_cost(
     batch: int,
     reps: int = 2,
 ) -> dict[str, float]:
-    """Valkey-side microseconds per event of apply_batch.lua, batched and one event per call.
+    """Redis-side microseconds per event of commit.lua, at the worker's batch size.
 
-    Valkey CPU (main thread) excludes time it waited for a CPU on a busy machine; the
+    Redis CPU (main thread) excludes time it waited for a CPU on a busy machine; the
     commandstats figure is wall time inside the command and includes it.
     """
-    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
+    rules = load_rules(rules_file)
     limits = Limits()
     now = time.time_ns() // 1_000_000
-    scored = []
-    offsets = [0] * 5
-    for m in messages:
-        ev = parse_event(m.value, KINDS[m.topic], now, limits)
-        scored.append(
-            ScoredEvent(
-                ev.lead_id,
-                ev.event_id,
-                ev.time_ms,
-                TOPICS[m.topic],
-                m.partition,
-                offsets[m.topic],
-                decide(ev, holder.rules),
-            )
+    events = [
+        (
+            TopicPartition(TOPICS[m.topic], m.partition),
+            parse_event(m.value, KINDS[m.topic], now, limits),
         )
-        offsets[m.topic] += 1
+        for m in messages
+    ]
+    events.sort(key=lambda row: (row[1].time_ms, row[1].event_id))
     client = redis.Redis.from_url(redis_url)
     out: dict[str, float] = {}
+    label = f"commit.lua, {batch} events per batch"
     try:
         for rep in range(reps):
-            for label, size, subset in (
-                (f"apply_batch.lua, {batch} events per call", batch, scored),
-                ("apply_batch.lua, 1 event per call", 1, scored[: min(len(scored), 20000)]),
-            ):
-                run_prefix = f"{prefix}:{rep}:{size}"
-                cpu_before, usec_before = valkey_cpu_s(client), _evalsha_usec(client)
-                wall = asyncio.run(
-                    _apply_all(
-                        redis_url,
-                        run_prefix,
-                        rules_file,
-                        [subset[i : i + size] for i in range(0, len(subset), size)],
-                        now,
-                    )
+            cpu_before, usec_before = redis_cpu_s(client), _evalsha_usec(client)
+            wall = asyncio.run(
+                _commit_all(
+                    redis_url,
+                    f"{prefix}:{rep}",
+                    rules,
+                    [events[i : i + batch] for i in range(0, len(events), batch)],
                 )
-                cpu = (valkey_cpu_s(client) - cpu_before) * 1e6 / len(subset)
-                usec = (_evalsha_usec(client) - usec_before) / len(subset)
-                for key, value in (
-                    (f"{label}: Valkey CPU us/event", cpu),
-                    (f"{label}: EVALSHA us/event (commandstats)", usec),
-                    (f"{label}: client wall us/event", wall / len(subset) * 1e6),
-                ):
-                    out[key] = min(out.get(key, math.inf), value)
+            )
+            n = len(events)
+            cpu = (redis_cpu_s(client) - cpu_before) * 1e6 / n
+            usec = (_evalsha_usec(client) - usec_before) / n
+            for key, value in (
+                (f"{label}: Redis CPU us/event", cpu),
+                (f"{label}: EVALSHA us/event (commandstats)", usec),
+                (f"{label}: whole pipeline, client wall us/event", wall / n * 1e6),
+            ):
+                out[key] = min(out.get(key, math.inf), value)
     finally:
         client.close()
     return out
 
 
-def valkey_cpu_s(client: redis.Redis) -> float:
+def redis_cpu_s(client: redis.Redis) -> float:
     """CPU seconds of the server's main thread (INFO cpu)."""
     info = client.info("cpu")
     return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])

@@ -8,10 +8,12 @@ from typing import Any
 
 import redis
 
+from streamscore.scoring.rules import CompiledRules
+from streamscore.scoring.state import score_at
+from streamscore.store.codec import decode_lead
+from streamscore.store.commit import split_value
 from streamscore.store.keys import KeySpace
-from streamscore.store.wire import decode_lead_state
 
-FIELDS = ("id", "a", "e", "pen", "lt", "tier", "fit")
 REL_TOL = 1e-9
 ABS_TOL = 1e-9  # scores near zero (penalties cancelling points) need an absolute floor
 
@@ -51,9 +53,14 @@ class Comparison:
 
 
 def read_scores(
-    client: redis.Redis, keyspace: KeySpace, half_life_ms: float
+    client: redis.Redis, keyspace: KeySpace, rules: CompiledRules
 ) -> dict[str, LeadScore]:
-    """Every lead under the prefix: score = fit + pen + e * 2^((a - lt) / h), tier, lt."""
+    """Every lead under the prefix: its score at its last evaluation (scoring.state.score_at).
+
+    Decoded as the worker decodes a loaded value (store.codec), so the one score formula is
+    the engine's own. Read with a synchronous pipeline of GETs: the check runs once a run has
+    stopped, outside every measured window.
+    """
     out: dict[str, LeadScore] = {}
     for group in range(keyspace.groups):
         pattern = f"{keyspace.prefix}:{{g{group}}}:lead:*"
@@ -64,14 +71,9 @@ def read_scores(
             for key in chunk:
                 pipe.get(key)
             for raw in pipe.execute():
-                state = decode_lead_state(raw)
-                lead_id, a, e, pen, lt, tier, fit = (state.get(name) for name in FIELDS)
-                assert lead_id is not None
-                lt_ms = int(float(lt)) if lt is not None else 0
-                score = float(fit or 0) + float(pen or 0)
-                if a is not None:
-                    score += float(e or 0) * 2.0 ** ((float(a) - lt_ms) / half_life_ms)
-                out[lead_id] = LeadScore(score, int(tier or 0), lt_ms)
+                state = decode_lead(split_value(raw)[1])
+                lt_ms = state.last_ms if state.last_ms is not None else 0
+                out[state.lead_id] = LeadScore(score_at(state, rules, lt_ms), state.tier, lt_ms)
     return out
 
 

@@ -2,8 +2,8 @@
 
 Simple job: (a) the streamscore worker, (b) a per-event Faust agent, (c) the minimal loop and
 (q) Quix Streams; every completed run is checked against the reference (same per-lead scores,
-same set of handoffs). Full job: (a) on the example rules (and, on request, (b) and the bare
-loops); completed runs are compared with each other.
+same set of handoffs). Full job: (a) on the example rules (and, on request, (b)); completed
+runs are compared with each other.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from benchmarks.measure import (
 )
 from benchmarks.memory import sample_workload
 from benchmarks.session import RULES_FILE, SIMPLE_RULES_FILE, JobData, Session, say
-from benchmarks.simple_job import HALF_LIFE_MS
 from benchmarks.simple_reference import Expected
 from benchmarks.simplecheck import (
     Check,
@@ -45,10 +44,10 @@ from benchmarks.simplecheck import (
 )
 from benchmarks.statecheck import LeadScore, compare, read_scores
 from streamscore.config import Settings
-from streamscore.scoring.rules import load_rules
+from streamscore.scoring.rules import CompiledRules, load_rules
 from streamscore.store.keys import KeySpace
 
-Kind = Literal["worker", "faust", "minimal", "quix", "bare", "bare-pipelined"]
+Kind = Literal["worker", "faust", "minimal", "quix"]
 R = TypeVar("R")
 
 #: Settings that make (a)'s merge exact on a replay (the aligner waits for every partition),
@@ -86,13 +85,6 @@ SIMPLE_RUNS = {
 FULL_RUNS = {
     "a": RunSpec("a", "streamscore worker", "worker"),
     "b": RunSpec("b", "per-event Faust agent", "faust"),
-    "bare": RunSpec("bare", "bare loop with streamscore's Lua (what-if)", "bare"),
-    "bare2": RunSpec(
-        "bare2",
-        "bare loop, pipelined (what-if)",
-        "bare-pipelined",
-        "apply of batch N overlaps parse of N+1",
-    ),
 }
 
 
@@ -240,7 +232,7 @@ class ThroughputPhase:
         keyspace: KeySpace | None = None
         state_dir = session.log_dir / f"{run}-state"
         scrape = None
-        if spec.kind in ("worker", "faust", "bare", "bare-pipelined"):
+        if spec.kind in ("worker", "faust"):
             overrides: dict[str, Any] = {"rules_file": rules or RULES_FILE}
             if spec.kind == "worker":
                 if data.job == "simple":
@@ -252,8 +244,6 @@ class ThroughputPhase:
             module, child_args = {
                 "worker": ("streamscore.cli", ["worker"]),
                 "faust": ("benchmarks.faust_baseline", []),
-                "bare": ("benchmarks.bare_loop", []),
-                "bare-pipelined": ("benchmarks.bare_loop", ["--pipelined"]),
             }[spec.kind]
             if spec.kind == "worker":
                 scrape = partial(
@@ -308,7 +298,7 @@ class ThroughputPhase:
             say(f"({spec.name}) worker metrics: {result.child_metrics}")
         if data.job == "full":
             if result.completed and keyspace is not None:
-                scores[run] = read_scores(self.client, keyspace, _half_life_ms(settings))
+                scores[run] = read_scores(self.client, keyspace, _rules_of(settings))
             if spec.name == "a" and session.workload_memory is None and keyspace is not None:
                 session.workload_memory = sample_workload(self.client, keyspace)
             return result, None
@@ -321,7 +311,7 @@ class ThroughputPhase:
             shutil.rmtree(state_dir, ignore_errors=True)
         else:
             assert keyspace is not None
-            lead_scores = worker_scores(self.client, keyspace, float(HALF_LIFE_MS))
+            lead_scores = worker_scores(self.client, keyspace, _rules_of(settings))
         handoffs, records = parse_handoffs(
             read_topic(self.bootstrap, outputs["topic_handoffs"], args.partitions)
         )
@@ -387,6 +377,6 @@ def simple_ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
     }
 
 
-def _half_life_ms(settings: Settings | None) -> float:
+def _rules_of(settings: Settings | None) -> CompiledRules:
     assert settings is not None
-    return load_rules(settings.rules_file).half_life_s * 1000.0
+    return load_rules(settings.rules_file)

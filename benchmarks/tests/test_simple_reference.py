@@ -14,9 +14,11 @@ from benchmarks.simple_job import HALF_LIFE_MS, HANDOFF_AT, REARM_BELOW, points_
 from benchmarks.simple_reference import SimpleEvent, decayed_sum, reference
 from streamscore.events.envelope import Limits, parse_event
 from streamscore.events.types import TopicKind
+from streamscore.scoring import reference as oracle
+from streamscore.scoring import state as engine
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import LeadState, apply_event, score_at
-from streamscore.scoring.rules import CompiledRules, parse_rules_text
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.rules import load_rules
 
 RULES = Path(__file__).resolve().parents[1] / "simple_rules.yaml"
 KINDS = {
@@ -112,15 +114,9 @@ def test_handoff_rearms_below_forty() -> None:
     assert math.isclose(got.scores["L"].score, 57.0, rel_tol=1e-6)
 
 
-def _simple_rules_without_penalty_decay() -> CompiledRules:
-    text = RULES.read_text()
-    assert "  penalties: true\n" in text
-    return parse_rules_text(text.replace("  penalties: true\n", ""), str(RULES))
-
-
 def test_rules_file_awards_what_simple_job_says() -> None:
     """simple_rules.yaml (streamscore's view of the job) awards the same points per event."""
-    rules = _simple_rules_without_penalty_decay()
+    rules = load_rules(RULES)
     for i, doc in enumerate(DOCS):
         raw = {"event_id": f"e{i}", "lead_id": "L", "time": T0, **doc}
         event = parse_event(orjson.dumps(raw), KINDS[doc["type"]], T0, Limits())
@@ -128,31 +124,40 @@ def test_rules_file_awards_what_simple_job_says() -> None:
         assert sum(p for _, p in decision.awards) == points_of(doc)
 
 
-positive_lists = st.lists(
-    st.tuples(st.integers(0, 30 * 86_400_000), st.integers(0, len(DOCS) - 2)),
+steps_lists = st.lists(
+    st.tuples(st.integers(0, 30 * 86_400_000), st.integers(0, len(DOCS) - 1)),
     max_size=60,
     unique_by=lambda x: x[0],
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(positive_lists)
-def test_reference_agrees_with_streamscore_model(steps: list[tuple[int, int]]) -> None:
-    """Without unsubscribes (where decay.penalties changes nothing), streamscore's own oracle
-    on simple_rules.yaml hands off at the same events and ends with the same score."""
-    rules = _simple_rules_without_penalty_decay()
-    state = LeadState("L")
-    handoffs = set()
+@given(steps_lists)
+def test_reference_agrees_with_streamscore(steps: list[tuple[int, int]]) -> None:
+    """streamscore's oracle (scoring/reference.py) and its engine (scoring/state.py) on
+    simple_rules.yaml hand off at the same events as the job's reference and end with the same
+    score, unsubscribes (decaying penalties) included."""
+    rules = load_rules(RULES)
+    assert rules.decay_penalties and rules.half_life_s * 1000 == HALF_LIFE_MS
+    model = oracle.LeadState("L")
+    state = engine.new_lead("L")
+    by_oracle: set[tuple[str, str | None]] = set()
+    by_engine: set[tuple[str, str | None]] = set()
     events = []
     for i, (t, which) in enumerate(sorted(steps)):
         doc = {"event_id": f"e{i}", "lead_id": "L", "time": T0 + t, **DOCS[which]}
         event = parse_event(orjson.dumps(doc), KINDS[doc["type"]], T0 + t, Limits())
-        out = apply_event(state, rules, f"e{i}", T0 + t, decide(event, rules), 0)
-        handoffs |= {("L", o.event_id) for o in out or [] if o.kind == "handoff"}
+        decision = decide(event, rules)
+        out = oracle.apply_event(model, rules, f"e{i}", T0 + t, decision, 0)
+        by_oracle |= {("L", o.event_id) for o in out or [] if o.kind == "handoff"}
+        outputs: list[Output] = []
+        engine.apply_event(state, rules, f"e{i}", T0 + t, decision, 0, outputs)
+        by_engine |= {("L", o.event_id) for o in outputs if o.kind == "handoff"}
         events.append(SimpleEvent("L", f"e{i}", T0 + t, points_of(DOCS[which]) or 0.0))
     got = reference(events)
-    assert got.handoffs == handoffs
+    assert got.handoffs == by_oracle == by_engine
     if events:
         last = events[-1].time_ms
-        assert math.isclose(got.scores["L"].score, score_at(state, rules, last), rel_tol=1e-9)
-        assert rules.half_life_s * 1000 == HALF_LIFE_MS
+        want = got.scores["L"].score
+        for score in (oracle.score_at(model, rules, last), engine.score_at(state, rules, last)):
+            assert math.isclose(want, score, rel_tol=1e-9, abs_tol=1e-9)
