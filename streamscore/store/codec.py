@@ -3,9 +3,9 @@
 The format (key "v" = FORMAT):
 
     v    format version (always)          id   lead id (always)
+    lt   last_ms (the base of the times)  tier tier index
     a    anchor_ms                        ra   points_anchor_ms, when it differs from a
     e    positive (normalised)            pen  negative
-    lt   last_ms                          tier tier index
     arm  0 when disarmed                  n    output sequence number
     dq   event flag (1 dq, 2 requalify)   dqt  its event time
     fit  fit points                       fdq  1 when an attribute disqualifies
@@ -13,17 +13,31 @@ The format (key "v" = FORMAT):
     pd   1 when penalties are normalised (decay.penalties)
     r    {rule id: positive points}       np   {rule id: penalties}
     c    {rule id: {window: points used}} P    {attribute: [time, value, fit, mask, dq, reasons]}
-    s    {event id hash: event time}      hp   home input partition number
+    s    seen event ids (below)           hp   home input partition number
 
-Fields at their defaults (0, None, empty, armed) are left out: most leads have no penalties,
-flags, profile or caps, and every stored byte is written on every change. Maps are written in a
-fixed key order, nested ones sorted, floats as float64 with -0.0 as 0.0, so equal states give
-equal bytes (and a store can compare bytes to skip unchanged writes).
+Every byte is written on every change of a lead, and a lead is written once per batch it is
+in, so the format is compact and cheap to produce:
+
+- Fields at their defaults (0, None, empty, armed) are left out: most leads have no penalties,
+  flags, profile or caps.
+- Times other than lt (a, ra, dqt, a profile record's time) are stored as lt minus the time,
+  a small integer (lt is the lead's present: no time it holds is later); without lt, the base
+  is 0.
+- Numbers are integers when integral (|x| < 2^53), else float64, -0.0 as 0: a point total of
+  10.0 takes one byte, not nine.
+- A profile record whose attribute is worth nothing (fit 0, no BANT bit, no disqualification,
+  no reasons) is [time, value]; the others [time, value, fit, mask, dq, reasons].
+- Seen event ids are one binary string: the n 64-bit hashes in ascending order, then their n
+  event times (signed), little-endian; packed and unpacked in C, not as a map of 2n numbers.
+
+Maps are written in a fixed key order, nested ones sorted, so equal states give equal bytes
+(and a store can compare bytes to skip unchanged writes).
 
 Unknown keys are kept: decode puts them in LeadState.extra and encode writes them back as they
 came, so a state written by a newer streamscore with more fields (outcome snapshots, identity
 links...) survives a read-modify-write by this one. A newer *format version* is rejected
-loudly instead: a field whose meaning changes needs a new version, not a new key.
+loudly instead: a field whose meaning changes needs a new version, not a new key. Format 2
+(absolute times, floats, seen ids as a map) is still read.
 
 decode_lead also reads the map apply_batch.lua writes (no "v" key): id, a, e, pen, lt, tier,
 arm, n, dq, dqt, fit, fdq, bant, ver, due (dropped: due_ms recomputes it), r:<rule>,
@@ -35,6 +49,8 @@ an event applied before it is counted again unless it arrives after the dedup wi
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,7 +61,9 @@ from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, REQUALIFY
 from streamscore.scoring.state import CAP_WINDOWS_KEPT, LeadState, ProfileRecord
 
 #: Version of the format encode_lead writes; decode_lead reads it and the legacy Lua map.
-FORMAT = 2
+FORMAT = 3
+#: Older formats decode_lead still reads (see the module docstring).
+_READABLE = frozenset((2, FORMAT))
 
 _KNOWN = frozenset(
     (
@@ -64,25 +82,72 @@ class StateCodecError(StreamscoreError):
 
 # ------------------------------------------------------------------ encode
 
+#: Integral numbers in this range are stored as integers: points, penalties and cap use are
+#: mostly integral, and a small integer takes 1 to 3 bytes where a float64 takes 9. A lookup in
+#: a table is the cheapest test (a float and an int of equal value hash alike); other numbers
+#: are floats, so a value is always written the same way.
+_INT_OF: dict[float, int] = {float(i): i for i in range(-4096, 4097)}
+_int_of = _INT_OF.get
+#: One packer for every call: msgpack.packb builds (and parses the options of) a new one each
+#: time. Not reentrant, and needs none: packing never yields.
+_packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+_pack = _packer.pack
+_LITTLE = sys.byteorder == "little"
 
-def _f(x: float) -> float:
-    # float() for ints that compare equal; + 0.0 turns -0.0 into 0.0: equal states, equal bytes.
-    return float(x) + 0.0
+
+def _n(x: float) -> float | int:
+    """A number as stored: a small integer when it is one, else a float (-0.0 as 0)."""
+    return _int_of(x, x + 0.0)
+
+
+def _numbers_of(table: dict[str, float]) -> dict[str, float | int]:
+    if len(table) == 1:
+        for rule, v in table.items():
+            return {rule: _int_of(v, v + 0.0)}
+    return {rule: _int_of(v, v + 0.0) for rule, v in sorted(table.items())}
+
+
+def _seen_blob(seen: dict[int, int]) -> bytes:
+    """The hashes ascending, then their times: 16 bytes an id, built in C."""
+    hashes = sorted(seen)
+    head = array("Q", hashes)
+    tail = array("q", map(seen.__getitem__, hashes))
+    if not _LITTLE:
+        head.byteswap()
+        tail.byteswap()
+    return head.tobytes() + tail.tobytes()
+
+
+def _record_row(rec: ProfileRecord, base: int) -> list[Any]:
+    if rec.fit_points or rec.bant_mask or rec.disqualify or rec.reasons:
+        return [
+            base - rec.time_ms,
+            rec.value,
+            _n(rec.fit_points),
+            rec.bant_mask,
+            bool(rec.disqualify),
+            [[rule, _int_of(points, points + 0.0)] for rule, points in rec.reasons],
+        ]
+    return [base - rec.time_ms, rec.value]
 
 
 def encode_lead(state: LeadState) -> bytes:
     """The state as a MessagePack map: short keys, defaults left out, deterministic."""
     m: dict[str, Any] = {"v": FORMAT, "id": state.lead_id}
-    if state.anchor_ms is not None:
-        m["a"] = state.anchor_ms
-    if state.points_anchor_ms != state.anchor_ms:
-        m["ra"] = state.points_anchor_ms
+    last = state.last_ms
+    base = 0
+    if last is not None:
+        m["lt"] = base = last
+    anchor = state.anchor_ms
+    if anchor is not None:
+        m["a"] = base - anchor
+    points_anchor = state.points_anchor_ms
+    if points_anchor != anchor:
+        m["ra"] = None if points_anchor is None else base - points_anchor
     if state.positive:
-        m["e"] = _f(state.positive)
+        m["e"] = _n(state.positive)
     if state.negative:
-        m["pen"] = _f(state.negative)
-    if state.last_ms is not None:
-        m["lt"] = state.last_ms
+        m["pen"] = _n(state.negative)
     if state.tier:
         m["tier"] = state.tier
     if not state.armed:
@@ -92,9 +157,9 @@ def encode_lead(state: LeadState) -> bytes:
     if state.flag != NO_FLAG:
         m["dq"] = state.flag
     if state.flag_ms is not None:
-        m["dqt"] = state.flag_ms
+        m["dqt"] = base - state.flag_ms
     if state.fit:
-        m["fit"] = _f(state.fit)
+        m["fit"] = _n(state.fit)
     if state.fit_disqualify:
         m["fdq"] = 1
     if state.bant:
@@ -104,29 +169,19 @@ def encode_lead(state: LeadState) -> bytes:
     if state.penalties_decay:
         m["pd"] = 1
     if state.points:
-        m["r"] = {rule: _f(v) for rule, v in sorted(state.points.items())}
+        m["r"] = _numbers_of(state.points)
     if state.penalties:
-        m["np"] = {rule: _f(v) for rule, v in sorted(state.penalties.items())}
+        m["np"] = _numbers_of(state.penalties)
     if state.caps:
         m["c"] = {
-            rule: {window: _f(used) for window, used in sorted(windows.items())}
+            rule: {window: _int_of(used, used + 0.0) for window, used in sorted(windows.items())}
             for rule, windows in sorted(state.caps.items())
             if windows
         }
     if state.profile:
-        m["P"] = {
-            name: [
-                rec.time_ms,
-                rec.value,
-                _f(rec.fit_points),
-                rec.bant_mask,
-                bool(rec.disqualify),
-                [[rule, _f(points)] for rule, points in rec.reasons],
-            ]
-            for name, rec in sorted(state.profile.items())
-        }
+        m["P"] = {name: _record_row(rec, base) for name, rec in sorted(state.profile.items())}
     if state.seen:
-        m["s"] = dict(sorted(state.seen.items()))
+        m["s"] = _seen_blob(state.seen)
     if state.partition is not None:
         m["hp"] = state.partition
     if state.extra:
@@ -135,7 +190,7 @@ def encode_lead(state: LeadState) -> bytes:
                 raise StateCodecError(f"extra field {key!r} of {state.lead_id!r} shadows a field")
             m[key] = _canonical(value)
     # surrogateescape both ways: text that arrived as invalid UTF-8 goes back byte for byte.
-    packed: bytes = msgpack.packb(m, use_bin_type=True, unicode_errors="surrogateescape")
+    packed: bytes = _pack(m)
     return packed
 
 
@@ -306,11 +361,13 @@ _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 
 def _decode_current(m: dict[str, Any], hint: str | None) -> LeadState:
     version = m["v"]
-    if version != FORMAT:
+    if version not in _READABLE:
         raise StateCodecError(
             f"lead state format {version!r} is not {FORMAT}: written by another streamscore "
             "version; refusing to guess what its fields mean"
         )
+    if version == FORMAT:
+        return _decode_v3(m, hint)
     state = LeadState(_lead_id(m, hint))
     # Only the keys present are read: most leads store a handful.
     extra: dict[str, Any] = {}
@@ -324,6 +381,63 @@ def _decode_current(m: dict[str, Any], hint: str | None) -> LeadState:
     if extra:
         state.extra = extra
     return state
+
+
+#: Format 3 keys read as they are stored; its times (a, ra, dqt, P) and s are read apart.
+_FIELDS_V3 = {k: v for k, v in _FIELDS.items() if k not in ("a", "dqt", "P", "s")}
+
+
+def _decode_v3(m: dict[str, Any], hint: str | None) -> LeadState:
+    state = LeadState(_lead_id(m, hint))
+    extra: dict[str, Any] = {}
+    for key, value in m.items():
+        spec = _FIELDS_V3.get(key)
+        if spec is not None:
+            setattr(state, spec[0], spec[1](value, key))
+        elif key not in _KNOWN:
+            extra[key] = value
+    base = state.last_ms or 0
+    if "a" in m:
+        state.anchor_ms = base - _int(m["a"], "a")
+    if "ra" in m:
+        ra = m["ra"]
+        state.points_anchor_ms = None if ra is None else base - _int(ra, "ra")
+    else:
+        state.points_anchor_ms = state.anchor_ms
+    if "dqt" in m:
+        state.flag_ms = base - _int(m["dqt"], "dqt")
+    if "P" in m:
+        state.profile = {
+            _str(name, "P"): _record_v3(row, f"P.{name}", base)
+            for name, row in _map(m["P"], "P").items()
+        } or None
+    if "s" in m:
+        state.seen = _seen_v3(m["s"])
+    if extra:
+        state.extra = extra
+    return state
+
+
+def _record_v3(row: Any, key: str, base: int) -> ProfileRecord:
+    if not isinstance(row, list) or len(row) not in (2, 6):
+        raise ValueError(f"{key} must be [time, value] or [time, value, fit, mask, dq, reasons]")
+    if len(row) == 2:
+        return ProfileRecord(base - _int(row[0], key), _str(row[1], key), 0.0, 0, False, ())
+    record = _record(row, key)
+    return record._replace(time_ms=base - record.time_ms)
+
+
+def _seen_v3(blob: Any) -> dict[int, int] | None:
+    if not isinstance(blob, bytes) or len(blob) % 16:
+        raise ValueError(f"s must be a binary string of 16-byte entries, not {blob!r}")
+    half = len(blob) // 2
+    hashes, times = array("Q"), array("q")
+    hashes.frombytes(blob[:half])
+    times.frombytes(blob[half:])
+    if not _LITTLE:
+        hashes.byteswap()
+        times.byteswap()
+    return dict(zip(hashes, times, strict=True)) or None
 
 
 def _decode_legacy(m: dict[str, Any], hint: str | None) -> LeadState:

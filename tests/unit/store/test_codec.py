@@ -198,12 +198,61 @@ def test_unknown_keys_survive_a_decode_and_encode() -> None:
     assert encode_lead(decode_lead(odd)) == odd
 
 
+def format_2(s: LeadState) -> bytes:
+    """The bytes format 2 wrote (absolute times, floats, seen ids as a map), built by hand."""
+    m: dict[str, Any] = {"v": 2, "id": s.lead_id}
+    optional = {
+        "a": s.anchor_ms, "lt": s.last_ms, "dqt": s.flag_ms, "ver": s.rules_version,
+        "hp": s.partition,
+    }  # fmt: skip
+    m.update({k: v for k, v in optional.items() if v is not None})
+    numbers = {"e": s.positive, "pen": s.negative, "tier": s.tier, "n": s.seq, "fit": s.fit}
+    m.update({k: v for k, v in numbers.items() if v})
+    m.update({"bant": s.bant} if s.bant else {})
+    if s.points_anchor_ms != s.anchor_ms:
+        m["ra"] = s.points_anchor_ms
+    m.update({"arm": 0} if not s.armed else {})
+    m.update({"dq": s.flag} if s.flag != NO_FLAG else {})
+    m.update({"fdq": 1} if s.fit_disqualify else {})
+    m.update({"pd": 1} if s.penalties_decay else {})
+    tables = {"r": s.points, "np": s.penalties, "c": s.caps, "s": s.seen}
+    m.update({k: v for k, v in tables.items() if v})
+    if s.profile:
+        m["P"] = {
+            name: [r.time_ms, r.value, r.fit_points, r.bant_mask, r.disqualify,
+                   [list(pair) for pair in r.reasons]]
+            for name, r in s.profile.items()
+        }  # fmt: skip
+    m.update(s.extra or {})
+    packed: bytes = msgpack.packb(m, use_bin_type=True)
+    return packed
+
+
+@settings(max_examples=150, deadline=None)
+@given(ARBITRARY)
+def test_format_2_values_still_decode(s: LeadState) -> None:
+    assert decode_lead(format_2(s)) == s
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=STEPS, rules=st.sampled_from(RULE_VARIANTS), dedup_ms=DEDUP_WINDOWS)
+def test_reachable_states_store_times_as_small_offsets(
+    steps: list[Step], rules: CompiledRules, dedup_ms: int
+) -> None:
+    """No time a lead holds is later than its present (lt): every stored offset is >= 0."""
+    for s in states_after(steps, rules, dedup_ms):
+        m = unpack(encode_lead(s))
+        offsets = [m[k] for k in ("a", "ra", "dqt") if m.get(k) is not None]
+        offsets += [row[0] for row in m.get("P", {}).values()]
+        assert all(o >= 0 for o in offsets), m
+
+
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
         (b"\xc1", "not MessagePack"),
         (msgpack.packb([1, 2]), "not a map"),
-        (msgpack.packb({"v": FORMAT + 1, "id": "x"}), "format 3"),
+        (msgpack.packb({"v": FORMAT + 1, "id": "x"}), f"format {FORMAT + 1}"),
         (msgpack.packb({"v": FORMAT, "id": "x", "tier": "hot"}), "tier must be an integer"),
         (msgpack.packb({"v": FORMAT, "id": "x", "tier": True}), "tier must be an integer"),
         (msgpack.packb({"v": FORMAT, "id": "x", "lt": float("inf")}), "lt must be an integer"),
