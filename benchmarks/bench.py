@@ -151,8 +151,8 @@ def run(session: Session) -> None:
     """Produce each job's workload, then every phase in order."""
     args = session.args
     session.start()
-    needs_full = {"stages", "profile"} & args.phases
-    jobs = [j for j in args.jobs if "throughput" in args.phases or (j == "full" and needs_full)]
+    needs_job = {"stages", "profile"} & args.phases
+    jobs = [j for j in args.jobs if "throughput" in args.phases or needs_job]
     for job in jobs:
         produce_job(session, job)
     if "throughput" in args.phases:
@@ -164,12 +164,14 @@ def run(session: Session) -> None:
     if "memory" in args.phases:
         run_memory(session)
     full = session.jobs.get("full")
-    if needs_full and full is None:
-        say("stages and profile run on the full job: add it to --job to run them")
+    if "stages" in args.phases and full is None:
+        say("stages run on the full job: add it to --job to run them")
     if "stages" in args.phases and full is not None:
         run_stages(session, full.stage_sample)
-    if "profile" in args.phases and full is not None:
-        run_profile(session, full)
+    # The simple job's targets are the ones the profile is for; the full job otherwise.
+    profiled = session.jobs.get("simple") or full
+    if "profile" in args.phases and profiled is not None:
+        run_profile(session, profiled)
     end_code = code_version(REPO_ROOT)
     if end_code["content_sha256"] != session.results["code"]["content_sha256"]:
         session.results["code_changed_during_run"] = end_code

@@ -397,8 +397,8 @@ def _profile(prof: dict[str, Any]) -> list[str]:
     if "top_self" not in prof:
         return [f"Profile failed: {prof.get('error', '')[-500:]}", ""]
     parts = [
-        f"## Profile hint: (a)'s hot path under cProfile ({prof['events']:,.0f} events, "
-        f"{prof['events_per_s']:,.0f}/s while profiled)",
+        f"## Profile hint: (a)'s hot path under cProfile, {prof.get('job', 'full')} job "
+        f"({prof['events']:,.0f} events, {prof['events_per_s']:,.0f}/s while profiled)",
         "",
     ]
     plain = prof.get("unprofiled") or {}

@@ -13,11 +13,19 @@ from typing import Any
 
 import orjson
 
-from benchmarks.session import JobData, Session, say
+from benchmarks.phases.throughput import EXACT_REPLAY
+from benchmarks.session import SIMPLE_RULES_FILE, JobData, Session, say
 from streamscore.store.keys import KeySpace
 
 PYSPY_S = 10
 PYSPY_RATE = 250
+
+
+def _overrides(data: JobData) -> dict[str, Any]:
+    """(a)'s settings for the job: the simple job runs its own rules with an exact merge."""
+    if data.job == "simple":
+        return {"rules_file": SIMPLE_RULES_FILE, **EXACT_REPLAY}
+    return {}
 
 
 def missed_targets(session: Session) -> bool:
@@ -33,7 +41,7 @@ def run_profile(session: Session, data: JobData) -> None:
     if args.profile == "never" or (args.profile == "auto" and not missed_targets(session)):
         return
     say(f"profile: ScoringWorker.run under cProfile over the {data.job} job's topics")
-    settings = session.settings(data.inputs, f"{data.job}-prof")
+    settings = session.settings(data.inputs, f"{data.job}-prof", **_overrides(data))
     out = session.log_dir / "profile"
     seconds = 20.0 if not args.quick else 10.0
     child = session.start_child(
@@ -52,6 +60,7 @@ def run_profile(session: Session, data: JobData) -> None:
         return
     summary = orjson.loads(summary_path.read_bytes())
     summary["text_path"] = str(out.with_suffix(".txt"))
+    summary["job"] = data.job
     session.results["profile"] = summary
     _pyspy(session, data)
 
@@ -61,7 +70,7 @@ def _pyspy(session: Session, data: JobData) -> None:
     pyspy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if pyspy is None:
         return
-    settings = session.settings(data.inputs, f"{data.job}-pyspy")
+    settings = session.settings(data.inputs, f"{data.job}-pyspy", **_overrides(data))
     worker = session.start_child("pyspy-worker", "streamscore.cli", ["worker"], settings)
     client = session.redis_client()
     out = session.log_dir / "pyspy.txt"
