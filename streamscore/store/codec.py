@@ -27,11 +27,15 @@ in, so the format is compact and cheap to produce:
   10.0 takes one byte, not nine.
 - A profile record whose attribute is worth nothing (fit 0, no BANT bit, no disqualification,
   no reasons) is [time, value]; the others [time, value, fit, mask, dq, reasons].
-- Seen event ids are one binary string: the n 64-bit hashes in ascending order, then their n
-  event times (signed), little-endian; packed and unpacked in C, not as a map of 2n numbers.
+- Seen event ids are one binary string: the n 64-bit hashes, then their n event times
+  (signed), little-endian, in the order the ids were first seen; packed and unpacked in C,
+  not as a map of 2n numbers. A busy lead keeps hundreds of them, so the encoder can reuse
+  its last string and pack only the ids added since (`SeenMemo`; LeadState.seen only grows in
+  place).
 
 Maps are written in a fixed key order, nested ones sorted, so equal states give equal bytes
-(and a store can compare bytes to skip unchanged writes).
+(and a store can compare bytes to skip unchanged writes); seen ids are the exception: they
+keep the order they were seen in, so equal histories give equal bytes.
 
 Unknown keys are kept: decode puts them in LeadState.extra and encode writes them back as they
 came, so a state written by a newer streamscore with more fields (outcome snapshots, identity
@@ -52,9 +56,11 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Callable, Mapping
+from itertools import islice
 from typing import Any
 
 import msgpack
+import msgspec
 
 from streamscore.errors import StreamscoreError
 from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, REQUALIFY
@@ -88,10 +94,33 @@ class StateCodecError(StreamscoreError):
 #: are floats, so a value is always written the same way.
 _INT_OF: dict[float, int] = {float(i): i for i in range(-4096, 4097)}
 _int_of = _INT_OF.get
-#: One packer for every call: msgpack.packb builds (and parses the options of) a new one each
-#: time. Not reentrant, and needs none: packing never yields.
+#: msgspec packs and unpacks these maps 2 to 3 times faster than msgpack-python, to the same
+#: bytes. Text that is not valid UTF-8 (a lone surrogate: bytes that arrived as invalid UTF-8,
+#: kept by surrogateescape) is left to msgpack-python, whose surrogateescape writes and reads it
+#: back byte for byte.
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
 _packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
-_pack = _packer.pack
+
+
+def _pack(m: dict[str, Any]) -> bytes:
+    try:
+        return _encode(m)
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        packed: bytes = _packer.pack(m)
+        return packed
+
+
+def _unpack(raw: bytes) -> Any:
+    try:
+        return _decode(raw)
+    except msgspec.DecodeError:
+        # Not valid UTF-8 text, or not MessagePack at all: msgpack-python says which.
+        return msgpack.unpackb(
+            raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape"
+        )
+
+
 _LITTLE = sys.byteorder == "little"
 
 
@@ -107,15 +136,40 @@ def _numbers_of(table: dict[str, float]) -> dict[str, float | int]:
     return {rule: _int_of(v, v + 0.0) for rule, v in sorted(table.items())}
 
 
-def _seen_blob(seen: dict[int, int]) -> bytes:
-    """The hashes ascending, then their times: 16 bytes an id, built in C."""
-    hashes = sorted(seen)
-    head = array("Q", hashes)
-    tail = array("q", map(seen.__getitem__, hashes))
+class SeenMemo:
+    """The last seen-ids string written for one lead, to extend instead of rebuild."""
+
+    __slots__ = ("count", "hashes", "table", "times")
+
+    def __init__(self) -> None:
+        self.table: dict[int, int] | None = None
+        self.count = 0
+        self.hashes = b""
+        self.times = b""
+
+
+def _packed(values: Any, code: str) -> bytes:
+    packed = array(code, values)
     if not _LITTLE:
-        head.byteswap()
-        tail.byteswap()
-    return head.tobytes() + tail.tobytes()
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _seen_blob(seen: dict[int, int], memo: SeenMemo | None) -> bytes:
+    """The hashes, then their times, in the table's order: 16 bytes an id, built in C."""
+    if memo is not None and memo.table is seen and len(seen) >= memo.count:
+        # The same table, only grown since (LeadState.seen): pack the new ids alone.
+        added = list(islice(seen.items(), memo.count, None))
+        if added:
+            memo.hashes += _packed([h for h, _ in added], "Q")
+            memo.times += _packed([t for _, t in added], "q")
+            memo.count = len(seen)
+        return memo.hashes + memo.times
+    hashes = _packed(seen, "Q")
+    times = _packed(seen.values(), "q")
+    if memo is not None:
+        memo.table, memo.count, memo.hashes, memo.times = seen, len(seen), hashes, times
+    return hashes + times
 
 
 def _record_row(rec: ProfileRecord, base: int) -> list[Any]:
@@ -131,8 +185,12 @@ def _record_row(rec: ProfileRecord, base: int) -> list[Any]:
     return [base - rec.time_ms, rec.value]
 
 
-def encode_lead(state: LeadState) -> bytes:
-    """The state as a MessagePack map: short keys, defaults left out, deterministic."""
+def encode_lead(state: LeadState, memo: SeenMemo | None = None) -> bytes:
+    """The state as a MessagePack map: short keys, defaults left out, deterministic.
+
+    `memo` (one per lead, kept by the caller) lets a lead's seen ids be extended rather than
+    packed afresh on every write.
+    """
     m: dict[str, Any] = {"v": FORMAT, "id": state.lead_id}
     last = state.last_ms
     base = 0
@@ -181,7 +239,7 @@ def encode_lead(state: LeadState) -> bytes:
     if state.profile:
         m["P"] = {name: _record_row(rec, base) for name, rec in sorted(state.profile.items())}
     if state.seen:
-        m["s"] = _seen_blob(state.seen)
+        m["s"] = _seen_blob(state.seen, memo)
     if state.partition is not None:
         m["hp"] = state.partition
     if state.extra:
@@ -215,7 +273,7 @@ def decode_lead(raw: bytes, lead_id_hint: str | None = None) -> LeadState:
     `lead_id_hint` names the lead when the bytes do not (the Lua script always stored it).
     """
     try:
-        m = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+        m = _unpack(raw)
     except (ValueError, msgpack.UnpackException) as exc:
         raise StateCodecError(f"lead state is not MessagePack: {exc}") from None
     if not isinstance(m, dict):
