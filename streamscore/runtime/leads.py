@@ -5,18 +5,22 @@ commit call per key group and batch ("write-behind", as Kafka Streams keeps loca
 changelog). Each entry remembers the value prefix Redis holds for it once the commits already
 sent have landed: the next commit is fenced on it, so a lead written by anyone else meanwhile
 turns that commit into a conflict instead of a lost update.
+
+Entries are found by lead id (the hot path: one dict lookup an event) and by key (the decay
+tick, which reads keys from the due sets). Recency is a batch stamp rather than an LRU list: a
+move-to-end on every event cost more than the rest of the bookkeeping; when the cache outgrows
+its bound, the entries of the oldest batches go, a tenth of the bound at a time.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from streamscore.scoring.state import LeadState, new_lead
-from streamscore.store.codec import decode_lead
+from streamscore.store.codec import SeenMemo, decode_lead
 from streamscore.store.commit import prefix_of, split_value
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
@@ -36,57 +40,85 @@ class CachedLead:
     #: (due set key, ms) as last written; ms -1 when loaded (the set may hold it at any time,
     #: so the next write sets or removes it whatever it computes).
     due: tuple[str, int] | None
+    #: The batch that last touched it (cache recency).
+    stamp: int = 0
+    #: The seen-ids string last written, extended on the next write (busy leads only).
+    seen_memo: SeenMemo | None = None
 
 
 class LeadCache:
-    """Lead states by key, least recently used first; bounded to `max_leads`."""
+    """Lead states by lead id and by key; bounded to about `max_leads`."""
 
     def __init__(self, keys: KeySpace, store: RedisStore, max_leads: int) -> None:
         self._keys = keys
         self._store = store
         self._max = max_leads
-        self._leads: OrderedDict[str, CachedLead] = OrderedDict()
-        self._key_of: dict[str, tuple[int, str]] = {}
+        #: Lead id -> entry: read once per event by the pipeline.
+        self.by_id: dict[str, CachedLead] = {}
+        self._by_key: dict[str, CachedLead] = {}
+        self._stamp = 0
 
     def __len__(self) -> int:
-        return len(self._leads)
+        return len(self.by_id)
 
     def ref(self, lead_id: str) -> tuple[int, str]:
         """(group, key) of a lead id."""
-        ref = self._key_of.get(lead_id)
-        if ref is None:
-            lead_ref = self._keys.lead_ref(lead_id)
-            ref = (lead_ref.group, self._keys.lead(lead_ref))
-            if len(self._key_of) > 4 * self._max:
-                self._key_of.clear()  # only a memo: bound it with the cache
-            self._key_of[lead_id] = ref
-        return ref
+        lead = self.by_id.get(lead_id)
+        if lead is not None:
+            return lead.group, lead.key
+        lead_ref = self._keys.lead_ref(lead_id)
+        return lead_ref.group, self._keys.lead(lead_ref)
 
     def get(self, key: str) -> CachedLead:
-        """A loaded lead (KeyError if it is not cached: call load() first)."""
-        lead = self._leads[key]
-        self._leads.move_to_end(key)
-        return lead
+        """A loaded lead by key (KeyError if it is not cached: call load_keys() first)."""
+        return self._by_key[key]
 
-    async def load(self, refs: Iterable[tuple[int, str, str | None]], redis: RedisCall) -> None:
-        """Make sure every (group, key, lead id or None) is cached: one MGET per group of misses.
+    async def load(self, lead_ids: Iterable[str], redis: RedisCall) -> None:
+        """Make sure every lead id is cached, new leads included: one MGET per group of misses.
 
-        A key with no value becomes a new lead (its id must then be given).
+        Stamps them all as the newest batch, so a trim never drops a lead of this batch.
         """
+        self._stamp = stamp = self._stamp + 1
+        by_id = self.by_id
+        keys = self._keys
         missing: dict[int, list[tuple[str, str | None]]] = {}
-        for group, key, lead_id in refs:
-            if key in self._leads:
-                self._leads.move_to_end(key)
+        for lead_id in lead_ids:
+            lead = by_id.get(lead_id)
+            if lead is not None:
+                lead.stamp = stamp
             else:
-                missing.setdefault(group, []).append((key, lead_id))
+                lead_ref = keys.lead_ref(lead_id)
+                missing.setdefault(lead_ref.group, []).append((keys.lead(lead_ref), lead_id))
+        if missing:
+            await self._fetch(missing, redis, stamp)
+
+    async def load_keys(self, refs: Iterable[tuple[int, str]], redis: RedisCall) -> None:
+        """Make sure every (group, key) of a stored lead is cached (the decay tick's leads)."""
+        self._stamp = stamp = self._stamp + 1
+        missing: dict[int, list[tuple[str, str | None]]] = {}
+        for group, key in refs:
+            lead = self._by_key.get(key)
+            if lead is not None:
+                lead.stamp = stamp
+            else:
+                missing.setdefault(group, []).append((key, None))
+        if missing:
+            await self._fetch(missing, redis, stamp)
+
+    async def _fetch(
+        self, missing: dict[int, list[tuple[str, str | None]]], redis: RedisCall, stamp: int
+    ) -> None:
         for group, wanted in missing.items():
-            keys = [key for key, _ in wanted]
-            values = await redis(partial(self._store.load_values, keys))
+            values = await redis(partial(self._store.load_values, [key for key, _ in wanted]))
             for (key, lead_id), raw in zip(wanted, values, strict=True):
-                if key in self._leads:  # listed twice
+                if key in self._by_key:  # listed twice
                     continue
-                self._leads[key] = self._cached(key, group, raw, lead_id)
-        self._trim()
+                lead = self._cached(key, group, raw, lead_id)
+                lead.stamp = stamp
+                self.by_id[lead_id or lead.state.lead_id] = lead
+                self._by_key[key] = lead
+        if len(self.by_id) > self._max:
+            self._trim(stamp)
 
     def _cached(self, key: str, group: int, raw: bytes | None, lead_id: str | None) -> CachedLead:
         if raw is None:
@@ -99,19 +131,27 @@ class LeadCache:
         due = None if partition is None else (self._keys.due(group, partition), -1)
         return CachedLead(key, group, state, version, prefix_of(raw), due)
 
-    def _trim(self) -> None:
-        # Evicts least recently used leads only: the batch being decided touched its own leads
-        # last, so they are never the ones dropped (the configured size is checked against the
-        # batch size at start).
-        while len(self._leads) > self._max:
-            self._leads.popitem(last=False)
+    def _trim(self, stamp: int) -> None:
+        # Down to 90% of the bound, oldest batches first; never a lead of this batch (the
+        # configured size is checked against the batch size at start).
+        excess = len(self.by_id) - self._max * 9 // 10
+        old = sorted((lead for lead in self.by_id.values() if lead.stamp < stamp), key=_stamp_of)
+        for lead in old[:excess]:
+            del self.by_id[lead.state.lead_id]
+            del self._by_key[lead.key]
 
     def evict_partitions(self, partitions: set[int]) -> None:
         """Forget the leads of partitions this worker no longer owns."""
-        gone = [k for k, lead in self._leads.items() if lead.state.partition in partitions]
-        for key in gone:
-            del self._leads[key]
+        gone = [lead for lead in self.by_id.values() if lead.state.partition in partitions]
+        for lead in gone:
+            del self.by_id[lead.state.lead_id]
+            del self._by_key[lead.key]
 
     def clear(self) -> None:
         """Forget every lead (after a conflict: Redis is the truth)."""
-        self._leads.clear()
+        self.by_id.clear()
+        self._by_key.clear()
+
+
+def _stamp_of(lead: CachedLead) -> int:
+    return lead.stamp

@@ -23,6 +23,7 @@ from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -38,13 +39,17 @@ from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
 from streamscore.scoring.state import advance, apply_event, due_ms
 from streamscore.store.client import PackedCall
-from streamscore.store.codec import encode_lead
-from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
+from streamscore.store.codec import SeenMemo, encode_lead
+from streamscore.store.commit import VALUE_PREFIX_BYTES, GroupCommit, LeadWrite, OffsetWrite
 from streamscore.store.keys import KeySpace
 from streamscore.store.outbox import ScoredOutput, encode_outputs
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
+
+#: A lead keeping this many seen event ids or more keeps their packed form between writes: a
+#: busy lead's hundreds of ids are then extended by the few of each batch, not packed again.
+MEMO_SEEN_IDS = 32
 RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -105,6 +110,7 @@ class Pipeline:
         self.conflict: str | None = None
         self._generation = 0
         self._tp_names: dict[TopicPartition, str] = {}
+        self._due_keys: dict[tuple[int, int], str] = {}
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._deciding: asyncio.Future[None] | None = None
         self._applier: asyncio.Task[None] | None = None
@@ -178,56 +184,69 @@ class Pipeline:
         self, ready: list[tuple[TopicPartition, Pending]], rules: CompiledRules
     ) -> None:
         """Score a batch the aligner released, in its merge order, and queue its commits."""
-        firsts: dict[TopicPartition, int] = {}
-        for tp, p in ready:
-            if tp not in firsts:
-                firsts[tp] = p.offset
+        # Each partition's first offset in the batch (reversed: the first occurrence wins).
+        firsts = {tp: p.offset for tp, p in reversed(ready)}
         # Held from here on, so that a Kafka commit while it is scored never passes it.
         hold = self._ledger.hold(firsts)
         async with self._stage_one():
             generation = self._generation
             cache = self._cache
-            refs = {(*cache.ref(p.event.lead_id), p.event.lead_id) for _, p in ready}
-            await cache.load(refs, self._redis)
-            work: dict[int, GroupWork] = {}
-            outcomes: Tally[tuple[str, str]] = Tally()
-            times: dict[int, int] = {}
-            recorded = self.recorded
+            await cache.load({p.event.lead_id for _, p in ready}, self._redis)
+            leads = cache.by_id
+            # Redelivered events (at or below an offset Redis recorded) can only be in a
+            # partition whose recorded offset reaches the batch's first one: a replay after a
+            # rewind or a restart. Only those partitions are checked event by event.
+            suspect = self._redelivered(firsts)
+            outputs: list[Output] = []
+            duplicates: Tally[str] = Tally()
+            skipped: set[int] = set()
             dedup_ms = self._dedup_ms
-            for i, (tp, p) in enumerate(ready, 1):
-                ev = p.event
-                group, key = cache.ref(ev.lead_id)
-                name = self._tp_name(tp)
-                applied = recorded.get((group, name))
-                if applied is not None and p.offset <= applied:
-                    outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
-                    continue
-                w = work.get(group)
-                if w is None:
-                    w = work[group] = GroupWork()
-                w.offsets[name] = p.offset
-                lead = cache.get(key)
-                state = lead.state
-                state.partition = tp.partition
-                fresh = apply_event(
-                    state, rules, ev.event_id, ev.time_ms, decide(ev, rules), dedup_ms, w.outputs
-                )
-                w.leads[key] = lead
-                outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
-                if ev.time_ms > times.get(tp.partition, 0):
-                    times[tp.partition] = ev.time_ms
-                if i % YIELD_EVERY == 0:
+            for start in range(0, len(ready), YIELD_EVERY):
+                if start:
                     await asyncio.sleep(0)
+                for tp, p in ready[start : start + YIELD_EVERY]:
+                    ev = p.event
+                    lead = leads[ev.lead_id]
+                    if suspect and tp in suspect and self._applied(lead.group, tp, p.offset):
+                        duplicates[tp.topic] += 1  # redelivered: already in Redis
+                        skipped.add(id(p))
+                        continue
+                    state = lead.state
+                    state.partition = tp.partition
+                    if not apply_event(
+                        state, rules, ev.event_id, ev.time_ms, decide(ev, rules), dedup_ms, outputs
+                    ):
+                        duplicates[tp.topic] += 1
             batch = Batch(
                 generation,
                 hold,
-                self._pack(work, rules),
-                outcomes,
+                self._pack(ready, skipped, outputs, rules),
+                _outcomes(ready, duplicates),
                 [p.append_ms for _, p in ready],
                 len(ready),
-                times,
+                # ready is in merge (event-time) order: the last event of each partition
+                # number is at or below the latest time applied for it, as ticks need.
+                {tp.partition: p.event.time_ms for tp, p in ready},
             )
             await self._queue.put(batch)
+
+    def _redelivered(self, firsts: dict[TopicPartition, int]) -> set[TopicPartition]:
+        recorded = self.recorded
+        if not recorded:
+            return set()
+        groups = range(self._keys.groups)
+        out = set()
+        for tp, first in firsts.items():
+            name = self._tp_name(tp)
+            for group in groups:
+                applied = recorded.get((group, name))
+                if applied is not None and applied >= first:
+                    out.add(tp)
+        return out
+
+    def _applied(self, group: int, tp: TopicPartition, offset: int) -> bool:
+        applied = self.recorded.get((group, self._tp_name(tp)))
+        return applied is not None and offset <= applied
 
     async def submit_tick(
         self,
@@ -243,7 +262,7 @@ class Pipeline:
         """
         async with self._stage_one():
             generation = self._generation
-            refs: list[tuple[int, str, str | None]] = []
+            refs: list[tuple[int, str]] = []
             limits: dict[str, int] = {}
             for partition in partitions:
                 until = until_ms(partition)
@@ -252,20 +271,20 @@ class Pipeline:
                 for group in range(self._keys.groups):
                     due = partial(self._store.due_keys, group, partition, until, limit)
                     for key in await self._redis(due):
-                        refs.append((group, key, None))
+                        refs.append((group, key))
                         limits[key] = until
             if not refs:
                 return 0
-            await self._cache.load(refs, self._redis)
+            await self._cache.load_keys(refs, self._redis)
             work: dict[int, GroupWork] = {}
-            for group, key, _ in refs:
+            for group, key in refs:
                 lead = self._cache.get(key)
                 w = work.get(group)
                 if w is None:
                     w = work[group] = GroupWork()
                 advance(lead.state, rules, limits[key], w.outputs)
                 w.leads[key] = lead
-            batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {})
+            batch = Batch(generation, None, self._pack_groups(work, rules), Tally(), [], 0, {})
             await self._queue.put(batch)
             return len(refs)
 
@@ -279,31 +298,74 @@ class Pipeline:
             self._deciding = None
 
     def _pack(
+        self,
+        ready: list[tuple[TopicPartition, Pending]],
+        skipped: set[int],
+        outputs: list[Output],
+        rules: CompiledRules,
+    ) -> list[tuple[int, PackedCall, list[Output]]]:
+        """A scored batch's share of each key group: its leads, offsets and outputs."""
+        leads = self._cache.by_id
+        if skipped:  # redelivered events: their leads and offsets are Redis's already
+            ready = [(tp, p) for tp, p in ready if id(p) not in skipped]
+        work: dict[int, GroupWork] = {}
+        if self._keys.groups == 1:
+            # One group (the default): every lead and every partition's last offset is its.
+            w = work[0] = GroupWork(outputs=outputs)
+            w.leads = {lead.key: lead for lead in map(leads.__getitem__, _lead_ids(ready))}
+            lasts = {tp: p.offset for tp, p in ready}  # the last one of each partition wins
+            w.offsets = {self._tp_name(tp): offset for tp, offset in lasts.items()}
+        else:
+            for tp, p in ready:
+                lead = leads[p.event.lead_id]
+                w = work.get(lead.group) or work.setdefault(lead.group, GroupWork())
+                w.leads[lead.key] = lead
+                w.offsets[self._tp_name(tp)] = p.offset
+            for output in outputs:
+                work[leads[output.lead_id].group].outputs.append(output)
+        return self._pack_groups(work, rules)
+
+    def _pack_groups(
         self, work: dict[int, GroupWork], rules: CompiledRules
     ) -> list[tuple[int, PackedCall, list[Output]]]:
         keys = self._keys
+        due_keys = self._due_keys
+        recorded = self.recorded
         calls = []
         for group, w in work.items():
             commit = GroupCommit(group)
             for name, new in w.offsets.items():
-                commit.offsets.append(OffsetWrite(name, self.recorded.get((group, name)), new))
-                self.recorded[(group, name)] = new
+                commit.offsets.append(OffsetWrite(name, recorded.get((group, name)), new))
+                recorded[(group, name)] = new
+            writes = commit.leads
             for key, lead in w.leads.items():
                 state = lead.state
-                lead.version += 1
-                value = versioned(lead.version, encode_lead(state))
+                lead.version = version = lead.version + 1
+                seen = state.seen
+                memo = lead.seen_memo
+                if memo is None and seen is not None and len(seen) >= MEMO_SEEN_IDS:
+                    memo = lead.seen_memo = SeenMemo()
+                # Encoded once per lead and batch, however many of its events the batch holds.
+                value = version.to_bytes(VALUE_PREFIX_BYTES, "big") + encode_lead(state, memo)
                 due = due_ms(state, rules)
                 partition = state.partition
-                new_due = (
-                    None if due is None or partition is None else (keys.due(group, partition), due)
-                )
                 old_due = lead.due
-                add = new_due if new_due is not None and new_due != old_due else None
-                remove = None
-                if old_due is not None and (new_due is None or new_due[0] != old_due[0]):
-                    remove = old_due[0]
-                commit.leads.append(LeadWrite(key, lead.prefix, value, add, remove))
-                lead.prefix = value[:8]
+                if due is None or partition is None:
+                    new_due = None
+                else:
+                    due_key = due_keys.get((group, partition))
+                    if due_key is None:
+                        due_key = due_keys[(group, partition)] = keys.due(group, partition)
+                    new_due = (due_key, due)
+                if new_due is None and old_due is None:
+                    writes.append(LeadWrite(key, lead.prefix, value, None, None))
+                else:
+                    add = new_due if new_due is not None and new_due != old_due else None
+                    remove = None
+                    if old_due is not None and (new_due is None or new_due[0] != old_due[0]):
+                        remove = old_due[0]
+                    writes.append(LeadWrite(key, lead.prefix, value, add, remove))
+                lead.prefix = value[:VALUE_PREFIX_BYTES]
                 lead.due = new_due
             calls.append((group, commit.pack(keys), w.outputs))
         return calls
@@ -349,3 +411,22 @@ class Pipeline:
             if result.outbox_entry:
                 scored = [ScoredOutput(o, scored_at) for o in outputs]
                 await self._emitter.emit(group, result.outbox_entry, scored)
+
+
+def _lead_ids(ready: list[tuple[TopicPartition, Pending]]) -> dict[str, None]:
+    """The batch's lead ids, each once, in order of first appearance (deterministic calls)."""
+    return dict.fromkeys(p.event.lead_id for _, p in ready)
+
+
+def _outcomes(
+    ready: list[tuple[TopicPartition, Pending]], duplicates: Tally[str]
+) -> Tally[tuple[str, str]]:
+    """Events by (topic, outcome): counted per topic in C, duplicates apart."""
+    per_tp = Tally(map(itemgetter(0), ready))
+    out: Tally[tuple[str, str]] = Tally()
+    for tp, n in per_tp.items():
+        out[(tp.topic, "scored")] += n
+    for topic, n in duplicates.items():
+        out[(topic, "scored")] -= n
+        out[(topic, "duplicate")] += n
+    return out

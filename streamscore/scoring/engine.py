@@ -117,6 +117,9 @@ def decide(event: ScorableEvent, rules: CompiledRules) -> Decision:
             if rule.flag and flag != DISQUALIFY:
                 # Disqualification wins over requalification on the same event.
                 flag = rule.flag
+    source_index = rules.source_index
+    if not source_index:  # rules without attributes (no profile to keep): nothing to read
+        return Decision(tuple(awards), (), flag)
     # Only attributes with a source key present on this event are looked at; most events
     # (page views, opens) carry none, so this costs a few dict probes.
     touched: set[int] = set()
@@ -125,12 +128,14 @@ def decide(event: ScorableEvent, rules: CompiledRules) -> Decision:
         ("properties", event.properties),
         ("context", event.context),
     ):
-        keys = rules.source_index.get(root)
+        keys = source_index.get(root)
         if not mapping or not keys:
             continue
         for key in mapping:
             for _, attr_index in keys.get(key, ()):
                 touched.add(attr_index)
+    if not touched:
+        return Decision(tuple(awards), (), flag)
     updates = []
     for attr_index in sorted(touched):
         attr = rules.attributes[attr_index]

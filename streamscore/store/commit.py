@@ -107,28 +107,34 @@ class GroupCommit:
 
     def pack(self, keys: KeySpace) -> PackedCall:
         """The EVALSHA call, all but its tail argument (the outputs, known at send time)."""
+        # One pass over the leads (a batch writes thousands): due sets are numbered in the
+        # order the leads name them, add before remove.
         due_index: dict[str, int] = {}
-        for write in self.leads:
-            for key in (write.due_add[0] if write.due_add else None, write.due_remove):
-                if key is not None and key not in due_index:
-                    due_index[key] = len(due_index) + 1
-        g = self.group
-        call_keys = [keys.offsets(g), keys.outbox(g), keys.kpi(g), *due_index]
-        call_keys += [w.key for w in self.leads]
-        args: list[Any] = [len(due_index), len(self.offsets), len(self.leads), len(self.counters)]
-        for o in self.offsets:
-            args += [o.tp, "" if o.expected is None else o.expected, o.new]
+        lead_keys: list[str] = []
+        lead_args: list[Any] = []
         for w in self.leads:
             add = w.due_add
-            args += [
-                w.expected_prefix,
-                w.value,
-                due_index[add[0]] if add else 0,
-                add[1] if add else 0,
-                due_index[w.due_remove] if w.due_remove else 0,
-            ]
+            add_at = add_ms = remove_at = 0
+            if add is not None:
+                add_ms = add[1]
+                add_at = due_index.get(add[0], 0)
+                if not add_at:
+                    add_at = due_index[add[0]] = len(due_index) + 1
+            remove = w.due_remove
+            if remove is not None:
+                remove_at = due_index.get(remove, 0)
+                if not remove_at:
+                    remove_at = due_index[remove] = len(due_index) + 1
+            lead_keys.append(w.key)
+            lead_args += (w.expected_prefix, w.value, add_at, add_ms, remove_at)
+        g = self.group
+        call_keys = [keys.offsets(g), keys.outbox(g), keys.kpi(g), *due_index, *lead_keys]
+        args: list[Any] = [len(due_index), len(self.offsets), len(self.leads), len(self.counters)]
+        for o in self.offsets:
+            args += (o.tp, "" if o.expected is None else o.expected, o.new)
+        args += lead_args
         for name, increment in self.counters.items():
-            args += [name, increment]
+            args += (name, increment)
         return pack_script_call(COMMIT_LUA, call_keys, args)
 
 
