@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     decay_tick_s: float = Field(default=1.0, gt=0)
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
+    watchdog_stall_s: float = Field(default=30.0, gt=0)
 
     # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
     collector_host: str = "127.0.0.1"
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     # Web, logging
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
