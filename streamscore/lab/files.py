@@ -1,4 +1,4 @@
-"""JSON-lines files of the lab: lead snapshots and outcomes.
+"""JSON-lines files of the lab: lead snapshots, outcomes and learning examples.
 
 The worker integration fills the same values from Redis; these readers let `streamscore diff`
 and `streamscore learn` run on exported files. Every error names the file and line.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from streamscore.lab.diff import LeadOutcome, LeadSnapshot, Snapshot
 from streamscore.lab.errors import LabInputError
+
+if TYPE_CHECKING:
+    from streamscore.lab.learn import Example
 
 #: Outcome types (streamscore.outcomes) that mean the lead reached an opportunity: a deal won or
 #: lost was one.
@@ -22,6 +25,7 @@ OPPORTUNITY_TYPES = frozenset({"opportunity_created", "won", "lost"})
 OUTCOME_TYPES = frozenset(
     {"sales_accepted", "sales_rejected", "first_touch", "opportunity_created", "won", "lost"}
 )
+OUTCOMES = ("none", "opportunity", "won")
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -131,3 +135,30 @@ def read_outcomes(path: Path) -> dict[str, LeadOutcome]:
         seen = found.get(lead_id, LeadOutcome(False, False))
         found[lead_id] = LeadOutcome(seen.opportunity or opportunity, seen.won or won)
     return found
+
+
+def read_examples(path: Path) -> list[Example]:
+    """Learning examples, one per line: {"lead_id", "features": {name: value}, "score",
+    "outcome": "none" | "opportunity" | "won"} (names as streamscore.lab.learn.feature_name)."""
+    from streamscore.lab.learn import Example
+
+    examples: list[Example] = []
+    for number, record in json_lines(path):
+        features = record.get("features", {})
+        if not isinstance(features, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in features.values()
+        ):
+            raise _bad(path, number, "'features' must map names to finite numbers")
+        outcome = record.get("outcome", "none")
+        if outcome not in OUTCOMES:
+            raise _bad(path, number, f"'outcome' must be one of {', '.join(OUTCOMES)}")
+        examples.append(
+            Example(
+                lead_id=_string(path, number, record, "lead_id"),
+                features={str(k): float(v) for k, v in features.items()},
+                score=_number(path, number, record, "score"),
+                outcome=outcome,
+            )
+        )
+    return examples
