@@ -1,7 +1,8 @@
 """Seeded synthetic handoffs whose true weights are known, for `streamscore learn`.
 
 `python -m tests.lab_synthetic DIR [--examples N] [--seed S]` writes DIR/rules.yaml (the rules
-the examples were scored with: a deliberately wrong hand model) and DIR/examples.jsonl.
+the examples were scored with: a deliberately wrong hand model) and DIR/examples.jsonl, and for
+`streamscore diff` DIR/live.jsonl, DIR/candidate.jsonl and DIR/outcomes.jsonl.
 """
 
 from __future__ import annotations
@@ -153,8 +154,55 @@ def synthetic_examples(
     return examples
 
 
+def sample_snapshots(n: int, seed: int) -> tuple[list[dict[str, object]], ...]:
+    """JSON lines of a live snapshot, a candidate's and outcomes: the candidate weighs pricing
+    pages up and email clicks down, and intent (hidden) drives both pricing visits and deals."""
+    rng = np.random.default_rng(seed)
+    tiers = ["cold", "warm", "hot"]
+    live: list[dict[str, object]] = [{"model": "live", "rules_version": "v1", "tiers": tiers}]
+    candidate: list[dict[str, object]] = [
+        {"model": "candidate", "rules_version": "v2", "tiers": tiers}
+    ]
+    outcomes: list[dict[str, object]] = []
+    for i in range(n):
+        lead_id = f"lead-{i:05d}"
+        intent = rng.random()
+        pricing = float(rng.poisson(4 * intent))
+        clicks = float(rng.poisson(3))
+        fit = 25.0 if rng.random() < 0.3 else 0.0
+        for rows, weights in ((live, (8.0, 10.0)), (candidate, (16.0, 2.0))):
+            points = {"pricing_page": pricing * weights[0], "email_click": clicks * weights[1]}
+            if fit:
+                points["title_executive"] = fit
+            score = sum(points.values())
+            tier = "hot" if score >= 90 else "warm" if score >= 40 else "cold"
+            reasons = sorted(points.items(), key=lambda kv: -kv[1])[:3]
+            rows.append(
+                {
+                    "lead_id": lead_id,
+                    "tier": tier,
+                    "score": score,
+                    "handed_off": tier == "hot",
+                    "reasons": [list(r) for r in reasons],
+                    "points": points,
+                }
+            )
+        if rng.random() < 0.15 + 0.6 * intent * (1.3 if fit else 1.0):
+            outcomes.append({"lead_id": lead_id, "type": "opportunity_created"})
+            if rng.random() < 0.35:
+                outcomes.append({"lead_id": lead_id, "type": "won"})
+        elif rng.random() < 0.5:
+            outcomes.append({"lead_id": lead_id, "type": "sales_rejected"})
+    return live, candidate, outcomes
+
+
+def write_lines(path: Path, rows: list[dict[str, object]]) -> None:
+    """Write JSON lines."""
+    path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
 def main() -> None:
-    """Write rules.yaml and examples.jsonl into a directory."""
+    """Write rules.yaml, examples.jsonl and diff snapshots into a directory."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dir", type=Path)
     parser.add_argument("--examples", type=int, default=4000)
@@ -165,7 +213,14 @@ def main() -> None:
     with (args.dir / "examples.jsonl").open("wb") as out:
         for e in synthetic_examples(args.examples, args.seed):
             out.write(orjson.dumps(e._asdict()) + b"\n")
-    print(f"wrote {args.dir / 'rules.yaml'} and {args.examples} examples")
+    live, candidate, outcomes = sample_snapshots(args.examples, args.seed)
+    write_lines(args.dir / "live.jsonl", live)
+    write_lines(args.dir / "candidate.jsonl", candidate)
+    write_lines(args.dir / "outcomes.jsonl", outcomes)
+    print(
+        f"wrote {args.dir}: rules.yaml and {args.examples} examples.jsonl (learn), "
+        "live.jsonl, candidate.jsonl and outcomes.jsonl (diff)"
+    )
 
 
 if __name__ == "__main__":

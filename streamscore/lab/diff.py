@@ -418,16 +418,20 @@ def diff_snapshots(
 # ---------------------------------------------------------------- the terminal table
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """An aligned plain-text table: the first `left` columns left-aligned, the rest right."""
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, align: str = ""
+) -> str:
+    """An aligned plain-text table: the first `left` columns left-aligned, the rest right, or
+    each column as `align` says ("l" or "r" per column)."""
+    align = align or "l" * left + "r" * (len(headers) - left)
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         parts = [
-            cell.ljust(w) if i < left else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+            cell.ljust(w) if a == "l" else cell.rjust(w)
+            for cell, w, a in zip(cells, widths, align, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
