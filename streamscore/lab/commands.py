@@ -77,8 +77,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise StreamscoreError("--out must not be the rules file: promote the candidate instead")
     rules = load_rules(args.rules)
     limits = Limits(
-        min_examples=args.min_examples or DEFAULT_LIMITS.min_examples,
-        min_positives=args.min_positives or DEFAULT_LIMITS.min_positives,
+        min_examples=_default(args.min_examples, DEFAULT_LIMITS.min_examples),
+        min_positives=_default(args.min_positives, DEFAULT_LIMITS.min_positives),
     )
     examples = read_examples(args.examples)
     result = learn(examples, rules, target=args.target, seed=args.seed, c=args.c, limits=limits)
@@ -143,6 +143,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(f"wrote {args.report}")
     print(NEXT_STEPS.format(out=args.out))
     return 0
+
+
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _learned_version(version: str, target: str) -> str:

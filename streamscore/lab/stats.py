@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Final, Literal
 
-from streamscore.outcomes.kpi import Rate, wilson
+from streamscore.outcomes.kpi import Kpis, Rate, wilson
 
 ALPHA: Final = 0.05
 POWER: Final = 0.80
@@ -179,3 +179,18 @@ def compare_arms(
     level = alpha / max(1, len(others))
     k1, n1 = counts[control]
     return [compare((control, k1, n1), (arm, *counts[arm]), level, power) for arm in others]
+
+
+def arm_counts(kpis: Kpis, stage: Literal["opportunity", "won"]) -> dict[str, tuple[int, int]]:
+    """Per model (arm): (handoffs that reached `stage`, handoffs), over its rules versions.
+
+    This is conversion per handoff, what the KPI counters hold. When arms hand off different
+    shares of their leads, compare conversion per lead assigned instead: pass compare_arms
+    (converted, leads in the arm) from the assignment counts.
+    """
+    counts: dict[str, tuple[int, int]] = {}
+    for cohort in kpis.cohorts:
+        rate = cohort.total.opportunity if stage == "opportunity" else cohort.total.won
+        k, n = counts.get(cohort.model, (0, 0))
+        counts[cohort.model] = (k + rate.k, n + rate.n)
+    return counts

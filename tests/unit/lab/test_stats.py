@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from streamscore.lab.stats import (
+    arm_counts,
     compare,
     compare_arms,
     fisher_exact,
     minimum_detectable_effect,
     z_test,
 )
+from streamscore.outcomes.kpi import compute_kpis, field
 
 
 @st.composite
@@ -151,3 +153,21 @@ def test_several_arms_are_judged_at_a_bonferroni_level() -> None:
     assert "at 2.5%" in found[0].statement()
     with pytest.raises(ValueError, match="no counts"):
         compare_arms(counts, "missing")
+
+
+def test_arm_counts_sum_each_models_rules_versions() -> None:
+    counters = {
+        field("live", "v1", "handoffs", "hot"): 600,
+        field("live", "v1", "stage", "hot", "opportunity"): 60,
+        field("live", "v0", "handoffs", "warm"): 400,
+        field("live", "v0", "stage", "warm", "opportunity"): 40,
+        field("live", "v0", "stage", "warm", "won"): 10,
+        field("candidate", "v2", "handoffs", "hot"): 1000,
+        field("candidate", "v2", "stage", "hot", "opportunity"): 130,
+        field("candidate", "v2", "stage", "hot", "won"): 30,
+    }
+    kpis = compute_kpis(counters, ("cold", "warm", "hot"))
+    assert arm_counts(kpis, "opportunity") == {"live": (100, 1000), "candidate": (130, 1000)}
+    assert arm_counts(kpis, "won") == {"live": (10, 1000), "candidate": (30, 1000)}
+    (found,) = compare_arms(arm_counts(kpis, "opportunity"), "live")
+    assert found.p_value == pytest.approx(z_test(100, 1000, 130, 1000)[1])
