@@ -4,6 +4,7 @@ export valid and otherwise unchanged, and refusals when the outcomes cannot supp
 from __future__ import annotations
 
 import copy
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from streamscore.lab.learn import (
 from streamscore.scoring.rules import load_rules, parse_rules_text
 from tests.conftest import RULES_FILE
 from tests.lab_synthetic import RULES_YAML, TRUE_PER_UNIT, synthetic_examples
+from tests.unit.scoring.test_rules import BASE_TOML
 
 SYNTH_RULES = parse_rules_text(RULES_YAML, "synth.yaml")
 
@@ -140,16 +142,21 @@ def test_export_passes_load_rules_and_keeps_all_but_points_and_version(
     assert all("points:" in line or line.startswith("version:") for line in changed)
 
 
-def random_examples(rules_text: str, n: int, seed: int) -> list[Example]:
-    """Examples for any rules: every learnable feature drawn at random, a random true model."""
-    rules = parse_rules_text(rules_text, "rules.yaml")
+def random_examples(rules_text: str, n: int, seed: int, source: str = "r.yaml") -> list[Example]:
+    """Examples for any rules: every learnable feature drawn at random, a random true model
+    (positive weights, so that the learned score of a handoff is positive on average)."""
+    rules = parse_rules_text(rules_text, source)
     rng = np.random.default_rng(seed)
     features = rule_features(rules)
-    truth = rng.normal(0, 1, len(features))
+    truth = rng.uniform(0.1, 1.5, len(features))
     out = []
     for i in range(n):
         row: dict[str, float] = {}
-        logit = -1.0
+        # centred, so that about a third of the handoffs convert
+        logit = -1.0 - sum(
+            w * (0.8 if f.kind == "engagement" else 0.3)
+            for f, w in zip(features, truth, strict=True)
+        )
         for f, w in zip(features, truth, strict=True):
             if f.kind == "engagement":
                 units = float(rng.poisson(0.8))
@@ -263,3 +270,16 @@ def test_weights_that_give_handoffs_no_positive_score_are_refused() -> None:
     ]
     with pytest.raises(LearnRefused, match="cannot be scaled onto the current thresholds"):
         learn(contradicting, SYNTH_RULES, seed=0)
+
+
+def test_a_toml_rules_file_is_exported_as_yaml(tmp_path: Path) -> None:
+    rules = parse_rules_text(BASE_TOML, "rules.toml")
+    result = learn(random_examples(BASE_TOML, 800, 4, "rules.toml"), rules)
+    text = candidate_rules_text(BASE_TOML, "rules.toml", result.weights, "t-2", "learned")
+    assert "written afresh" in text
+    path = tmp_path / "candidate.yaml"
+    path.write_text(text, encoding="utf-8")
+    candidate = load_rules(path)
+    assert candidate.version == "t-2"
+    assert candidate.tiers == rules.tiers
+    assert strip_points(yaml.safe_load(text)) == strip_points(tomllib.loads(BASE_TOML))
