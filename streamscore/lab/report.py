@@ -155,7 +155,7 @@ def precision_chart(quality: Sequence[ModelQuality]) -> Chart:
         for q, colour in zip(quality, MODEL_COLOURS, strict=True)
     ]
     fig = go.Figure(bars)
-    _layout(fig, "Handoffs against outcomes", "", "share", True)
+    _layout(fig, "Handoffs against outcomes", "measure and outcome", "share", True)
     return Chart(
         "precision",
         "Precision: handed-off leads that became an opportunity (or won). Recall: leads that "
