@@ -173,3 +173,14 @@ def test_a_version_kept_twice_with_different_text_keeps_both(live: Path, tmp_pat
     promote(second, live, NOW)
     assert (history / "rules.v2~1.yaml").read_text(encoding="utf-8") == candidate_text("v2")
     assert kept_versions(live)["v2"] == history / "rules.v2~1.yaml"
+
+
+def test_a_first_promotion_creates_the_live_file(tmp_path: Path) -> None:
+    live = tmp_path / "rules.yaml"
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(LIVE_TEXT, encoding="utf-8")
+    done = promote(candidate, live, NOW)
+    assert done.kept is None
+    assert done.change.lines()[0] == f"version: (none) -> {LIVE_VERSION}"
+    assert live.read_text(encoding="utf-8") == LIVE_TEXT
+    assert oct(live.stat().st_mode & 0o777) == oct(0o644)
