@@ -22,10 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streamscore.lab.errors import ExperimentError
+from streamscore.outcomes.kpi import MODEL_NAME
 from streamscore.scoring.source_lines import line_index
 
 #: Arm names become the `model` label of metrics and KPIs: the outcomes module's model names.
-ARM_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+ARM_NAME = MODEL_NAME
 #: BLAKE2b keys are at most 64 bytes; the experiment name is the key.
 MAX_EXPERIMENT_NAME = 64
 _TWO_53 = float(1 << 53)
