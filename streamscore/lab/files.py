@@ -9,15 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from streamscore.lab.diff import LeadOutcome, LeadSnapshot, Snapshot
 from streamscore.lab.errors import LabInputError
-
-if TYPE_CHECKING:
-    from streamscore.lab.learn import Example
+from streamscore.lab.examples import Example
 
 #: Outcome types (streamscore.outcomes) that mean the lead reached an opportunity: a deal won or
 #: lost was one.
@@ -139,9 +137,7 @@ def read_outcomes(path: Path) -> dict[str, LeadOutcome]:
 
 def read_examples(path: Path) -> list[Example]:
     """Learning examples, one per line: {"lead_id", "features": {name: value}, "score",
-    "outcome": "none" | "opportunity" | "won"} (names as streamscore.lab.learn.feature_name)."""
-    from streamscore.lab.learn import Example
-
+    "outcome": "none" | "opportunity" | "won"} (names as streamscore.lab.examples.feature_name)."""
     examples: list[Example] = []
     for number, record in json_lines(path):
         features = record.get("features", {})

@@ -3,18 +3,19 @@ at handoff, judged on a held-out split against the current rules' score, and exp
 file with integer points, so the learned model stays a rules file: explainable, and promoted
 through replay, diff and shadow like any other.
 
-Features (streamscore.lab.learn.feature_name): each engagement rule's decayed points at handoff
-(named by rule id), each fit rule that matched (rule id, 0/1), each BANT criterion met
-(`bant:<criterion>`, 0/1). Points come from coefficients (see `scale_points`); BANT criteria carry
-no points in a rules file (they gate the handoff), so their weights are reported, not exported.
+Features (streamscore.lab.examples, importable without scikit-learn): each engagement rule's
+decayed points at handoff (named by rule id), each fit rule that matched (rule id, 0/1), each
+BANT criterion met (`bant:<criterion>`, 0/1). Points come from coefficients (`scale_points`);
+BANT criteria carry no points in a rules file (they gate the handoff), so their weights are
+reported, not exported.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -23,21 +24,31 @@ from sklearn.preprocessing import StandardScaler
 
 from streamscore.lab.diff import roc_auc
 from streamscore.lab.errors import LearnRefused
+from streamscore.lab.examples import (
+    BANT_PREFIX,
+    Example,
+    FeatureKind,
+    Outcome,
+    Target,
+    feature_name,
+    features_at_handoff,
+    is_positive,
+)
 from streamscore.scoring.rules import BANT_CRITERIA, CompiledRules
 
-Outcome = Literal["none", "opportunity", "won"]
-Target = Literal["opportunity", "won"]
-FeatureKind = Literal["engagement", "fit", "bant"]
-BANT_PREFIX: Final = "bant:"
-
-
-class Example(NamedTuple):
-    """One handoff: its features then, its score under the rules then, and how far it got."""
-
-    lead_id: str
-    features: Mapping[str, float]  # feature_name -> value; absent means 0
-    score: float  # the current rules' score at handoff
-    outcome: Outcome  # furthest stage: a won deal was an opportunity; a lost deal was one too
+__all__ = [
+    "BANT_PREFIX",
+    "DEFAULT_LIMITS",
+    "Example",
+    "LearnResult",
+    "Limits",
+    "Outcome",
+    "Target",
+    "feature_name",
+    "features_at_handoff",
+    "is_positive",
+    "learn",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,29 +68,6 @@ class Limits:
 
 
 DEFAULT_LIMITS: Final = Limits()
-
-
-def feature_name(kind: FeatureKind, name: str) -> str:
-    """The example feature of an engagement or fit rule (its id) or a BANT criterion."""
-    return BANT_PREFIX + name if kind == "bant" else name
-
-
-def features_at_handoff(
-    engagement_points: Mapping[str, float], fit_matched: Iterable[str], bant_mask: int
-) -> dict[str, float]:
-    """An example's features from what the engine has at handoff: decayed points by engagement
-    rule id, the ids of the fit rules that matched, the BANT mask (bit i: BANT_CRITERIA[i])."""
-    features = {rule: float(points) for rule, points in engagement_points.items() if points}
-    features.update((rule, 1.0) for rule in fit_matched)
-    features.update(
-        (feature_name("bant", c), 1.0) for i, c in enumerate(BANT_CRITERIA) if bant_mask >> i & 1
-    )
-    return features
-
-
-def is_positive(outcome: Outcome, target: Target) -> bool:
-    """Did the lead reach the target (a won deal counts as an opportunity)."""
-    return outcome == "won" if target == "won" else outcome != "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from streamscore.lab.errors import LearnRefused
+from streamscore.lab.examples import features_from_contributions
 from streamscore.lab.export import candidate_rules_text
 from streamscore.lab.files import read_examples
 from streamscore.lab.learn import (
@@ -242,6 +243,16 @@ def test_an_opportunity_target_counts_won_deals() -> None:
         learn(refused_for_won + examples[60:], SYNTH_RULES, target="won")
     with pytest.raises(LearnRefused, match="no rule fires in enough examples"):
         learn(refused_for_won + examples[60:], SYNTH_RULES, target="opportunity")
+
+
+def test_features_from_contributions_split_engagement_fit_and_bant() -> None:
+    contributions = [("pricing_page", 17.5), ("title_executive", 5.0), ("unsubscribe", -30.0)]
+    assert features_from_contributions(contributions, 0b0010, SYNTH_RULES) == {
+        "pricing_page": 17.5,
+        "unsubscribe": -30.0,
+        "title_executive": 1.0,
+        "bant:authority": 1.0,
+    }
 
 
 def test_features_at_handoff_names_rules_and_bant() -> None:

@@ -43,6 +43,7 @@ def test_importing_the_stdlib_core_loads_no_io_module() -> None:
         "streamscore.lab.stats",
         "streamscore.lab.diff",
         "streamscore.lab.files",
+        "streamscore.lab.examples",
         "streamscore.lab.promote",
     )
     assert "streamscore.lab.diff" in loaded
