@@ -14,6 +14,7 @@ import orjson
 
 from streamscore.config import Settings, load_settings
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
+from streamscore.lab.commands import add_lab_commands
 
 EXIT_USAGE = 2
 #: The write key `streamscore dev` gives its collector when collector_write_keys is unset.
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
     report.set_defaults(func=cmd_report)
+
+    add_lab_commands(sub)
     return parser
 
 
