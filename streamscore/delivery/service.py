@@ -45,7 +45,7 @@ HANDOFF_SCHEMA_FILE: Final = "handoff.v1.json"
 #: A handoff_id is sent as the Idempotency-Key header: visible ASCII only (the schema allows
 #: any string; the worker's ids are hex), or the HTTP client would refuse the request.
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
-#: How long one fetch waits for records; also how soon a freed slot is refilled.
+#: How long one fetch waits for records, and the longest gap between two polls when full.
 FETCH_TIMEOUT_MS: Final = 100
 COMMIT_TIMEOUT_S: Final = 5.0
 #: At a stop, deliveries in flight may finish for this long; the rest are redelivered later.
@@ -207,13 +207,21 @@ class DeliveryService:
 
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         free = self.settings.delivery_concurrency - len(self._jobs)
-        # Full: stop fetching but keep calling getmany, or the group would count this member
-        # as stuck after max_poll_interval_ms and take its partitions while deliveries retry.
         if free <= 0:
+            # Full: wait for a slot, but keep calling getmany (on paused partitions), or the
+            # group would count this member as stuck after max_poll_interval_ms and take its
+            # partitions away while deliveries retry.
             consumer.pause(*consumer.assignment())
-        elif consumer.paused():
-            consumer.resume(*consumer.paused())
-        records = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=max(free, 1))
+            await asyncio.wait(
+                list(self._jobs),
+                timeout=FETCH_TIMEOUT_MS / 1000,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            records = await consumer.getmany(timeout_ms=0, max_records=1)
+        else:
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+            records = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=free)
         for tp, messages in records.items():
             if tp not in self.assigned:  # revoked while the fetch was under way
                 continue
