@@ -263,6 +263,9 @@ async def test_every_handoff_arrives_signed_and_failures_are_dead_lettered(
         assert status == 200
         status, ready = await asyncio.to_thread(proc.get, "/readyz")
         assert status == 200 and orjson.loads(ready)["ready"] is True
+        assert orjson.loads(ready)["webhooks"][1] == {"index": 1, "url": webhooks.base}
+        status, alive = await asyncio.to_thread(proc.get, "/healthz")
+        assert status == 200 and orjson.loads(alive) == {"alive": True}
     finally:
         code = await asyncio.to_thread(proc.terminate)
     assert code == 0, proc.log()
