@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, dev, rules check, lead, report."""
+"""The `streamscore` command: worker, collector, deliver, dev, rules check, lead, report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from streamscore.config import Settings, load_settings
+from streamscore.config import ENV_PREFIX, Settings, load_settings
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
 from streamscore.lab.commands import add_lab_commands
 
@@ -71,6 +71,22 @@ def cmd_collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """Post each handoff to the configured webhooks, signed, at least once."""
+    from streamscore.delivery.runner import serve
+    from streamscore.logs import logging_config
+
+    settings = _settings(args)
+    if not settings.delivery_webhook_urls:
+        raise ConfigError(
+            f"no webhook to deliver to: set {ENV_PREFIX}DELIVERY_WEBHOOK_URLS "
+            "(or delivery_webhook_urls in the settings file)"
+        )
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    serve(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.devstack import DevStack, free_port
@@ -84,6 +100,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             redis_url=stack.redis_url,
             web_port=web_port,
             web_host="127.0.0.1",
+            delivery_web_port=free_port(),
         )
         print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
         print(f"redis url: {stack.redis_url}", flush=True)
@@ -95,6 +112,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
             services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+        if settings.delivery_webhook_urls:
+            from streamscore.delivery.runner import DeliveryAgent
+
+            port = settings.delivery_web_port
+            print(f"delivery metrics url: http://127.0.0.1:{port}/metrics", flush=True)
+            services.append(DeliveryAgent(settings))
         try:
             _run_faust(settings, services)
         except SystemExit as exc:
@@ -212,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     collector = sub.add_parser("collector", help=cmd_collector.__doc__)
     collector.set_defaults(func=cmd_collector)
+
+    deliver = sub.add_parser("deliver", help=cmd_deliver.__doc__)
+    deliver.set_defaults(func=cmd_deliver)
 
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
