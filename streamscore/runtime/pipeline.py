@@ -30,13 +30,18 @@ from aiokafka import TopicPartition
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
-from streamscore.runtime.leads import CachedLead, LeadCache
+from streamscore.runtime.leads import (
+    CachedLead,
+    LeadCache,
+    sets_a_lead_could_be_in,
+    sorted_sets_of,
+)
 from streamscore.runtime.ledger import Hold, OffsetLedger
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-from streamscore.scoring.state import advance, apply_event, due_ms
+from streamscore.scoring.state import advance, apply_event
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
@@ -316,19 +321,13 @@ class Pipeline:
                 state = lead.state
                 lead.version += 1
                 value = versioned(lead.version, encode_lead(state))
-                due = due_ms(state, rules)
-                partition = state.partition
-                new_due = (
-                    None if due is None or partition is None else (keys.due(group, partition), due)
+                want = sorted_sets_of(state, group, keys, rules)
+                could_be_in = (
+                    sets_a_lead_could_be_in(state, group, keys, rules) if lead.sets is None else ()
                 )
-                old_due = lead.due
-                add = new_due if new_due is not None and new_due != old_due else None
-                remove = None
-                if old_due is not None and (new_due is None or new_due[0] != old_due[0]):
-                    remove = old_due[0]
-                commit.leads.append(LeadWrite(key, lead.prefix, value, add, remove))
+                adds, removes = lead.set_changes(want, could_be_in)
+                commit.leads.append(LeadWrite(key, lead.prefix, value, adds, removes))
                 lead.prefix = value[:8]
-                lead.due = new_due
             calls.append((group, commit.pack(keys), w.outputs))
         return calls
 
