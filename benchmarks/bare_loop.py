@@ -18,7 +18,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from streamscore.config import load_settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.kafka.clients import make_consumer
 from streamscore.metrics import create_metrics
 from streamscore.ruleset import RulesHolder

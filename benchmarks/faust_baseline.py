@@ -15,7 +15,7 @@ import faust
 
 from streamscore.config import Settings, load_settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
 from streamscore.outputs import format_output

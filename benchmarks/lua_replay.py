@@ -23,7 +23,7 @@ from benchmarks.bench import RULES_FILE, WINDOW_MS, redis_binary
 from benchmarks.stages import KINDS, TOPICS, valkey_cpu_s
 from benchmarks.workload import build_workload
 from streamscore import devstack
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.metrics import create_metrics
 from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide

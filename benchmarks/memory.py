@@ -13,7 +13,7 @@ import orjson
 import redis
 
 from benchmarks.workload import EventFactory, Profiles, lead_id_of
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
 from streamscore.ruleset import RulesHolder

@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from redis.asyncio.connection import Connection
 
 from benchmarks.workload import Message
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
 from streamscore.ruleset import RulesHolder

@@ -17,8 +17,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
+from streamscore.events import Event, Limits, parse_event
 from streamscore.events.deadletter import dead_letter_record
-from streamscore.events.envelope import Event, Limits, parse_event
 from streamscore.kafka.clients import make_consumer
 from streamscore.metrics import Metrics
 from streamscore.outputs import format_output

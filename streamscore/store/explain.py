@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from streamscore.outputs import rfc3339
+from streamscore.events.timefmt import format_time_ms
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES, CompiledRules
 
 
@@ -35,7 +35,7 @@ def describe_lead(fields: dict[str, str], rules: CompiledRules, now_ms: int) -> 
             points[name] = points.get(name, 0.0) + float(value)
         elif kind == "p:":
             time_ms, attr_value, _fit, _mask, _dq, reasons = orjson.loads(value)
-            attributes[name] = {"value": attr_value, "seen_at": rfc3339(int(time_ms))}
+            attributes[name] = {"value": attr_value, "seen_at": format_time_ms(int(time_ms))}
             for rule_id, p in reasons or []:
                 points[rule_id] = points.get(rule_id, 0.0) + float(p)
     mask = int(float(fields.get("bant", "0")))
@@ -51,9 +51,9 @@ def describe_lead(fields: dict[str, str], rules: CompiledRules, now_ms: int) -> 
         "bant": {c: bool(mask >> i & 1) for i, c in enumerate(BANT_CRITERIA)},
         "disqualified": fields.get("dq") == "1" or fields.get("fdq") == "1",
         "handoff_armed": fields.get("arm", "1") == "1",
-        "last_event_time": rfc3339(int(float(fields["lt"]))) if "lt" in fields else None,
+        "last_event_time": format_time_ms(int(float(fields["lt"]))) if "lt" in fields else None,
         "rules_version": fields.get("ver"),
-        "as_of": rfc3339(at),
+        "as_of": format_time_ms(at),
         "contributions": [
             {"rule": r, "points": round(p, 3)}
             for r, p in sorted(points.items(), key=lambda kv: (-abs(kv[1]), kv[0]))

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from streamscore import devstack
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TOPIC_BY_TYPE, EventType
 from streamscore.kafka.clients import ensure_topics
 from streamscore.metrics import create_metrics

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
 from streamscore.scoring.engine import decide

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.envelope import (
+from streamscore.events import (
     MAX_LEAD_ID_CHARS,
     REJECT_REASONS,
     Limits,

@@ -1,0 +1,84 @@
+"""The one time format: format_time_ms and parse_time_ms against calendar arithmetic."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamscore.events import RFC3339_PATTERN, format_time_ms, parse_time_ms
+
+MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write
+DAY_MS = 86_400_000
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+PROPERTY = settings(max_examples=300, deadline=None, database=None)
+
+
+def reference_text(ms: int, offset_min: int = 0, extra_digits: str = "") -> str:
+    """The instant `ms` written in local time at `offset_min`, from day and clock arithmetic."""
+    days, clock_ms = divmod(ms + offset_min * 60_000, DAY_MS)
+    day = date.fromordinal(EPOCH_ORDINAL + days)
+    hour, rest = divmod(clock_ms, 3_600_000)
+    minute, rest = divmod(rest, 60_000)
+    second, milli = divmod(rest, 1000)
+    if offset_min:
+        sign = "+" if offset_min > 0 else "-"
+        zone = f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    else:
+        zone = "Z"
+    return (
+        f"{day.year:04d}-{day.month:02d}-{day.day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+        f".{milli:03d}{extra_digits}{zone}"
+    )
+
+
+@PROPERTY
+@given(ms=st.integers(MIN_MS, MAX_MS))
+def test_format_is_the_calendar_reference(ms: int) -> None:
+    text = format_time_ms(ms)
+    assert text == reference_text(ms)
+    assert re.match(RFC3339_PATTERN, text)
+
+
+@PROPERTY
+@given(ms=st.integers(0, MAX_MS))
+def test_parse_inverts_format(ms: int) -> None:
+    assert parse_time_ms(format_time_ms(ms)) == ms
+
+
+# Local times that stay within years 1..9999 whatever the offset.
+@PROPERTY
+@given(
+    ms=st.integers(MIN_MS + DAY_MS, MAX_MS - DAY_MS),
+    offset_min=st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+    extra_digits=st.text("0123456789", max_size=6),
+)
+def test_parse_applies_the_offset_and_floors_sub_milliseconds(
+    ms: int, offset_min: int, extra_digits: str
+) -> None:
+    assert parse_time_ms(reference_text(ms, offset_min, extra_digits)) == ms
+
+
+def test_examples() -> None:
+    assert format_time_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert format_time_ms(1_760_000_000_123) == "2025-10-09T08:53:20.123Z"
+    assert format_time_ms(-1) == "1969-12-31T23:59:59.999Z"
+    assert parse_time_ms("2024-05-01T12:00:00Z") == 1_714_564_800_000
+    assert parse_time_ms("2024-05-01T14:00:00.5+02:00") == 1_714_564_800_500
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2024-05-01T12:00:00", "no timezone"),
+        ("2024-02-30T12:00:00Z", "day is out of range for month"),
+        ("yesterday", "Invalid isoformat string"),
+    ],
+)
+def test_parse_rejects_with_value_error(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_time_ms(text)
