@@ -16,9 +16,9 @@ import faust
 from streamscore.config import Settings, load_settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Limits, parse_event
+from streamscore.events.outputs import format_output
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
-from streamscore.outputs import format_output
 from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace

@@ -19,9 +19,9 @@ from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Event, Limits, parse_event
 from streamscore.events.deadletter import dead_letter_record
+from streamscore.events.outputs import format_output
 from streamscore.kafka.clients import make_consumer
 from streamscore.metrics import Metrics
-from streamscore.outputs import format_output
 from streamscore.retry import with_retry
 from streamscore.ruleset import RulesHolder
 from streamscore.scoring.engine import decide

@@ -26,10 +26,10 @@ import redis.asyncio as aioredis
 from streamscore import devstack
 from streamscore.config import Settings
 from streamscore.events import Limits, parse_event
+from streamscore.events.outputs import output_id
 from streamscore.events.types import TOPIC_BY_TYPE, EventType
 from streamscore.kafka.clients import ensure_topics
 from streamscore.metrics import create_metrics
-from streamscore.outputs import output_id
 from streamscore.scoring.engine import decide
 from streamscore.scoring.model import LeadState, Output, apply_event, score_at
 from streamscore.scoring.rules import load_rules

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 from streamscore.config import Settings
 from streamscore.events import Limits, format_time_ms, parse_event
+from streamscore.events.outputs import output_id
 from streamscore.events.types import TopicKind
 from streamscore.kafka.clients import ensure_topics
 from streamscore.metrics import create_metrics
-from streamscore.outputs import output_id
 from streamscore.scoring.engine import decide
 from streamscore.scoring.model import (
     LeadState,

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from streamscore.outputs import format_output, output_id
+from streamscore.events.outputs import format_output, output_id
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
 from streamscore.store.wire import decode_outputs
 from tests.conftest import REPO_ROOT
