@@ -59,7 +59,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
-    from streamscore.devstack import DevStack, free_port
+    from streamscore.dev import DevStack, free_port
 
     base = _settings(args)
     with DevStack(kafka_bootstrap=args.kafka, redis_url=args.redis) as stack:
@@ -77,7 +77,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"rules: {base.rules_file} (lead state: http://127.0.0.1:{web_port}/leads/ID)")
         services: list[Any] = []
         if args.demo:
-            from streamscore.demo import DemoTraffic, HandoffPrinter
+            from streamscore.dev.demo import DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
             services = [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import Settings, load_settings
 
 KAFKA_BOOTSTRAP_ENV = "STREAMSCORE_TEST_KAFKA_BOOTSTRAP"
@@ -33,7 +33,7 @@ class RedisServer:
 
     def __init__(self, url: str | None = None) -> None:
         self._external_url = url
-        self.server: devstack.EmbeddedServer | None = None
+        self.server: dev.EmbeddedServer | None = None
 
     @property
     def embedded(self) -> bool:
@@ -66,11 +66,9 @@ class RedisServer:
         """Start the server; after stop(), a fresh, empty one on the same port; else a no-op."""
         self._require_embedded()
         if self.server is None:
-            self.server = devstack.start_valkey()
+            self.server = dev.start_valkey()
         elif not self.server.alive():
-            self.server = devstack.start_valkey(
-                port=self.server.port, password=self.server.password
-            )
+            self.server = dev.start_valkey(port=self.server.port, password=self.server.password)
 
     def restart(self) -> None:
         """Stop, then start a fresh, empty server on the same port."""
@@ -85,7 +83,7 @@ class RedisServer:
                 pytrace=False,
             )
 
-    def _embedded(self) -> devstack.EmbeddedServer:
+    def _embedded(self) -> dev.EmbeddedServer:
         self._require_embedded()
         if self.server is None:
             raise RuntimeError("the embedded Valkey was never started")
@@ -99,13 +97,13 @@ class RedisServer:
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_leaked_servers() -> Iterator[None]:
-    """Fail the session if a server started through devstack outlives its fixture or test."""
+    """Fail the session if a server started through streamscore.dev outlives its fixture or test."""
     yield
-    leaked = devstack.running_servers()
+    leaked = dev.running_servers()
     if leaked:
         listed = ", ".join(f"{s.name} pid {s.pid} on {s.address}" for s in leaked)
-        devstack.stop_all()
-        pytest.fail(f"devstack servers still running at session end: {listed}", pytrace=False)
+        dev.stop_all()
+        pytest.fail(f"embedded servers still running at session end: {listed}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +113,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    broker = devstack.start_broker()
+    broker = dev.start_broker()
     try:
         yield broker.bootstrap
     finally:
@@ -172,7 +170,7 @@ def settings_factory(kafka_bootstrap: str, redis_url: str, unique: str) -> Calla
             **topics,
             "consumer_group": f"ss-test-{unique}",
             "redis_key_prefix": f"sstest:{unique}",
-            "web_port": devstack.free_port(),
+            "web_port": dev.free_port(),
             "rules_file": RULES_FILE,
         }
         values.update(overrides)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import ENV_PREFIX, Settings, settings_env
 from streamscore.kafka.clients import ensure_topics
 
@@ -37,7 +37,7 @@ class WorkerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
         )
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamscore import devstack
+from streamscore import dev
 from tests.conftest import REPO_ROOT
 
 
@@ -50,7 +50,7 @@ def test_dev_demo_shows_a_handoff_and_leaves_no_process(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509
         )
         try:
             deadline = time.monotonic() + 90
