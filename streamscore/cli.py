@@ -37,6 +37,9 @@ def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
         logging_config=config,
         quiet=True,
     )
+    # Faust's start-up spinner (on at WARNING and above) writes cursor codes to stdout even when
+    # it is a file or a pipe, and sets the root logger to DEBUG so that every record turns it.
+    worker.spinner = None
     tune_gc()
     worker.execute_from_commandline()
 
