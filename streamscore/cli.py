@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import logging.config
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import orjson
-
-from streamscore.config import Settings, load_settings
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
+
+if TYPE_CHECKING:
+    from streamscore.config import Settings
+
+# Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
+# installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
 
 EXIT_USAGE = 2
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from streamscore.config import load_settings
+
     return load_settings(args.config, **overrides)
 
 
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
+    import logging.config
+
     from streamscore.app import ScoringProcess, create_app
     from streamscore.logs import logging_config
 
@@ -41,7 +48,27 @@ def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
     # it is a file or a pipe, and sets the root logger to DEBUG so that every record turns it.
     worker.spinner = None
     tune_gc()
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        # Closing its loop reset SIGINT and SIGTERM to Python's defaults; the servers still stop.
+        stop_on_signals()
+
+
+def stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt, until Faust's loop takes them over.
+
+    A process that inherits SIGINT ignored (a background job of a non-interactive shell:
+    `streamscore dev &`) keeps it ignored, since Python installs its handler only over the
+    default: a SIGINT before Faust installed its own, a second or more into the start, was lost.
+    SIGTERM's default ends the process at once, leaving the servers to PDEATHSIG.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def tune_gc() -> None:
@@ -114,11 +141,15 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_lead(args: argparse.Namespace) -> int:
     """Print one lead's score, tier, grade, BANT and top contributing rules."""
+    import asyncio
+
     settings = _settings(args)
     return asyncio.run(_show_lead(settings, args.lead_id, args.json))
 
 
 async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
+    import orjson
+
     from streamscore.metrics import create_metrics
     from streamscore.scoring.rules import load_rules
     from streamscore.store.explain import describe_lead
@@ -189,9 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    stop_on_signals()
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+    except KeyboardInterrupt as exc:
+        # Whatever had started was stopped on the way out (DevStack, the worker's finally).
+        print(f"streamscore: stopped by {exc or 'SIGINT'}", file=sys.stderr)
+        return 0
     except (ConfigError, RulesError) as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,5 +1,5 @@
-"""`streamscore dev` as a user runs it: addresses, a handoff, clean logs, and a stop that leaves
-no process."""
+"""`streamscore dev` as a user runs it: addresses, a handoff, clean logs, and a stop that always
+stops everything, whenever the signal comes."""
 
 from __future__ import annotations
 
@@ -206,3 +206,24 @@ def test_a_log_written_to_a_file_has_no_terminal_escape_codes(
     raw = process.log_path.read_bytes()
     assert b"kafka bootstrap: " in raw
     assert b"\x1b" not in raw and b"\b" not in raw, raw[:400]
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+@pytest.mark.parametrize("delay_s", [0.1, 0.3, 0.7, 1.2, 2.5])
+def test_sigint_at_any_moment_of_start_up_stops_everything(
+    start_dev: Callable[..., DevProcess], delay_s: float, inherited: str
+) -> None:
+    """SIGINT while the stack starts: a prompt, clean exit and no server left behind.
+
+    `ignored` starts it as a non-interactive shell starts a background job (`streamscore dev &`):
+    with SIGINT ignored, which Python keeps, so only Faust's own handler, installed a second or
+    more into the start, would have seen the signal.
+    """
+    process = start_dev("--demo", ignore_sigint=inherited == "ignored")
+    process.watch(delay_s)
+    code, _ = process.stop(signal.SIGINT)
+    text = process.text()
+    assert code is not None, f"still running {STOP_WITHIN_S} s after SIGINT:\n{text[-4000:]}"
+    assert code == 0, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert not process.leftovers(), text[-4000:]
