@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from streamscore import interrupts
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
 
 if TYPE_CHECKING:
@@ -48,27 +47,13 @@ def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
     # it is a file or a pipe, and sets the root logger to DEBUG so that every record turns it.
     worker.spinner = None
     tune_gc()
+    interrupts.raise_if_pending()
+    interrupts.forward_to_loop(worker.loop)
     try:
         worker.execute_from_commandline()
     finally:
         # Closing its loop reset SIGINT and SIGTERM to Python's defaults; the servers still stop.
-        stop_on_signals()
-
-
-def stop_on_signals() -> None:
-    """Make SIGINT and SIGTERM raise KeyboardInterrupt, until Faust's loop takes them over.
-
-    A process that inherits SIGINT ignored (a background job of a non-interactive shell:
-    `streamscore dev &`) keeps it ignored, since Python installs its handler only over the
-    default: a SIGINT before Faust installed its own, a second or more into the start, was lost.
-    SIGTERM's default ends the process at once, leaving the servers to PDEATHSIG.
-    """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+        interrupts.install()
 
 
 def tune_gc() -> None:
@@ -93,6 +78,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     base = _settings(args)
     with DevStack(kafka_bootstrap=args.kafka, redis_url=args.redis) as stack:
+        interrupts.raise_if_pending()  # a signal dropped while a server was forked
         web_port = args.web_port or free_port()
         settings = _settings(
             args,
@@ -220,13 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    stop_on_signals()
-    args = build_parser().parse_args(argv)
+    interrupts.install()
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.func(args)
     except KeyboardInterrupt as exc:
         # Whatever had started was stopped on the way out (DevStack, the worker's finally).
         print(f"streamscore: stopped by {exc or 'SIGINT'}", file=sys.stderr)
+        interrupts.clear()
+        interrupts.forget_unhandled_interrupt()
         return 0
     except (ConfigError, RulesError) as exc:
         print(f"streamscore: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PORT_IN_USE = re.compile(r"address (already )?in use", re.IGNORECASE)
 
 _PR_SET_PDEATHSIG = 1
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -218,8 +219,17 @@ def launch(
             _check_port_free(name, host, port)
         else:
             bind_port = free_port(host)
-        server = _spawn(name, binary, host, bind_port, argv, stop_signal, password)
+        # SIGINT and SIGTERM wait, blocked, from before the fork until the child is registered
+        # and this try can stop it: a KeyboardInterrupt raised in between would leave a child
+        # nobody stops, or be dropped by Python in the at-fork hooks it runs in the parent.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
         try:
+            server = _spawn(name, binary, host, bind_port, argv, stop_signal, password, mask)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a deferred signal acts here
             _wait_ready(server, probe, deadline, timeout_s)
         except _PortTakenError:
             server.stop()
@@ -243,6 +253,7 @@ def _spawn(
     argv: Callable[[int, Path], list[str]],
     stop_signal: int,
     password: str | None,
+    mask: set[int | signal.Signals],
 ) -> EmbeddedServer:
     workdir = Path(tempfile.mkdtemp(prefix=f"streamscore-{name}-{port}-"))
     log_path = workdir / "server.log"
@@ -260,9 +271,7 @@ def _spawn(
                 # Own session: a Ctrl-C in the terminal reaches Python, which stops the
                 # servers in order, instead of killing them under a running test.
                 start_new_session=True,
-                # preexec_fn is unsafe when it runs Python that takes locks another thread may
-                # hold at fork; this one only calls prctl (resolved at import) and getppid.
-                preexec_fn=die_with_parent(os.getpid()) if _PRCTL is not None else None,  # noqa: PLW1509
+                preexec_fn=_child_setup(os.getpid(), mask),  # noqa: PLW1509
             )
     except OSError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -285,6 +294,20 @@ def _spawn(
     with _registry_lock:
         _registry[proc.pid] = server
     return server
+
+
+def _child_setup(parent_pid: int, mask: set[int | signal.Signals]) -> Callable[[], None]:
+    # preexec_fn is unsafe when it runs Python that takes locks another thread may hold at
+    # fork; this one only restores the signal mask from before launch() blocked SIGINT and
+    # SIGTERM (exec keeps a mask) and calls prctl and getppid.
+    die = die_with_parent(parent_pid) if _PRCTL is not None else None
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if die is not None:
+            die()
+
+    return setup
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -349,3 +350,49 @@ def test_redis_server_fixture_outage_and_restart(redis_server: Any) -> None:
     with redis.Redis.from_url(redis_server.url) as client:
         assert client.ping() is True
         assert client.get("outage") is None
+
+
+def _blocked_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+
+
+@pytest.mark.parametrize("start", [dev.start_broker, dev.start_valkey])
+def test_servers_start_with_no_signal_blocked(start: Callable[..., dev.EmbeddedServer]) -> None:
+    # launch() blocks SIGINT and SIGTERM around the fork; exec would keep that mask.
+    server = start()
+    assert _blocked_signals(server.pid) == 0
+    server.stop()
+    assert not server.alive()
+
+
+def test_a_sigint_during_the_fork_waits_until_launch_can_stop_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A KeyboardInterrupt between fork and registration would orphan the child."""
+    real_popen = subprocess.Popen
+    children: list[subprocess.Popen[bytes]] = []
+
+    def popen_then_sigint(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = real_popen(*args, **kwargs)
+        children.append(child)
+        main = threading.main_thread().ident
+        assert main is not None
+        signal.pthread_kill(main, signal.SIGINT)  # to this thread, so its mask decides
+        return child
+
+    before = set(dev.started_pids())
+    monkeypatch.setattr(subprocess, "Popen", popen_then_sigint)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dev.start_broker()  # it runs on without its work dir, where Valkey would not start
+        assert len(children) == 1
+        assert _wait_gone(children[0].pid), "the child outlived the interrupted launch"
+        assert set(dev.started_pids()) == before
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
