@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamscore import interrupts
-from streamscore.errors import ConfigError, RulesError, StreamscoreError
+from streamscore.errors import ConfigError, RulesError, StoreUnavailable, StreamscoreError
 
 if TYPE_CHECKING:
     from streamscore.config import Settings
+    from streamscore.dev.state import ClientSettings
+    from streamscore.store.store import RedisStore
 
 # Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
 # installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
@@ -24,6 +28,78 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     from streamscore.config import load_settings
 
     return load_settings(args.config, **overrides)
+
+
+def _client_settings(args: argparse.Namespace) -> ClientSettings:
+    """Settings for a command that reads a stack: what the user left unset, from `streamscore dev`.
+
+    Every command but `worker` and `dev` (which run a stack rather than find one) takes its
+    settings from here.
+    """
+    from streamscore.dev.state import client_settings, without_password
+
+    located = client_settings(args.config)
+    if located.stack is not None:
+        settings = located.settings
+        found = [f"PID {located.stack.pid}"]
+        if "redis_url" in located.from_stack:
+            found.append(f"redis {without_password(settings.redis_url.get_secret_value())}")
+        if "kafka_bootstrap" in located.from_stack:
+            found.append(f"kafka {settings.kafka_bootstrap}")
+        print(f"streamscore: using `streamscore dev` ({', '.join(found)})", file=sys.stderr)
+    return located
+
+
+@contextlib.asynccontextmanager
+async def _open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
+    """The store of `located`, checked with one PING; failures become one line, with no retry."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from streamscore.dev.state import without_password
+    from streamscore.metrics import create_metrics
+    from streamscore.store.keys import KeySpace
+    from streamscore.store.store import RedisStore, connect
+
+    settings = located.settings
+    url = settings.redis_url.get_secret_value()
+    shown = without_password(url)
+    if located.stack is not None and "redis_url" in located.from_stack:
+        where = f"{shown} (of `streamscore dev`, PID {located.stack.pid})"
+        hint = "Has it stopped? Else set STREAMSCORE_REDIS_URL to your Redis."
+    elif "redis_url" in settings.model_fields_set:
+        where = f"{shown} (from STREAMSCORE_REDIS_URL or the settings file)"
+        hint = "Check STREAMSCORE_REDIS_URL."
+    else:
+        where = f"{shown} (the default; no `streamscore dev` is running)"
+        hint = "Start `streamscore dev`, or set STREAMSCORE_REDIS_URL to your Redis."
+    ca_certs = settings.redis_ssl_ca_certs
+    client = connect(
+        url,
+        ssl_ca_certs=str(ca_certs) if ca_certs else None,
+        socket_timeout=settings.redis_timeout_s,
+    )
+    client.set_retry(Retry(NoBackoff(), 0))  # a person is waiting: fail at once, say why
+    try:
+        try:
+            await client.ping()
+        except AuthenticationError as exc:
+            raise StoreUnavailable(
+                f"Redis at {where}: authentication failed ({exc}). Set STREAMSCORE_REDIS_URL "
+                "with its password: redis://:PASSWORD@HOST:PORT/DB."
+            ) from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"cannot reach Redis at {where}: {exc} {hint}") from None
+        keys = KeySpace(settings.redis_key_prefix, settings.redis_key_groups)
+        try:
+            yield RedisStore(client, keys, create_metrics(process=False))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"lost Redis at {where}: {exc}") from None
+    finally:
+        await client.aclose()
 
 
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
@@ -75,6 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.dev import DevStack, free_port
+    from streamscore.dev.state import remove_state, without_password, write_state
 
     base = _settings(args)
     with DevStack(kafka_bootstrap=args.kafka, redis_url=args.redis) as stack:
@@ -87,20 +164,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
             web_port=web_port,
             web_host="127.0.0.1",
         )
+        web_url = f"http://127.0.0.1:{web_port}"
         print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
-        print(f"redis url: {stack.redis_url}", flush=True)
-        print(f"metrics url: http://127.0.0.1:{web_port}/metrics", flush=True)
-        print(f"rules: {base.rules_file} (lead state: http://127.0.0.1:{web_port}/leads/ID)")
+        print(f"redis url: {without_password(stack.redis_url)}", flush=True)
+        print(f"metrics url: {web_url}/metrics", flush=True)
+        print(f"rules: {base.rules_file} (lead state: {web_url}/leads/ID)")
         services: list[Any] = []
         if args.demo:
             from streamscore.dev.demo import DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
             services = [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+        state_path = None
         try:
+            state_path = write_state(settings, web_url)
+            if state_path is not None:
+                print(
+                    f"state: {state_path} (`streamscore lead` finds this stack through it)",
+                    flush=True,
+                )
             _run_faust(settings, services)
         except SystemExit as exc:
             return int(exc.code or 0)
+        finally:
+            if state_path is not None:
+                remove_state(state_path)
     return 0
 
 
@@ -129,35 +217,23 @@ def cmd_lead(args: argparse.Namespace) -> int:
     """Print one lead's score, tier, grade, BANT and top contributing rules."""
     import asyncio
 
-    settings = _settings(args)
-    return asyncio.run(_show_lead(settings, args.lead_id, args.json))
+    located = _client_settings(args)
+    return asyncio.run(_show_lead(located, args.lead_id, args.json))
 
 
-async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
+async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> int:
     import orjson
 
-    from streamscore.metrics import create_metrics
     from streamscore.scoring.rules import load_rules
     from streamscore.store.explain import describe_lead
-    from streamscore.store.keys import KeySpace
-    from streamscore.store.store import RedisStore, connect
     from streamscore.worker import now_ms
 
-    rules = load_rules(settings.rules_file)
-    client = connect(settings.redis_url.get_secret_value())
-    try:
-        store = RedisStore(
-            client,
-            KeySpace(settings.redis_key_prefix, settings.redis_key_groups),
-            create_metrics(process=False),
-        )
+    async with _open_store(located) as store:
         fields = await store.lead_fields(lead_id)
-    finally:
-        await client.aclose()
     if not fields:
         print(f"unknown lead: {lead_id}", file=sys.stderr)
         return 1
-    info = describe_lead(fields, rules, now_ms())
+    info = describe_lead(fields, load_rules(located.settings.rules_file), now_ms())
     if as_json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0

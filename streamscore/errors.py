@@ -31,7 +31,7 @@ class InvalidEvent(StreamscoreError):
 
 
 class StoreUnavailable(StreamscoreError):
-    """Redis stayed unreachable after the bounded retry."""
+    """Redis stayed unreachable after the bounded retry, or refused our credentials."""
 
 
 class DevStackError(StreamscoreError):

@@ -1,5 +1,5 @@
-"""`streamscore dev` as a user runs it: addresses, a handoff, clean logs, and a stop that always
-stops everything, whenever the signal comes."""
+"""`streamscore dev` as a user runs it: addresses, a handoff, clean logs, a stop that always stops
+everything whenever the signal comes, and other commands that find the stack it runs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from streamscore import dev
 from tests.conftest import REPO_ROOT
@@ -74,6 +75,9 @@ class DevProcess:
         self.log_path = tmp_path / "dev.log"
         self.tmp_dir = tmp_path / "tmp"
         self.tmp_dir.mkdir()
+        # Its state file goes here, out of the way of a developer's own `streamscore dev`.
+        self.runtime_dir = tmp_path / "run"
+        self.runtime_dir.mkdir(mode=0o700)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
         parent = os.getpid()
 
@@ -88,7 +92,12 @@ class DevProcess:
                 [sys.executable, "-m", "streamscore.cli", "dev", *args],
                 cwd=REPO_ROOT,
                 # The servers' work dirs (their cwd) land here, so leftovers can be found.
-                env={**clean, "TMPDIR": str(self.tmp_dir), **env},
+                env={
+                    **clean,
+                    "TMPDIR": str(self.tmp_dir),
+                    "XDG_RUNTIME_DIR": str(self.runtime_dir),
+                    **env,
+                },
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=setup,  # noqa: PLW1509
@@ -249,3 +258,80 @@ def test_sigint_at_any_moment_of_start_up_stops_everything(
     assert code == 0, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
     assert not process.leftovers(), text[-4000:]
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`streamscore ARGS` with only the STREAMSCORE_* variables given here."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "streamscore.cli", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_lead_finds_the_running_dev_stack_and_says_what_to_set_once_it_is_gone(
+    start_dev: Callable[..., DevProcess], tmp_path: Path
+) -> None:
+    process = start_dev("--demo", "--rate", "300")
+    lead_id = process.wait_for(r"HANDOFF (\S+):").group(1)
+    state_path = Path(process.wait_for(r"^state: (\S+) ").group(1))
+    assert state_path.parent == process.runtime_dir / "streamscore"
+    redis_url = process.wait_for(r"^redis url: (\S+)$").group(1)
+    bootstrap = process.wait_for(r"^kafka bootstrap: (\S+)$").group(1)
+    elsewhere = tmp_path / "elsewhere"  # not the repository: the rules file path must hold
+    elsewhere.mkdir()
+
+    found = run_cli("lead", lead_id, cwd=elsewhere, XDG_RUNTIME_DIR=str(process.runtime_dir))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[0] == f"lead {lead_id}"
+    assert re.search(r"^  tier \S+, grade [A-D]", found.stdout, re.M), found.stdout
+    assert found.stderr == (
+        f"streamscore: using `streamscore dev` (PID {process.proc.pid}, "
+        f"redis {redis_url}, kafka {bootstrap})\n"
+    )
+
+    code, _ = process.stop(signal.SIGINT)
+    assert code == 0, process.text()[-4000:]
+    assert not state_path.exists()
+    gone = run_cli(
+        "lead",
+        lead_id,
+        cwd=elsewhere,
+        XDG_RUNTIME_DIR=str(process.runtime_dir),
+        STREAMSCORE_REDIS_URL=redis_url,
+    )
+    assert gone.returncode == 1
+    assert gone.stdout == ""
+    assert len(gone.stderr.splitlines()) == 1, gone.stderr
+    assert gone.stderr.startswith(f"streamscore: cannot reach Redis at {redis_url} ")
+    assert "STREAMSCORE_REDIS_URL" in gone.stderr
+
+
+def test_a_wrong_redis_password_is_one_line_after_one_attempt(tmp_path: Path) -> None:
+    valkey = dev.start_valkey(password="right-password")
+    try:
+        admin = redis.Redis(host=valkey.host, port=valkey.port, password="right-password")
+        before = admin.info("stats")["acl_access_denied_auth"]
+        wrong = f"redis://:wrong-password@{valkey.address}/0"
+        result = run_cli(
+            "lead",
+            "lead-1",
+            cwd=tmp_path,
+            XDG_RUNTIME_DIR=str(tmp_path),
+            STREAMSCORE_REDIS_URL=wrong,
+        )
+        denied = admin.info("stats")["acl_access_denied_auth"] - before
+        admin.close()
+    finally:
+        valkey.stop()
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "authentication failed" in result.stderr
+    assert "STREAMSCORE_REDIS_URL" in result.stderr
+    assert "wrong-password" not in result.stderr
+    assert denied == 1, "the CLI retried a refused password"
