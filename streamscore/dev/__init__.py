@@ -1,4 +1,4 @@
-"""The development stack: embedded broker and Valkey by PID, DevStack, demo traffic."""
+"""The development stack: embedded broker and Valkey by PID, DevStack, demo, and its state file."""
 
 from streamscore.dev.process import (
     EmbeddedServer,
