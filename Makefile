@@ -17,11 +17,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install streamscore with the embedded broker and Valkey
 
-system-deps: ## install promtool (Debian's prometheus package) when missing; the deploy checks use it
-	@command -v promtool >/dev/null || { \
+system-deps: ## install promtool (Debian's prometheus), chromium + chromium-driver and redis-server when missing
+	@missing=; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	[ -z "$$missing" ] || { \
 	  [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
 
 demo: install ## run the embedded stack with synthetic traffic; handoffs print live (Ctrl-C stops all)
 	$(BIN)/streamscore dev --demo

@@ -15,18 +15,18 @@ import signal
 import sys
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
 
 from streamscore.config import load_settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Limits, parse_event
-from streamscore.kafka.clients import make_consumer
-from streamscore.metrics import create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.clock import now_ms
+from streamscore.runtime.kafka import make_consumer
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
-from streamscore.worker import now_ms
 
 
 class _NoRebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -44,13 +44,10 @@ async def run(pipelined: bool) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    metrics = create_metrics(process=False)
-    holder = RulesHolder(settings.rules_file, metrics, settings.dedup_window_s)
+    holder = RulesHolder(settings.rules_file, Sensor(), settings.dedup_window_s)
     rules, config = holder.rules, holder.script_config
     client = connect(settings.redis_url.get_secret_value())
-    store = RedisStore(
-        client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups), metrics
-    )
+    store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
     limits = Limits.from_settings(settings)
     kinds = settings.topic_kinds
     consumer = make_consumer(settings, _NoRebalanceHooks())

@@ -46,7 +46,7 @@ from benchmarks.statecheck import LeadScore, compare, read_scores
 from benchmarks.workload import Message, build_workload, leads_per_batch
 from streamscore import dev
 from streamscore.config import Settings, load_settings
-from streamscore.kafka.clients import ensure_topics
+from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.rules import load_rules
 from streamscore.store.keys import KeySpace
 

@@ -12,19 +12,19 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import faust
+from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches
 
 from streamscore.config import Settings, load_settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Limits, parse_event
 from streamscore.events.outputs import format_output
 from streamscore.events.types import TopicKind
-from streamscore.metrics import create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.clock import now_ms
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches
-from streamscore.worker import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
     )
-    metrics = create_metrics(process=False)
-    holder = RulesHolder(settings.rules_file, metrics, settings.dedup_window_s)
+    holder = RulesHolder(settings.rules_file, Sensor(), settings.dedup_window_s)
     store = RedisStore(
         connect(settings.redis_url.get_secret_value()),
         KeySpace(settings.redis_key_prefix, settings.redis_key_groups),
-        metrics,
     )
     limits = Limits.from_settings(settings)
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}

@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 
 import redis
+from streamscore.store.wire import ScoredEvent, encode_batches
 
 from benchmarks.bench import RULES_FILE, WINDOW_MS, redis_binary
 from benchmarks.stages import KINDS, TOPICS, valkey_cpu_s
 from benchmarks.workload import build_workload
 from streamscore import dev
 from streamscore.events import Limits, parse_event
-from streamscore.metrics import create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import APPLY_BATCH_LUA
-from streamscore.store.wire import ScoredEvent, encode_batches
 
 Call = tuple[list[str], bytes]
 
@@ -38,7 +38,7 @@ def encoded_calls(events: int, leads: int, seed: int, batch: int) -> tuple[list[
     """(keys, payload) of every apply call of the replay, its script config and scored_at."""
     now = time.time_ns() // 1_000_000
     workload = build_workload(1_000_000, leads, seed, now - 60_000, WINDOW_MS, 4)
-    holder = RulesHolder(RULES_FILE, create_metrics(process=False), 7 * 86400)
+    holder = RulesHolder(RULES_FILE, Sensor(), 7 * 86400)
     limits = Limits()
     next_offset: dict[tuple[int, int], int] = {}
     scored = []

@@ -11,16 +11,16 @@ from typing import Any
 
 import orjson
 import redis
+from streamscore.store.wire import ScoredEvent, encode_batches
 
 from benchmarks.workload import EventFactory, Profiles, lead_id_of
 from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
-from streamscore.metrics import create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import ScoredEvent, encode_batches
 
 BATCH = 2000
 PLAN = (
@@ -63,10 +63,9 @@ class MemoryResult:
 async def _load(
     redis_url: str, prefix: str, rules_file: Path, leads: int, seed: int, end_ms: int
 ) -> None:
-    metrics = create_metrics(process=False)
-    holder = RulesHolder(rules_file, metrics, 7 * 86400)
+    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
     client = connect(redis_url)
-    store = RedisStore(client, KeySpace(prefix), metrics)
+    store = RedisStore(client, KeySpace(prefix))
     rng = random.Random(seed)
     factory = EventFactory(rng, Profiles(seed))
     limits = Limits()

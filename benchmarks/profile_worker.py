@@ -22,10 +22,11 @@ import orjson
 from streamscore.app import open_store
 from streamscore.cli import tune_gc
 from streamscore.config import load_settings
-from streamscore.kafka.clients import make_producer
-from streamscore.metrics import create_metrics
-from streamscore.ruleset import RulesHolder
-from streamscore.worker import ScoringWorker
+from streamscore.metrics import Metrics, create_metrics
+from streamscore.runtime.kafka import make_producer
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import PrometheusSensor, Sensor
+from streamscore.runtime.worker import ScoringWorker
 
 
 class GcClock:
@@ -45,9 +46,9 @@ class GcClock:
             self.collections[info["generation"]] += 1
 
 
-def _applied(worker: ScoringWorker) -> float:
+def _applied(metrics: Metrics) -> float:
     total = 0.0
-    for metric in worker.metrics.events_total.collect():
+    for metric in metrics.events_total.collect():
         for s in metric.samples:
             if s.name.endswith("_total"):
                 total += s.value
@@ -60,21 +61,23 @@ async def run(
     """Run the worker, profile it for `seconds` or `target` events; (profile, events, s)."""
     settings = load_settings()
     metrics = create_metrics(process=False)
-    rules = RulesHolder(settings.rules_file, metrics, settings.dedup_window_s)
-    store = open_store(settings, metrics)
+    rules = RulesHolder(settings.rules_file, Sensor(), settings.dedup_window_s)
+    store = open_store(settings)
     producer = make_producer(settings)
     await producer.start()
-    worker = ScoringWorker(settings, metrics, rules, store, producer)
+    worker = ScoringWorker(
+        settings, PrometheusSensor(metrics, settings.input_topics), rules, store, producer
+    )
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
     profiler = cProfile.Profile()
     try:
-        while _applied(worker) == 0:
+        while _applied(metrics) == 0:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
         # Unprofiled first: the real rate and the share of it the garbage collector takes.
-        start_events = _applied(worker)
+        start_events = _applied(metrics)
         started = time.monotonic()
         clock.on = True
         while time.monotonic() - started < seconds / 2:
@@ -82,20 +85,20 @@ async def run(
                 break
             await asyncio.sleep(0.05)
         clock.on = False
-        plain["events"] = _applied(worker) - start_events
+        plain["events"] = _applied(metrics) - start_events
         plain["seconds"] = time.monotonic() - started
         plain["gc_seconds"] = clock.seconds
         plain["gc_collections_gen2"] = clock.collections[2]
         plain["gc_tracked_objects"] = len(gc.get_objects())
-        start_events = _applied(worker)
+        start_events = _applied(metrics)
         started = time.monotonic()
         profiler.enable()
-        while time.monotonic() - started < seconds and _applied(worker) - start_events < target:
+        while time.monotonic() - started < seconds and _applied(metrics) - start_events < target:
             if task.done():
                 break
             await asyncio.sleep(0.05)
         profiler.disable()
-        events = _applied(worker) - start_events
+        events = _applied(metrics) - start_events
         elapsed = time.monotonic() - started
     finally:
         stopping.set()

@@ -18,18 +18,20 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from redis.asyncio.connection import Connection
+from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
 
 from benchmarks.workload import Message
 from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.aligner import Aligner
+from streamscore.runtime.intake import Pending
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
+from streamscore.runtime.worker import _merge_key, _offset
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
-from streamscore.stream.align import Aligner
-from streamscore.worker import Pending, _merge_key, _offset
 
 KINDS = list(TopicKind)  # Settings.input_topics order
 TOPICS = ("pv", "em", "dl", "un", "pr")
@@ -64,8 +66,7 @@ def _python_stages_once(
 ) -> dict[str, float]:
     import orjson
 
-    metrics = create_metrics(process=False)
-    holder = RulesHolder(rules_file, metrics, 7 * 86400)
+    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
     rules = holder.rules
     limits = Limits()
     now = time.time_ns() // 1_000_000
@@ -95,7 +96,7 @@ def _python_stages_once(
     def align() -> None:
         for tp in tps:
             queue = per_tp[tp]
-            aligner.push(tp, [Pending(ev, off, 0) for ev, off in queue], len(queue))
+            aligner.push(tp, [Pending(ev, off, 0) for ev, off in queue])
             aligner.note_position(tp, True, now)
         while True:
             got = aligner.pop_ready(now, batch)
@@ -132,7 +133,7 @@ def _python_stages_once(
     out["encode_batches"] = _timed(encode_all, n)
     # The apply call in the Redis protocol: the worker's way (hiredis, while the batch is
     # decided) and redis-py's own encoder, which it replaced. No connection is made.
-    store = RedisStore(aioredis.Redis(), keys, metrics)
+    store = RedisStore(aioredis.Redis(), keys)
     config = holder.script_config
     out["RedisStore.pack (hiredis)"] = _timed(lambda: [store.pack(g, config) for g in groups], n)
     conn = Connection()
@@ -143,7 +144,7 @@ def _python_stages_once(
         ],
         n,
     )
-    observe = metrics.event_to_scored_seconds.observe
+    observe = create_metrics(process=False).event_to_scored_seconds.observe
     out["Histogram.observe (per event)"] = _timed(lambda: [observe(0.01) for _ in range(n)], n)
     return out
 
@@ -151,10 +152,9 @@ def _python_stages_once(
 async def _apply_all(
     redis_url: str, prefix: str, rules_file: Path, batches: list[list[ScoredEvent]], now: int
 ) -> float:
-    metrics = create_metrics(process=False)
-    holder = RulesHolder(rules_file, metrics, 7 * 86400)
+    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
     client = connect(redis_url)
-    store = RedisStore(client, KeySpace(prefix), metrics)
+    store = RedisStore(client, KeySpace(prefix))
     started = time.perf_counter()
     try:
         for b in batches:
@@ -180,7 +180,7 @@ def lua_cost(
     Valkey CPU (main thread) excludes time it waited for a CPU on a busy machine; the
     commandstats figure is wall time inside the command and includes it.
     """
-    holder = RulesHolder(rules_file, create_metrics(process=False), 7 * 86400)
+    holder = RulesHolder(rules_file, Sensor(), 7 * 86400)
     limits = Limits()
     now = time.time_ns() // 1_000_000
     scored = []

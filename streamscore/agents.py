@@ -9,11 +9,11 @@ import orjson
 
 from streamscore.config import Settings
 from streamscore.events.timefmt import parse_time_ms
-from streamscore.metrics import Metrics
-from streamscore.worker import now_ms
+from streamscore.runtime.clock import now_ms
+from streamscore.runtime.sensors import Sensor
 
 
-def register_handoff_audit(app: faust.App, settings: Settings, metrics: Metrics) -> None:
+def register_handoff_audit(app: faust.App, settings: Settings, sensor: Sensor) -> None:
     """Observe how long each handoff takes from scoring to being readable on its topic."""
     topic = app.topic(settings.topic_handoffs, key_serializer="raw", value_serializer="raw")
 
@@ -25,4 +25,4 @@ def register_handoff_audit(app: faust.App, settings: Settings, metrics: Metrics)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # not ours to judge: the topic's producer is streamscore itself
             lag_s = (now_ms() - scored_at_ms) / 1000.0
-            metrics.handoff_visible_seconds.observe(max(lag_s, 0.0))
+            sensor.handoff_visible(max(lag_s, 0.0))

@@ -16,12 +16,14 @@ from mode import Service
 from streamscore.agents import register_handoff_audit
 from streamscore.config import Settings
 from streamscore.events.schemas import compile_input_schemas
-from streamscore.kafka.clients import ensure_topics, make_producer
 from streamscore.metrics import Metrics, create_metrics
-from streamscore.ruleset import RulesHolder
+from streamscore.runtime.kafka import ensure_topics, make_producer
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import PrometheusSensor, Sensor
+from streamscore.runtime.worker import ScoringWorker
+from streamscore.store.client import open_settings_client
 from streamscore.store.keys import KeySpace
-from streamscore.store.store import RedisStore, connect
-from streamscore.worker import ScoringWorker
+from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +31,16 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0
 
 
-def open_store(settings: Settings, metrics: Metrics) -> RedisStore:
-    """The worker's store: its client has no socket timeout, each call is bounded instead.
+async def open_store(settings: Settings) -> RedisStore:
+    """The worker's store, on one Redis server or a Redis Cluster as the settings say.
 
-    With a socket timeout, redis-py sends from a new task (asyncio.wait_for on Python 3.11),
-    queued behind the CPU work already scheduled: 5 to 64 ms a 0.6 MB apply call, during which
-    Redis sat idle. The worker bounds every call by redis_timeout_s itself.
+    Its client has no socket timeout: redis-py enforces one by sending through
+    asyncio.wait_for, which on Python 3.11 runs the send in a new task queued behind the CPU
+    work already scheduled (5 to 64 ms a 0.6 MB call, with Redis idle). The worker bounds every
+    call by redis_timeout_s itself (runtime.guard).
     """
-    ca_certs = settings.redis_ssl_ca_certs
-    client = connect(
-        settings.redis_url.get_secret_value(),
-        ssl_ca_certs=str(ca_certs) if ca_certs else None,
-        socket_timeout=None,
-    )
-    return RedisStore(
-        client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups), metrics
-    )
+    client = await open_settings_client(settings)
+    return RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
 
 
 @dataclass
@@ -53,6 +49,7 @@ class Runtime:
 
     settings: Settings
     metrics: Metrics
+    sensor: Sensor
     rules: RulesHolder
     worker: ScoringWorker | None = None
 
@@ -78,10 +75,10 @@ class ScoringAgent(Service):
         created = await ensure_topics(settings)
         if created:
             log.info("created topics: %s", ", ".join(created))
-        store = open_store(settings, self.runtime.metrics)
+        store = await open_store(settings)
         producer = make_producer(settings)
         await producer.start()
-        worker = ScoringWorker(settings, self.runtime.metrics, self.runtime.rules, store, producer)
+        worker = ScoringWorker(settings, self.runtime.sensor, self.runtime.rules, store, producer)
         self.runtime.worker = worker
         # Outputs recorded before a crash go out first, with their original ids.
         await worker.redrive_outbox()
@@ -92,7 +89,7 @@ class ScoringAgent(Service):
     def _on_worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
             log.critical("scoring worker failed: %r; stopping", task.exception())
-            self.runtime.metrics.ready.set(0)
+            self.runtime.sensor.readiness(False)
             # The process exits non-zero so an orchestrator restarts it from committed offsets.
             exc = task.exception()
             assert exc is not None
@@ -115,7 +112,7 @@ class ScoringAgent(Service):
         worker = self.runtime.worker
         if worker is not None:
             await worker.producer.stop()
-            await worker.store.client.aclose()
+            await worker.store.close()
 
 
 class ScoringProcess(faust.Worker):
@@ -141,8 +138,12 @@ def create_app(
     from streamscore import views
 
     metrics = metrics or create_metrics()
+    sensor = PrometheusSensor(metrics, settings.input_topics)
     runtime = Runtime(
-        settings, metrics, RulesHolder(settings.rules_file, metrics, settings.dedup_window_s)
+        settings,
+        metrics,
+        sensor,
+        RulesHolder(settings.rules_file, sensor, settings.dedup_window_s),
     )
     app = faust.App(
         f"{settings.consumer_group}-app",
@@ -166,11 +167,6 @@ def create_app(
         topic_replication_factor=settings.topic_replication_factor,
     )
 
-    @app.timer(interval=settings.decay_tick_s)
-    async def decay_tick() -> None:
-        if runtime.worker is not None and runtime.worker.consumer is not None:
-            await runtime.worker.tick()
-
     @app.timer(interval=settings.outbox_redrive_s)
     async def outbox_redrive() -> None:
         if runtime.worker is not None and runtime.worker.consumer is not None:
@@ -182,13 +178,13 @@ def create_app(
         async def rules_watch() -> None:
             runtime.rules.reload_if_changed()
 
-    register_handoff_audit(app, settings, metrics)
+    register_handoff_audit(app, settings, sensor)
     views.register(app, runtime)
     return app, ScoringAgent(runtime)
 
 
 def _faust_credentials(settings: Settings) -> faust.auth.Credentials | None:
-    from streamscore.kafka.clients import security_kwargs
+    from streamscore.runtime.kafka import security_kwargs
 
     kwargs = security_kwargs(settings)
     protocol = settings.kafka_security_protocol

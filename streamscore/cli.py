@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, dev, rules check, lead."""
+"""The `streamscore` command: worker, collector, dev, rules check, lead, report."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import contextlib
 import gc
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamscore import interrupts
-from streamscore.errors import ConfigError, RulesError, StoreUnavailable, StreamscoreError
+from streamscore.errors import ConfigError, RulesError, StreamscoreError
 
 if TYPE_CHECKING:
     from streamscore.config import Settings
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
 
 EXIT_USAGE = 2
+#: The write key `streamscore dev` gives its collector when collector_write_keys is unset.
+DEV_WRITE_KEY = "dev"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -52,21 +54,17 @@ def _client_settings(args: argparse.Namespace) -> ClientSettings:
 
 @contextlib.asynccontextmanager
 async def _open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
-    """The store of `located`, checked with one PING; failures become one line, with no retry."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
+    """The store of `located`, checked with one PING; a failure is one line, and not retried."""
     from redis.exceptions import AuthenticationError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from streamscore.dev.state import without_password
-    from streamscore.metrics import create_metrics
+    from streamscore.errors import FatalStoreError, StoreUnreachable, TransientRedisError
+    from streamscore.store.client import open_settings_client
     from streamscore.store.keys import KeySpace
-    from streamscore.store.store import RedisStore, connect
+    from streamscore.store.store import RedisStore
 
     settings = located.settings
-    url = settings.redis_url.get_secret_value()
-    shown = without_password(url)
+    shown = without_password(settings.redis_url.get_secret_value())
     if located.stack is not None and "redis_url" in located.from_stack:
         where = f"{shown} (of `streamscore dev`, PID {located.stack.pid})"
         hint = "Has it stopped? Else set STREAMSCORE_REDIS_URL to your Redis."
@@ -76,30 +74,31 @@ async def _open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
     else:
         where = f"{shown} (the default; no `streamscore dev` is running)"
         hint = "Start `streamscore dev`, or set STREAMSCORE_REDIS_URL to your Redis."
-    ca_certs = settings.redis_ssl_ca_certs
-    client = connect(
-        url,
-        ssl_ca_certs=str(ca_certs) if ca_certs else None,
-        socket_timeout=settings.redis_timeout_s,
-    )
-    client.set_retry(Retry(NoBackoff(), 0))  # a person is waiting: fail at once, say why
-    try:
+
+    @contextlib.contextmanager
+    def one_line_errors() -> Iterator[None]:
+        # store.client makes one attempt per call and raises TransientRedisError for a
+        # connection that fails; a refused password comes through as redis-py's own error.
         try:
-            await client.ping()
+            yield
         except AuthenticationError as exc:
-            raise StoreUnavailable(
+            raise FatalStoreError(
                 f"Redis at {where}: authentication failed ({exc}). Set STREAMSCORE_REDIS_URL "
                 "with its password: redis://:PASSWORD@HOST:PORT/DB."
             ) from None
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {where}: {exc} {hint}") from None
-        keys = KeySpace(settings.redis_key_prefix, settings.redis_key_groups)
-        try:
-            yield RedisStore(client, keys, create_metrics(process=False))
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"lost Redis at {where}: {exc}") from None
+        except TransientRedisError as exc:
+            detail = str(exc).rstrip(".")
+            raise StoreUnreachable(f"cannot reach Redis at {where}: {detail}. {hint}") from None
+
+    with one_line_errors():
+        client = await open_settings_client(settings)
+    store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
+    try:
+        with one_line_errors():
+            await store.ping()
+            yield store
     finally:
-        await client.aclose()
+        await store.close()
 
 
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
@@ -148,6 +147,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collector(args: argparse.Namespace) -> int:
+    """Run the Segment/RudderStack-compatible HTTP collector (Tracking API in, Kafka out)."""
+    import logging.config
+
+    from streamscore.collector.app import run_collector
+    from streamscore.logs import logging_config
+
+    settings = _settings(args)
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    run_collector(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.dev import DevStack, free_port
@@ -169,12 +181,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"redis url: {without_password(stack.redis_url)}", flush=True)
         print(f"metrics url: {web_url}/metrics", flush=True)
         print(f"rules: {base.rules_file} (lead state: {web_url}/leads/ID)")
-        services: list[Any] = []
+        services: list[Any] = [_dev_collector(settings, args.collector_port, args.kafka is None)]
         if args.demo:
             from streamscore.dev.demo import DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
-            services = [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+            services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
         state_path = None
         try:
             state_path = write_state(settings, web_url)
@@ -190,6 +202,25 @@ def cmd_dev(args: argparse.Namespace) -> int:
             if state_path is not None:
                 remove_state(state_path)
     return 0
+
+
+def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
+    """The collector as a service of the dev process; prints its URL (and the dev write key)."""
+    from pydantic import SecretStr
+
+    from streamscore.collector.service import CollectorService
+    from streamscore.dev import free_port
+
+    overrides: dict[str, Any] = {"collector_port": port or free_port()}
+    key_note = "write key: your collector_write_keys"
+    if not settings.collector_keys:
+        overrides["collector_write_keys"] = SecretStr(DEV_WRITE_KEY)
+        key_note = f"write key: {DEV_WRITE_KEY}"
+    if tansu:  # Tansu 0.6 refuses aiokafka's idempotent-producer handshake (InitProducerId v0)
+        overrides["collector_idempotent_producer"] = False
+    collector = settings.model_copy(update=overrides)
+    print(f"collector url: http://127.0.0.1:{collector.collector_port} ({key_note})", flush=True)
+    return CollectorService(collector)
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -224,16 +255,16 @@ def cmd_lead(args: argparse.Namespace) -> int:
 async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> int:
     import orjson
 
+    from streamscore.runtime.clock import now_ms
+    from streamscore.scoring.explain import describe_lead
     from streamscore.scoring.rules import load_rules
-    from streamscore.store.explain import describe_lead
-    from streamscore.worker import now_ms
 
     async with _open_store(located) as store:
-        fields = await store.lead_fields(lead_id)
-    if not fields:
+        state = await store.lead_state(lead_id)
+    if state is None:
         print(f"unknown lead: {lead_id}", file=sys.stderr)
         return 1
-    info = describe_lead(fields, load_rules(located.settings.rules_file), now_ms())
+    info = describe_lead(state, load_rules(located.settings.rules_file), now_ms())
     if as_json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -250,6 +281,29 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the sales-outcomes report (HTML, and its figures as JSON) from KPI counters."""
+    import orjson
+
+    from streamscore.outcomes.kpi import compute_kpis
+    from streamscore.outcomes.report import render_report
+
+    try:
+        data = orjson.loads(args.from_json.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
+    # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
+    counters = data.get("counters", data) if isinstance(data, dict) else None
+    if not isinstance(counters, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
+    ):
+        raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
+    tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+    html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
+    print(f"report: {html_path}\nfigures: {json_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `streamscore` command."""
     parser = argparse.ArgumentParser(prog="streamscore", description=__doc__)
@@ -259,12 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help=cmd_worker.__doc__)
     worker.set_defaults(func=cmd_worker)
 
+    collector = sub.add_parser("collector", help=cmd_collector.__doc__)
+    collector.set_defaults(func=cmd_collector)
+
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
     dev.add_argument("--kafka", metavar="HOST:PORT", help="use this broker instead of Tansu")
     dev.add_argument("--redis", metavar="URL", help="use this Redis instead of Valkey")
     dev.add_argument("--web-port", type=int, default=0, help="HTTP port (default: a free one)")
     dev.add_argument("--rate", type=float, default=150.0, help="demo events per second")
+    dev.add_argument("--collector-port", type=int, default=0, help="collector port (default: free)")
     dev.set_defaults(func=cmd_dev)
 
     rules = sub.add_parser("rules", help="rules file tools")
@@ -277,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("lead_id")
     lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
     lead.set_defaults(func=cmd_lead)
+
+    report = sub.add_parser("report", help=cmd_report.__doc__)
+    report.add_argument(
+        "--from-json", type=Path, required=True, metavar="KPIS.json",
+        help="KPI counters: a report's .json, {\"counters\": {...}} or a bare field -> count map",
+    )  # fmt: skip
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

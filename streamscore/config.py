@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     topic_downloads: str = "ss.v1.downloads"
     topic_unsubscribes: str = "ss.v1.unsubscribes"
     topic_profiles: str = "ss.v1.profiles"
+    topic_track: str = "ss.v1.track"
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
@@ -54,6 +55,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    redis_cluster: Literal["auto", "true", "false"] = "auto"
+    """Redis Cluster client or not; auto asks the server once at start (INFO cluster)."""
     redis_ssl_ca_certs: Path | None = None
     redis_retry_max_s: float = Field(default=120.0, gt=0)
     redis_timeout_s: float = Field(default=5.0, gt=0)
@@ -69,6 +72,7 @@ class Settings(BaseSettings):
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
+    lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
 
     # Input limits (beyond them an event is dead-lettered)
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
@@ -80,6 +84,20 @@ class Settings(BaseSettings):
     decay_tick_s: float = Field(default=1.0, gt=0)
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
+
+    # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8088, ge=0, le=65535)
+    # Comma-separated write keys; a client authenticates with one as the Basic auth username.
+    collector_write_keys: SecretStr = SecretStr("")
+    collector_allowed_origins: str = "*"
+    collector_max_message_bytes: int = Field(default=32 * 1024, ge=256)
+    collector_max_request_bytes: int = Field(default=500 * 1024, ge=256)
+    collector_ack_timeout_s: float = Field(default=10.0, gt=0)
+    collector_max_pending_events: int = Field(default=50_000, ge=1)
+    collector_retry_after_s: int = Field(default=2, ge=0, le=300)
+    collector_idempotent_producer: bool = True
+    collector_start_timeout_s: float = Field(default=60.0, gt=0)
 
     # Web, logging
     web_host: str = "127.0.0.1"
@@ -105,6 +123,33 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _cluster_choice(cls, value: object) -> object:
+        # YAML and TOML give booleans, the environment gives text in any case.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _collector_limits(self) -> Settings:
+        if self.collector_max_message_bytes > self.collector_max_request_bytes:
+            raise ValueError(
+                "collector_max_message_bytes must not exceed collector_max_request_bytes"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cache_holds_two_batches(self) -> Settings:
+        # A batch's leads are touched last, so the cache never evicts them while they are
+        # scored and committed, as long as it holds the two batches in flight.
+        if self.lead_cache_max < 2 * self.batch_max_events:
+            raise ValueError(
+                f"lead_cache_max ({self.lead_cache_max}) must be at least twice "
+                f"batch_max_events ({self.batch_max_events})"
+            )
+        return self
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (
@@ -125,6 +170,7 @@ class Settings(BaseSettings):
             self.topic_downloads: TopicKind.DOWNLOADS,
             self.topic_unsubscribes: TopicKind.UNSUBSCRIBES,
             self.topic_profiles: TopicKind.PROFILES,
+            self.topic_track: TopicKind.TRACK,
         }
 
     @property
@@ -136,6 +182,7 @@ class Settings(BaseSettings):
             self.topic_downloads,
             self.topic_unsubscribes,
             self.topic_profiles,
+            self.topic_track,  # last, so the indexes of benchmarks/workload.py stay valid
         )
 
     @property
@@ -147,6 +194,19 @@ class Settings(BaseSettings):
             self.topic_tier_changes,
             self.topic_dead_letter,
         )
+
+    @property
+    def collector_keys(self) -> frozenset[str]:
+        """The collector's write keys (secrets: never log them)."""
+        keys = self.collector_write_keys.get_secret_value().split(",")
+        return frozenset(key.strip() for key in keys if key.strip())
+
+    @property
+    def collector_origins(self) -> frozenset[str] | None:
+        """Origins a browser may post from; None when any origin may."""
+        origins = {o.strip().rstrip("/") for o in self.collector_allowed_origins.split(",")}
+        origins.discard("")
+        return None if "*" in origins else frozenset(origins)
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,9 @@ SCRIPT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 #: Closed label sets, so a dashboard can rely on them and cardinality stays bounded.
 OUTCOMES = ("scored", "rejected", "duplicate")
-SCRIPTS = ("apply_batch", "tick")
+SCRIPTS = ("commit",)
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
+REDIS_FAILURES = ("transient", "backpressure")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Metrics:
     redis_script_seconds: Histogram
     batch_events: Histogram
     retries_total: Counter
+    redis_failing: Gauge
     consumer_lag_messages: Gauge
     ready: Gauge
     partitions_assigned: Gauge
@@ -90,14 +92,15 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         redis_script_seconds=Histogram(
             "streamscore_redis_script_seconds",
-            "Duration of one Redis Lua script call, by script.",
+            "Duration of one Redis Lua script call, by script (commit: one key group's share "
+            "of a batch or a tick).",
             ["script"],
             buckets=SCRIPT_BUCKETS_S,
             registry=reg,
         ),
         batch_events=Histogram(
             "streamscore_batch_events",
-            "Number of events applied per Redis script call.",
+            "Number of events in each batch committed to Redis.",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
             registry=reg,
         ),
@@ -105,6 +108,14 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             "streamscore_retries_total",
             "Retries of transient failures, by operation.",
             ["operation"],
+            registry=reg,
+        ),
+        redis_failing=Gauge(
+            "streamscore_redis_failing",
+            "1 while Redis calls fail with this class of failure: transient (connection, "
+            "timeout, failover; retried within redis_retry_max_s) or backpressure (out of "
+            "memory; retried until it passes).",
+            ["failure"],
             registry=reg,
         ),
         consumer_lag_messages=Gauge(
@@ -178,6 +189,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_redis_script_seconds",
     "streamscore_batch_events",
     "streamscore_retries_total",
+    "streamscore_redis_failing",
     "streamscore_consumer_lag_messages",
     "streamscore_ready",
     "streamscore_partitions_assigned",
@@ -189,4 +201,111 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_outbox_pending",
     "streamscore_decay_due_leads",
     "streamscore_handoff_visible_seconds",
+)
+
+
+#: Closed label sets of the collector's metrics.
+COLLECTOR_ENDPOINTS = (
+    "track", "page", "screen", "identify", "alias", "group", "batch",
+    "metrics", "healthz", "readyz", "other",
+)  # fmt: skip
+COLLECTOR_STATUSES = ("200", "204", "400", "401", "403", "404", "405", "413", "415", "429", "503")
+COLLECTOR_ENCODINGS = ("identity", "gzip")
+REQUEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class CollectorMetrics:
+    """The metrics of `streamscore collector`; label values come from closed sets."""
+
+    registry: CollectorRegistry
+    requests_total: Counter
+    request_seconds: Histogram
+    events_total: Counter
+    received_bytes_total: Counter
+    produced_bytes_total: Counter
+    rejected_total: Counter
+    pending_events: Gauge
+    ready: Gauge
+    retries_total: Counter
+
+
+def create_collector_metrics(
+    registry: CollectorRegistry | None = None, *, process: bool = True
+) -> CollectorMetrics:
+    """Create the collector's metric set in `registry` (a fresh one when omitted)."""
+    reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    if process:
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+    return CollectorMetrics(
+        registry=reg,
+        requests_total=Counter(
+            "streamscore_collector_requests_total",
+            "HTTP requests answered, by endpoint (short aliases count as their long form, "
+            "import as batch) and status code.",
+            ["endpoint", "status"],
+            registry=reg,
+        ),
+        request_seconds=Histogram(
+            "streamscore_collector_request_seconds",
+            "Time from a request's arrival to its answer (for a 200: the broker's acks), "
+            "by endpoint.",
+            ["endpoint"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=reg,
+        ),
+        events_total=Counter(
+            "streamscore_collector_events_total",
+            "Events acknowledged by the broker, by Segment type and the input topic's kind.",
+            ["type", "topic_kind"],
+            registry=reg,
+        ),
+        received_bytes_total=Counter(
+            "streamscore_collector_received_bytes_total",
+            "Request body bytes as received on the wire, by Content-Encoding.",
+            ["encoding"],
+            registry=reg,
+        ),
+        produced_bytes_total=Counter(
+            "streamscore_collector_produced_bytes_total",
+            "Message value bytes acknowledged by the broker.",
+            registry=reg,
+        ),
+        rejected_total=Counter(
+            "streamscore_collector_rejected_requests_total",
+            "Requests answered with an error, by reason (the `code` of the error body).",
+            ["reason"],
+            registry=reg,
+        ),
+        pending_events=Gauge(
+            "streamscore_collector_pending_events",
+            "Events handed to the producer and not yet acknowledged or failed.",
+            registry=reg,
+        ),
+        ready=Gauge(
+            "streamscore_collector_ready",
+            "1 when the producer is connected and the collector accepts events, else 0.",
+            registry=reg,
+        ),
+        retries_total=Counter(
+            "streamscore_collector_retries_total",
+            "Retries of transient broker failures at start, by operation.",
+            ["operation"],
+            registry=reg,
+        ),
+    )
+
+
+COLLECTOR_METRIC_NAMES: tuple[str, ...] = (
+    "streamscore_collector_requests_total",
+    "streamscore_collector_request_seconds",
+    "streamscore_collector_events_total",
+    "streamscore_collector_received_bytes_total",
+    "streamscore_collector_produced_bytes_total",
+    "streamscore_collector_rejected_requests_total",
+    "streamscore_collector_pending_events",
+    "streamscore_collector_ready",
+    "streamscore_collector_retries_total",
 )

@@ -9,8 +9,8 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streamscore.store.explain import describe_lead
-from streamscore.worker import now_ms
+from streamscore.runtime.clock import now_ms
+from streamscore.scoring.explain import describe_lead
 
 if TYPE_CHECKING:
     from streamscore.app import Runtime
@@ -29,11 +29,9 @@ def register(app: faust.App, runtime: Runtime) -> None:
     async def readyz(view: View, request: Request) -> Response:
         worker = runtime.worker
         ready = worker is not None and worker.ready
-        runtime.metrics.ready.set(1 if ready else 0)
         body = {
             "ready": ready,
-            "partitions_assigned": len(worker.assigned) if worker else 0,
-            "redis_reachable": bool(worker and worker.redis_ok),
+            **(worker.describe() if worker else {}),
             "rules_version": runtime.rules.rules.version,
         }
         return view.json(body, status=200 if ready else 503)
@@ -50,10 +48,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
             return view.json({"error": "not started"}, status=503)
         try:
             async with asyncio.timeout(runtime.settings.redis_timeout_s):
-                fields = await worker.store.lead_fields(lead_id)
+                state = await worker.store.lead_state(lead_id)
         except TimeoutError:
             return view.json({"error": "redis timed out"}, status=503)
-        if not fields:
+        if state is None:
             return view.json({"error": "unknown lead", "lead_id": lead_id}, status=404)
-        body: dict[str, Any] = describe_lead(fields, runtime.rules.rules, now_ms())
+        body: dict[str, Any] = describe_lead(state, runtime.rules.rules, now_ms())
         return view.json(body)

@@ -1,8 +1,13 @@
-"""Shared helpers for scoring tests: a compact rules set and decision strategies."""
+"""Shared helpers for scoring tests: a compact rules set and event strategies."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
 from streamscore.scoring.rules import CompiledRules, parse_rules_text
+from streamscore.scoring.state import CAP_WINDOWS_KEPT
 
 
 def compact_rules_yaml(version: str, engagement: str) -> str:
@@ -49,3 +54,52 @@ PARITY_RULES_YAML = compact_rules_yaml(
 def parity_rules() -> CompiledRules:
     """The compiled parity rules."""
     return parse_rules_text(PARITY_RULES_YAML, "parity.yaml")
+
+
+RULES = parity_rules()
+T0 = 1_760_000_000_000
+MIN = 60_000
+#: Capped page views kept within CAP_WINDOWS_KEPT windows of each other: 0.1's Lua pruned older
+#: windows differently (tests/integration/test_codec_legacy.py runs it).
+CAPPED_SPAN_MIN = CAP_WINDOWS_KEPT * 30  # the view rule's cap window is 30 min
+assert RULES.engagement[RULES.rule_ids.index("view")].cap_window_s == 30 * 60
+
+
+@dataclass(frozen=True)
+class FakeEvent:
+    """The fields of an event that scoring reads."""
+
+    type: str
+    properties: dict[str, object]
+    context: dict[str, object]
+    traits: dict[str, object]
+
+
+EVENT_SHAPES = st.sampled_from(
+    [
+        FakeEvent("page_view", {"path": "/blog"}, {}, {}),
+        FakeEvent("page_view", {"path": "/pricing"}, {}, {}),
+        FakeEvent("email_click", {}, {}, {}),
+        FakeEvent("trial_signup", {}, {}, {}),
+        FakeEvent("unsubscribe", {}, {}, {}),
+        FakeEvent("page_view", {"path": "/x"}, {"user_agent": "googlebot"}, {}),
+        FakeEvent("identify", {}, {}, {"title": "VP Sales", "size": 900}),
+        FakeEvent("identify", {}, {}, {"title": "Chief Revenue Officer"}),
+        FakeEvent("trial_signup", {}, {}, {"title": "VP Marketing"}),
+        FakeEvent("identify", {}, {}, {"title": "Intern"}),
+        FakeEvent("identify", {}, {}, {"title": "competitor"}),
+        FakeEvent("identify", {}, {}, {"size": "120"}),
+    ]
+)
+
+#: (lead, minutes offset, event shape, id reuse): times wander back and forth to make late events.
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["alice", "bob", "ca{r}ol:*"]),
+        st.integers(min_value=0, max_value=900),
+        EVENT_SHAPES,
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=60,
+)

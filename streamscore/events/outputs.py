@@ -9,7 +9,7 @@ import orjson
 
 from streamscore.events.timefmt import format_time_ms
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
-from streamscore.store.wire import ScriptOutput
+from streamscore.store.outbox import ScoredOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +29,8 @@ def output_id(lead_id: str, seq: int) -> str:
     return digest.hexdigest()
 
 
-def format_output(decoded: ScriptOutput, tier_rank: dict[str, int]) -> OutputMessage:
-    """Build the message for one output of apply_batch.lua or tick.lua."""
+def format_output(decoded: ScoredOutput, tier_rank: dict[str, int]) -> OutputMessage:
+    """Build the message for one output of the scoring engine."""
     out = decoded.output
     direction = "up" if tier_rank.get(out.new_tier, 0) >= tier_rank.get(out.old_tier, 0) else "down"
     common = {
@@ -41,7 +41,7 @@ def format_output(decoded: ScriptOutput, tier_rank: dict[str, int]) -> OutputMes
         "triggering_event_id": out.event_id,
         "event_time": format_time_ms(out.time_ms),
         "scored_at": format_time_ms(decoded.scored_at),
-        "rules_version": decoded.rules_version,
+        "rules_version": out.rules_version,
     }
     if out.kind == "handoff":
         body = {

@@ -40,6 +40,7 @@ RejectReason = Literal[
     "time_out_of_range",
     "too_many_properties",
     "bad_lead_id",
+    "bad_amount",  # outcomes only (streamscore.outcomes.events)
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
@@ -106,7 +107,7 @@ def _refine_schema_error(doc: dict[str, Any], kind: TopicKind, segment: bool) ->
     for field in lead_fields:
         value = doc.get(field)
         if isinstance(value, str):
-            _check_lead_id(value, field)
+            check_lead_id(value, field)
     time_fields = ("timestamp", "originalTimestamp") if segment else ("time",)
     for field in time_fields:
         value = doc.get(field)
@@ -124,7 +125,8 @@ def _type_fields_are_strings(doc: Mapping[str, Any], segment: bool) -> bool:
     return not segment or doc["type"] != "track" or isinstance(doc.get("event"), str)
 
 
-def _check_lead_id(lead_id: str, field: str) -> None:
+def check_lead_id(lead_id: str, field: str) -> None:
+    """`bad_lead_id` for an id too long, blank, or holding a control character."""
     if len(lead_id) > MAX_LEAD_ID_CHARS:
         raise InvalidEvent(
             "bad_lead_id", f"{field} has {len(lead_id)} characters, max {MAX_LEAD_ID_CHARS}"

@@ -31,6 +31,7 @@ class TopicKind(StrEnum):
     DOWNLOADS = "downloads"
     UNSUBSCRIBES = "unsubscribes"
     PROFILES = "profiles"
+    TRACK = "track"
 
 
 TYPES_BY_TOPIC: Mapping[TopicKind, tuple[EventType, ...]] = MappingProxyType(
@@ -46,6 +47,9 @@ TYPES_BY_TOPIC: Mapping[TopicKind, tuple[EventType, ...]] = MappingProxyType(
         ),
         TopicKind.UNSUBSCRIBES: (EventType.UNSUBSCRIBE,),
         TopicKind.PROFILES: (EventType.IDENTIFY,),
+        # Custom Segment `track` events (any name not in SEGMENT_TRACK_ALIASES); no native type
+        # yet: the worker dead-letters them as unknown_type until rules can match event names.
+        TopicKind.TRACK: (),
     }
 )
 
@@ -61,6 +65,7 @@ SCHEMA_FILE_BY_TOPIC: Mapping[TopicKind, str] = MappingProxyType(
         TopicKind.DOWNLOADS: "downloads.v1.json",
         TopicKind.UNSUBSCRIBES: "unsubscribes.v1.json",
         TopicKind.PROFILES: "profiles.v1.json",
+        TopicKind.TRACK: "track.v1.json",
     }
 )
 

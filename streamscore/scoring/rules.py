@@ -17,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamscore.errors import RulesError
 from streamscore.scoring.durations import parse_duration_s
+from streamscore.scoring.outcome_rules import (
+    OutcomeRules,
+    OutcomesSpec,
+    check_outcomes,
+    compile_outcomes,
+)
 from streamscore.scoring.source_lines import line_index
 
 #: Distinct strings each regex test remembers its answer for.
@@ -217,9 +223,10 @@ class HandoffSpec(_Strict):
 
 
 class DecaySpec(_Strict):
-    """Exponential decay of positive engagement points, by event time."""
+    """Exponential decay of engagement points by event time: positive ones, and penalties if set."""
 
     half_life: float
+    penalties: bool = False
 
     @field_validator("half_life", mode="before")
     @classmethod
@@ -248,6 +255,7 @@ class RulesSpec(_Strict):
     bant: dict[Literal["budget", "authority", "need", "timeline"], BantCriterionSpec] = {}
     tiers: list[TierSpec] = Field(min_length=2)
     handoff: HandoffSpec
+    outcomes: OutcomesSpec | None = None
 
 
 Loc = tuple[str | int, ...]
@@ -277,7 +285,14 @@ def cross_check(spec: RulesSpec) -> list[tuple[Loc, str]]:
         spec.grades and not spec.grades["A"] >= spec.grades["B"] >= spec.grades["C"]
     ):
         problems.append((("grades",), "grades must set A >= B >= C (minimum fit points of each)"))
-    return problems + _check_tiers(spec)
+    return problems + _check_tiers(spec) + _check_outcomes(spec)
+
+
+def _check_outcomes(spec: RulesSpec) -> list[tuple[Loc, str]]:
+    names = [t.name for t in spec.tiers]
+    tier = spec.tiers[names.index(spec.handoff.tier)] if spec.handoff.tier in names else None
+    exit_ = None if tier is None else tier.enter if tier.exit is None else tier.exit
+    return check_outcomes(spec.outcomes, names, exit_)
 
 
 def _check_tiers(spec: RulesSpec) -> list[tuple[Loc, str]]:
@@ -391,6 +406,10 @@ class CompiledRules:
     attributes: tuple[Attribute, ...]
     #: root ("traits", "properties", "context") -> first key -> [(priority, attribute index)]
     source_index: Mapping[str, Mapping[str, tuple[tuple[int, int], ...]]]
+    #: the `outcomes:` section, defaults filled in (streamscore.outcomes reads it)
+    outcomes: OutcomeRules
+    #: Negative points decay with the half-life too (decay.penalties); else they never do.
+    decay_penalties: bool = False
 
     def script_config(self) -> dict[str, Any]:
         """The arithmetic parameters the Redis script needs, JSON-serialisable."""
@@ -585,6 +604,7 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
     }
     handoff_tier = [t.name for t in spec.tiers].index(spec.handoff.tier)
     rearm = spec.handoff.rearm_below
+    rearm_below = tiers[handoff_tier].exit if rearm is None else rearm
     return CompiledRules(
         version=spec.version,
         source=source,
@@ -596,7 +616,7 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         handoff_tier=handoff_tier,
         min_grade=GRADES.index(spec.handoff.min_grade) + 1,
         min_bant=spec.handoff.min_bant,
-        rearm_below=tiers[handoff_tier].exit if rearm is None else rearm,
+        rearm_below=rearm_below,
         grade_thresholds=(
             spec.grades.get("A", math.inf),
             spec.grades.get("B", math.inf),
@@ -607,6 +627,13 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         by_type=by_type,
         attributes=tuple(attributes),
         source_index=source_index,
+        outcomes=compile_outcomes(
+            spec.outcomes,
+            tuple(t.name for t in tiers),
+            tiers[handoff_tier].exit,
+            rearm_below,
+        ),
+        decay_penalties=spec.decay.penalties,
     )
 
 

@@ -42,20 +42,23 @@ class KeySpace:
         return f"{self.prefix}:{{g{group}}}"
 
     def lead(self, ref: LeadRef) -> str:
-        """String with the lead's score state (a MessagePack map)."""
+        """String with the lead's state: its write version, then the encoded LeadState."""
         return f"{self._tag(ref.group)}:lead:{ref.digest}"
-
-    def seen(self, ref: LeadRef) -> str:
-        """Sorted set of the lead's recent event ids, scored by event time."""
-        return f"{self._tag(ref.group)}:seen:{ref.digest}"
 
     def offsets(self, group: int) -> str:
         """Hash of the last applied offset per topic-partition."""
         return f"{self._tag(group)}:offsets"
 
-    def due(self, group: int) -> str:
-        """Sorted set of lead keys by the time of their next inactivity tier drop."""
-        return f"{self._tag(group)}:due"
+    def due(self, group: int, partition: int) -> str:
+        """Sorted set of lead keys by the time of their next inactivity tier drop.
+
+        One per input partition number, so that a worker ticks only the leads it owns.
+        """
+        return f"{self._tag(group)}:due:{partition}"
+
+    def kpi(self, group: int) -> str:
+        """Hash of additive KPI counters (outcomes, handoffs), summed over groups by readers."""
+        return f"{self._tag(group)}:kpi"
 
     def outbox(self, group: int) -> str:
         """Stream of outputs recorded but not yet acknowledged by the broker."""

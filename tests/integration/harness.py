@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamscore import dev
 from streamscore.config import ENV_PREFIX, Settings, settings_env
-from streamscore.kafka.clients import ensure_topics
+from streamscore.runtime.kafka import ensure_topics
+from streamscore.scoring import reference, state
+from streamscore.scoring.rules import CompiledRules
+from streamscore.store.client import open_client
+from streamscore.store.keys import KeySpace
+from streamscore.store.store import RedisStore
 
 
 class WorkerProcess:
@@ -185,6 +191,34 @@ async def produce_positions(
     finally:
         await producer.stop()
     return [(m.topic, m.partition, m.offset) for m in landed]
+
+
+async def open_test_store(settings: Settings) -> RedisStore:
+    """A store on the test's Redis and key prefix; a 15 s read timeout fails a stuck call."""
+    client = await open_client(
+        settings.redis_url.get_secret_value(), cluster=None, socket_timeout=15
+    )
+    return RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
+
+
+async def lead_mismatch(
+    store: RedisStore, ref: reference.LeadState, rules: CompiledRules
+) -> str | None:
+    """How the lead Redis holds differs from the reference's (None when it does not).
+
+    Identity, present time, tier, output sequence, arming and the score at its present; the
+    score is read with scoring.state, the one formula of it.
+    """
+    got = await store.lead_state(ref.lead_id)
+    if got is None:
+        return f"{ref.lead_id!r}: missing in Redis"
+    seen = (got.lead_id, got.last_ms, rules.tiers[got.tier].name, got.seq, got.armed)
+    want = (ref.lead_id, ref.last_ms, rules.tiers[ref.tier].name, ref.seq, ref.armed)
+    at = ref.last_ms or 0
+    score, expected = state.score_at(got, rules, at), reference.score_at(ref, rules, at)
+    if seen != want or not math.isclose(score, expected, rel_tol=1e-9, abs_tol=1e-9):
+        return f"{ref.lead_id!r}: redis {seen} score {score!r}; reference {want} {expected!r}"
+    return None
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:

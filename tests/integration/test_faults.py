@@ -2,7 +2,7 @@
 
 Each test runs `streamscore worker` subprocesses against the session's real broker and Valkey and
 compares what ends up in Redis and on the output topics with the reference model
-(streamscore.scoring.model). The invariant under every fault: each event counts exactly once in
+(streamscore.scoring.reference). The invariant under every fault: each event counts exactly once in
 its lead's state, and every output the reference emits appears with its deterministic id, its
 copies identical, and no output the reference does not emit appears at all.
 """
@@ -25,22 +25,26 @@ import redis.asyncio as aioredis
 
 from streamscore import dev
 from streamscore.config import Settings
+from streamscore.errors import TransientRedisError
 from streamscore.events import Limits, parse_event
 from streamscore.events.outputs import output_id
 from streamscore.events.types import TOPIC_BY_TYPE, EventType
-from streamscore.kafka.clients import ensure_topics
-from streamscore.metrics import create_metrics
+from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import LeadState, Output, apply_event, score_at
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import LeadState, apply_event
 from streamscore.scoring.rules import load_rules
-from streamscore.store.keys import KeySpace
+from streamscore.scoring.state import LeadState as LeadStateV
+from streamscore.scoring.state import event_id_hash
 from streamscore.store.store import RedisStore
 from tests.conftest import RULES_FILE, RedisServer
 from tests.integration.harness import (
     WorkerProcess,
     bounded,
     event,
+    lead_mismatch,
     metric_total,
+    open_test_store,
     produce_positions,
     read_topic,
     topic_for,
@@ -300,55 +304,26 @@ def reference(sent: list[Sent], dedup_window_s: int) -> Reference:
 
 
 async def assert_states_match(store: RedisStore, ref: Reference, leads: set[str]) -> None:
-    """Every lead's hash in Redis holds the reference's tier, sequence, arming and score."""
-    h_ms = RULES.half_life_s * 1000
-    mismatched = []
-    for lead in sorted(leads):
-        state = ref.states[lead]
-        fields = await store.lead_fields(lead)
-        if not fields:
-            mismatched.append(f"{lead!r}: missing in Redis")
-            continue
-        lt = int(float(fields["lt"]))
-        got = (
-            float(fields.get("fit", 0))
-            + float(fields.get("pen", 0))
-            + float(fields.get("e", 0)) * math.pow(2.0, (float(fields.get("a", lt)) - lt) / h_ms)
-        )
-        got = min(max(got, RULES.floor), RULES.ceiling)
-        want = score_at(state, RULES, lt)
-        seen = {
-            "id": fields["id"],
-            "lt": lt,
-            "tier": RULES.tiers[int(fields["tier"])].name,
-            "n": int(fields.get("n", 0)),
-            "arm": fields.get("arm", "1") == "1",
-        }
-        expected = {
-            "id": lead,
-            "lt": state.last_ms,
-            "tier": RULES.tiers[state.tier].name,
-            "n": state.seq,
-            "arm": state.armed,
-        }
-        if seen != expected or not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9):
-            mismatched.append(f"{lead!r}: redis {seen} score {got!r}; ref {expected} {want!r}")
+    """Every lead in Redis holds the reference's present, tier, sequence, arming and score."""
+    mismatched = [
+        m for lead in sorted(leads) if (m := await lead_mismatch(store, ref.states[lead], RULES))
+    ]
     assert not mismatched, f"{len(mismatched)} of {len(leads)} leads differ:\n" + "\n".join(
         mismatched[:20]
     )
 
 
 async def assert_all_seen(store: RedisStore, sent: list[Sent]) -> None:
-    """Every event id is in its lead's seen set: no event was skipped on the way to Redis."""
-    keys = store.keys
-    pipe = store.client.pipeline(transaction=False)
-    ids = []
+    """Every event id is among its lead's seen ids: no event was skipped on the way to Redis."""
+    missing = []
+    states: dict[str, LeadStateV | None] = {}
     for s in sent:
+        if s.lead_id not in states:
+            states[s.lead_id] = await store.lead_state(s.lead_id)
+        got = states[s.lead_id]
         event_id = orjson.loads(s.raw)["event_id"]
-        ids.append((s.lead_id, event_id))
-        pipe.zscore(keys.seen(keys.lead_ref(s.lead_id)), event_id)
-    scores = await pipe.execute()
-    missing = [pair for pair, score in zip(ids, scores, strict=True) if score is None]
+        if got is None or got.seen is None or event_id_hash(event_id) not in got.seen:
+            missing.append((s.lead_id, event_id))
     assert not missing, f"{len(missing)} events never reached Redis: {missing[:10]}"
 
 
@@ -396,11 +371,9 @@ async def check_outputs(settings: Settings, ref: Reference, leads: set[str]) -> 
 
 @pytest.fixture
 async def store(settings_factory: Callable[..., Settings]) -> AsyncIterator[RedisStore]:
-    settings = settings_factory()
-    # A read timeout, so that a stuck call fails the test instead of hanging it.
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=15)
-    yield RedisStore(client, KeySpace(settings.redis_key_prefix), create_metrics(process=False))
-    await client.aclose()
+    store = await open_test_store(settings_factory())
+    yield store
+    await store.close()
 
 
 @pytest.fixture
@@ -583,7 +556,14 @@ async def test_redis_outage_blocks_then_resumes_without_loss(
     finally:
         # The embedded Valkey is memory-only: it comes back EMPTY on the same port.
         redis_server.start()
-        await store.client.connection_pool.disconnect()  # the test's own stale connections
+
+    async def answers() -> bool:
+        try:
+            return await store.ping()  # the test's own connections went with the old server
+        except TransientRedisError:
+            return False
+
+    assert await wait_for(answers, 10)
 
     async def ready() -> bool:
         return await asyncio.to_thread(readiness, worker) == (200, 1.0)
@@ -594,7 +574,7 @@ async def test_redis_outage_blocks_then_resumes_without_loss(
 
     # Phase-1 state went with the memory-only server (a real Redis with persistence would keep
     # it); this shows the restart really wiped it, so what follows was applied afterwards.
-    assert not await store.lead_fields(phases[0][0].lead_id)
+    assert await store.lead_state(phases[0][0].lead_id) is None
     after = phases[1] + phases[2]
     ref = reference(after, settings.dedup_window_s)
     assert ref.duplicates == len(resent)
@@ -800,7 +780,8 @@ async def test_broker_restart_events_on_recreated_partitions_are_not_skipped(
     assert [off for _, _, off in landed] == [off for _, _, off in run.before]  # reused offsets
 
     async def demo_points() -> bool:
-        return "r:demo_page" in await store.lead_fields("bk-a")
+        got = await store.lead_state("bk-a")
+        return got is not None and "demo_page" in got.points
 
     scored = await wait_for(demo_points, 10)
     assert worker.terminate() == 0, worker.log()

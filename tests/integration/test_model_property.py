@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import settings as hypothesis_settings
@@ -30,22 +29,27 @@ from streamscore.config import Settings
 from streamscore.events import Limits, format_time_ms, parse_event
 from streamscore.events.outputs import output_id
 from streamscore.events.types import TopicKind
-from streamscore.kafka.clients import ensure_topics
-from streamscore.metrics import create_metrics
+from streamscore.runtime.kafka import ensure_topics
+from streamscore.scoring import state as engine_state
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import (
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.reference import (
     LeadState,
-    Output,
     apply_event,
     bant_mask,
     disqualified,
     fit_points,
-    score_at,
 )
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES, CompiledRules, parse_rules_text
-from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
-from tests.integration.harness import WorkerProcess, event, metric_total, produce
+from tests.integration.harness import (
+    WorkerProcess,
+    event,
+    lead_mismatch,
+    metric_total,
+    open_test_store,
+    produce,
+)
 from tests.scoring_support import compact_rules_yaml
 
 T = TypeVar("T")
@@ -288,25 +292,13 @@ def reference(
     return state, outputs
 
 
-async def compare_state(store: RedisStore, state: LeadState) -> None:
-    fields = await store.lead_fields(state.lead_id)
-    lead = state.lead_id
-    assert fields["id"] == lead
-    assert int(fields["tier"]) == state.tier, (lead, fields)
-    assert int(fields["n"]) == state.seq, (lead, fields)
-    assert int(fields["arm"]) == int(state.armed), (lead, fields)
-    assert state.last_ms is not None
-    lt = int(float(fields["lt"]))
-    assert lt == state.last_ms, (lead, fields)
-    h_ms = RULES.half_life_s * 1000
-    a = float(fields.get("a", lt))
-    raw = float(fields["fit"]) + float(fields["pen"]) + float(fields["e"]) * 2 ** ((a - lt) / h_ms)
-    got = min(max(raw, RULES.floor), RULES.ceiling)
-    assert math.isclose(got, score_at(state, RULES, lt), rel_tol=1e-9, abs_tol=1e-9), lead
-    assert math.isclose(float(fields["fit"]), fit_points(state), rel_tol=1e-9, abs_tol=1e-9)
-    assert int(fields.get("bant", 0)) == bant_mask(state), lead
-    dq = int(fields.get("dq", 0)) == 1 or int(fields.get("fdq", 0)) == 1
-    assert dq == disqualified(state), (lead, fields)
+async def compare_state(store: RedisStore, ref: LeadState) -> None:
+    assert await lead_mismatch(store, ref, RULES) is None
+    got = await store.lead_state(ref.lead_id)
+    assert got is not None
+    assert math.isclose(got.fit, fit_points(ref), rel_tol=1e-9, abs_tol=1e-9), ref.lead_id
+    assert got.bant == bant_mask(ref), ref.lead_id
+    assert engine_state.disqualified(got) == disqualified(ref), ref.lead_id
 
 
 def compare_outputs(
@@ -391,13 +383,11 @@ def test_worker_matches_the_reference_model(
     try:
         loop.run_until_complete(ensure_topics(settings))
         outputs = OutputTopics(settings)
-        client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+        store = loop.run_until_complete(open_test_store(settings))
         worker = WorkerProcess(settings, tmp_path)
         try:
             loop.run_until_complete(worker.wait_ready())
             loop.run_until_complete(outputs.start())
-            keys = KeySpace(settings.redis_key_prefix)
-            store = RedisStore(client, keys, create_metrics(process=False))
             live = Live(loop, settings, worker, store, outputs)
 
             @hypothesis_settings(
@@ -423,7 +413,7 @@ def test_worker_matches_the_reference_model(
                 code = worker.terminate(timeout_s=10)
             finally:
                 loop.run_until_complete(outputs.stop())
-                loop.run_until_complete(client.aclose())
+                loop.run_until_complete(store.close())
         assert code == 0, f"worker exit code {code}:\n{worker.log()}"
     finally:
         loop.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,22 +11,21 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from streamscore.config import Settings
 from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
-from streamscore.metrics import create_metrics
 from streamscore.scoring.engine import decide
-from streamscore.scoring.model import LeadState, apply_event, score_at
+from streamscore.scoring.reference import LeadState, apply_event
 from streamscore.scoring.rules import load_rules
-from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore
 from tests.conftest import REPO_ROOT
 from tests.integration.harness import (
     WorkerProcess,
     event,
+    lead_mismatch,
     metric_total,
+    open_test_store,
     produce,
     read_topic,
     topic_for,
@@ -49,10 +47,9 @@ KIND_BY_TYPE = {
 
 @pytest.fixture
 async def store(settings_factory: Callable[..., Settings]) -> AsyncIterator[RedisStore]:
-    settings = settings_factory()
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
-    yield RedisStore(client, KeySpace(settings.redis_key_prefix), create_metrics(process=False))
-    await client.aclose()
+    store = await open_test_store(settings_factory())
+    yield store
+    await store.close()
 
 
 @pytest.fixture
@@ -118,19 +115,8 @@ async def test_all_event_types_score_as_the_reference_says(
 
     assert await wait_for(all_scored, 60), worker.log()
     expected = reference_scores(events, int(time.time() * 1000))
-    for lead, state in expected.items():
-        fields = await store.lead_fields(lead)
-        assert fields["id"] == lead
-        lt = int(float(fields["lt"]))
-        assert lt == state.last_ms
-        h_ms = RULES.half_life_s * 1000
-        got = (
-            float(fields["fit"])
-            + float(fields["pen"])
-            + float(fields["e"]) * math.pow(2.0, (float(fields.get("a", lt)) - lt) / h_ms)
-        )
-        assert math.isclose(got, score_at(state, RULES, lt), rel_tol=1e-9), lead
-        assert RULES.tiers[int(fields["tier"])].name == RULES.tiers[state.tier].name
+    for state in expected.values():
+        assert await lead_mismatch(store, state, RULES) is None
     # The HTTP view explains a lead, with the rules that contributed.
     status, body = worker.get("/leads/ann")
     assert status == 200
@@ -225,6 +211,6 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_scoring_goes_on(
         assert letter["source_topic"] == settings.topic_page_views
     assert sorted(base64.b64decode(str(x["original_base64"])) for x in letters) == sorted(bad)
     assert {x["reason"] for x in letters} == {"malformed_json", "not_utf8", "schema"}
-    assert await wait_for(lambda: store.lead_fields("eve"), 30)
+    assert await wait_for(lambda: store.lead_state("eve"), 30)
     _, body = worker.get("/metrics")
     assert metric_total(body.decode(), "streamscore_dead_letter_total") == len(bad)

@@ -1,95 +1,193 @@
-"""RedisStore's pre-packed apply call on a real Redis-compatible server."""
+"""commit.lua on real servers: it writes a group's share of a batch at once, or nothing at all."""
 
 from __future__ import annotations
 
-import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
+from importlib import resources
 
-import msgpack
-import orjson
 import pytest
-import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 
-from streamscore.metrics import create_metrics
-from streamscore.scoring.engine import decide
+from streamscore.errors import ScriptError
+from streamscore.scoring.outputs import Output
+from streamscore.store.client import open_client, pack_script_call
+from streamscore.store.commit import (
+    COMMIT_LUA,
+    LAYOUT_PLACEHOLDER,
+    GroupCommit,
+    LeadWrite,
+    OffsetWrite,
+    layout_line,
+    versioned,
+)
+from streamscore.store.errors import Failure, classify
 from streamscore.store.keys import KeySpace
+from streamscore.store.outbox import decode_outputs, encode_outputs
 from streamscore.store.store import RedisStore
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
-from tests.integration.test_lua_parity import RULES, FakeEvent
+from tests.integration.conftest import ClusterUnderTest
 
-CONFIG = orjson.dumps({**RULES.script_config(), "dedup_window_ms": 3_600_000})
-T0 = 1_760_000_000_000
-PRICING = FakeEvent("page_view", {"path": "/pricing"}, {}, {})
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = KeySpace(f"store:{uuid.uuid4().hex[:8]}")
-    yield RedisStore(client, keys, create_metrics(process=False))
-    await client.aclose()
+OUTPUT = Output(
+    "handoff", "lead-1", 1, "warm", "hot", 91.5, 70.0, 21.5, 2, 3, (("trial", 25.0),),
+    "evt-1", 1_760_000_000_000, "event", "rules-1",
+)  # fmt: skip
 
 
-def one_batch(
-    store: RedisStore, leads: list[str], first_offset: int, partition: int = 0
-) -> GroupBatch:
-    events = [
-        ScoredEvent(lead, f"e{partition}-{first_offset + i}", T0 + i, "pv", partition,
-                    first_offset + i, decide(PRICING, RULES))
-        for i, lead in enumerate(leads)
-    ]  # fmt: skip
-    (batch,) = encode_batches(events, store.keys)
-    return batch
+@pytest.fixture(params=["single", "cluster"])
+async def store(
+    request: pytest.FixtureRequest, redis_url: str, redis_cluster: ClusterUnderTest
+) -> AsyncIterator[RedisStore]:
+    """A store with its own key prefix, on the session's server or on the 3-primary cluster."""
+    cluster = request.param == "cluster"
+    client = await open_client(redis_cluster.url if cluster else redis_url, cluster=cluster)
+    store = RedisStore(client, KeySpace(f"st:{uuid.uuid4().hex[:8]}", groups=3 if cluster else 1))
+    yield store
+    await store.close()
 
 
-async def test_apply_reloads_the_script_when_the_server_lost_it(store: RedisStore) -> None:
-    first = await store.apply(one_batch(store, ["ann"], 0), CONFIG, T0)
-    await store.client.script_flush()
-    second = await store.apply(one_batch(store, ["ann"], 1), CONFIG, T0)
-    assert first.duplicates == second.duplicates == []
-    assert (await store.lead_fields("ann"))["lt"] == str(T0)
-    assert await store.applied_offsets() == {"pv:0": 1}
+def lead_write(
+    store: RedisStore, lead_id: str, version: int, expected: bytes, due: int
+) -> LeadWrite:
+    """A write of lead `lead_id`'s value `version`, fenced on `expected`, due at `due`."""
+    ref = store.keys.lead_ref(lead_id)
+    return LeadWrite(
+        store.keys.lead(ref),
+        expected,
+        versioned(version, f"state of {lead_id} v{version}".encode()),
+        (store.keys.due(ref.group, 2), due),
+        None,
+    )
 
 
-async def test_packed_call_carries_scored_at_and_every_key(store: RedisStore) -> None:
-    leads = [f"lead-{i}" for i in range(3000)]
-    packed = store.pack(one_batch(store, leads, 0), CONFIG)
-    result = await store.apply_packed(packed, T0 + 123_456)
-    assert result.duplicates == []
-    assert await store.applied_offsets() == {"pv:0": 2999}
-    assert (await store.lead_fields("lead-2999"))["lt"] == str(T0 + 2999)
+def group_of(store: RedisStore, lead_id: str) -> int:
+    return store.keys.lead_ref(lead_id).group
 
 
-async def test_a_cancelled_apply_leaves_no_reply_for_the_next_call(store: RedisStore) -> None:
-    solo = one_batch(store, ["solo"], 0, partition=1)
-    assert (await store.apply(solo, CONFIG, T0)).duplicates == []
-    big = store.pack(one_batch(store, [f"lead-{i}" for i in range(5000)], 0), CONFIG)
-    call = asyncio.ensure_future(store.apply_packed(big, T0))
-    await asyncio.sleep(0.002)  # sent, most likely; its reply (no duplicates) is in flight
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    # The redelivered event's call must read its own reply, which marks it a duplicate.
-    assert (await store.apply(solo, CONFIG, T0)).duplicates == [0]
-
-
-async def test_a_state_saved_with_one_field_per_attribute_is_read_and_rewritten_packed(
+async def test_a_commit_writes_leads_offsets_due_sets_counters_and_outputs(
     store: RedisStore,
 ) -> None:
-    """States written before the profile was packed (p:<attr> fields) keep their profile."""
-    title = [T0 - 1000, "vp sales", 20, 2, 0, [["exec", 20]]]  # BANT authority (bit 2)
-    legacy = {"id": "old", "a": T0 - 1000, "lt": T0 - 1000, "fit": 20, "bant": 2, "p:title": title}
-    key = store.keys.lead(store.keys.lead_ref("old"))
-    await store.client.set(key, msgpack.packb(legacy))
-    identify = FakeEvent("identify", {}, {}, {"size": 900})
-    event = ScoredEvent("old", "id-1", T0, "pv", 0, 0, decide(identify, RULES))
-    (batch,) = encode_batches([event], store.keys)
-    await store.apply(batch, CONFIG, T0)
-    raw = msgpack.unpackb(await store.client.get(key), raw=False, unicode_errors="surrogateescape")
-    assert "p:title" not in raw and "P" in raw
-    fields = await store.lead_fields("old")
-    assert orjson.loads(fields["p:title"]) == title
-    assert orjson.loads(fields["p:size"])[1:3] == ["900.0", 15]  # values are kept as text
-    assert float(fields["fit"]) == 35  # the legacy title's 20 and the new size's 15
-    assert int(fields["bant"]) == 2 | 1  # and budget, from the size
+    g = group_of(store, "lead-1")
+    commit = GroupCommit(g)
+    commit.leads.append(lead_write(store, "lead-1", 1, b"", 5_000))
+    commit.offsets.append(OffsetWrite("page-views:2", None, 41))
+    commit.counters["handoffs|hot"] = 2
+    result = await store.commit(commit.pack(store.keys), encode_outputs([OUTPUT], 123))
+    assert result.ok and result.outbox_entry
+
+    assert await store.read_lead("lead-1") == versioned(1, b"state of lead-1 v1")
+    assert await store.recorded_offsets(["page-views:2"]) == {(g, "page-views:2"): 41}
+    assert await store.due_keys(g, 2, 5_000, 10) == [commit.leads[0].key]
+    assert await store.due_keys(g, 2, 4_999, 10) == []
+    assert await store.kpi_counters() == {"handoffs|hot": 2}
+    [(entry, encoded)] = await store.pending_outbox(g, 2**62)
+    assert entry == result.outbox_entry
+    assert decode_outputs(encoded) == [(OUTPUT, 123)]
+
+
+async def test_a_stale_offset_or_lead_writes_nothing(store: RedisStore) -> None:
+    g = group_of(store, "lead-1")
+    first = GroupCommit(g)
+    first.leads.append(lead_write(store, "lead-1", 1, b"", 5_000))
+    first.offsets.append(OffsetWrite("page-views:2", None, 41))
+    packed = first.pack(store.keys)
+    assert (await store.commit(packed, b"")).ok
+    # The same call again (a retry of a call that had in fact been applied): the offset moved.
+    again = await store.commit(packed, encode_outputs([OUTPUT], 1))
+    assert not again.ok and again.conflict == "offset page-views:2"
+
+    # An offset that is right but a lead that another writer changed meanwhile.
+    second = GroupCommit(g)
+    second.leads.append(lead_write(store, "lead-1", 2, b"", 9_000))  # expects it absent
+    second.offsets.append(OffsetWrite("page-views:2", 41, 50))
+    second.counters["handoffs|hot"] = 1
+    result = await store.commit(second.pack(store.keys), encode_outputs([OUTPUT], 1))
+    assert not result.ok and result.conflict.startswith("lead ")
+
+    # Nothing of either refused call was written.
+    assert await store.read_lead("lead-1") == versioned(1, b"state of lead-1 v1")
+    assert await store.recorded_offsets(["page-views:2"]) == {(g, "page-views:2"): 41}
+    assert await store.due_keys(g, 2, 10_000, 10) == [first.leads[0].key]
+    assert await store.kpi_counters() == {}
+    assert await store.pending_outbox(g, 2**62) == []
+
+    # Fenced on what it really holds, it goes through; the due entry moves to another set.
+    ref = store.keys.lead_ref("lead-1")
+    third = GroupCommit(g)
+    third.leads.append(
+        LeadWrite(
+            store.keys.lead(ref),
+            versioned(1, b"")[:8],
+            versioned(2, b"v2"),
+            (store.keys.due(g, 3), 7_000),
+            store.keys.due(g, 2),
+        )
+    )
+    third.offsets.append(OffsetWrite("page-views:2", 41, 50))
+    assert (await store.commit(third.pack(store.keys), b"")).ok
+    assert await store.due_keys(g, 2, 10_000, 10) == []
+    assert await store.due_keys(g, 3, 10_000, 10) == [store.keys.lead(ref)]
+
+
+async def test_a_flushed_script_is_loaded_again(store: RedisStore) -> None:
+    await store.client.execute_on_primaries("SCRIPT", "FLUSH")
+    commit = GroupCommit(group_of(store, "lead-9"))
+    commit.leads.append(lead_write(store, "lead-9", 1, b"", 1))
+    assert (await store.commit(commit.pack(store.keys), b"")).ok
+
+
+async def test_out_of_memory_is_backpressure_and_writes_nothing(
+    redis_url: str, redis_server: object
+) -> None:
+    client = await open_client(redis_url, cluster=False)
+    store = RedisStore(client, KeySpace(f"oom:{uuid.uuid4().hex[:8]}"))
+    try:
+        await client.execute("SET", f"{store.keys.prefix}:ballast", b"x" * 200_000, key="x")
+        used = int(
+            re.search(rb"used_memory:(\d+)", await client.execute("INFO", "memory", key="x"))[1]  # type: ignore[index]
+        )
+        await client.execute("CONFIG", "SET", "maxmemory", used - 100_000, key="x")
+        commit = GroupCommit(0)
+        commit.leads.append(lead_write(store, "lead-1", 1, b"", 1))
+        commit.offsets.append(OffsetWrite("t:0", None, 1))
+        packed = commit.pack(store.keys)
+        with pytest.raises(redis_errors.ResponseError) as info:
+            await store.commit(packed, b"")
+        assert classify(info.value) is Failure.BACKPRESSURE, info.value
+        assert await store.read_lead("lead-1") is None
+        assert await store.recorded_offsets(["t:0"]) == {}
+        await client.execute("CONFIG", "SET", "maxmemory", 0, key="x")
+        assert (await store.commit(packed, b"")).ok  # the same call, once memory is back
+    finally:
+        await client.execute("CONFIG", "SET", "maxmemory", 0, key="x")
+        await store.close()
+
+
+def test_the_layout_comes_from_python_and_keeps_commit_lua_lines() -> None:
+    """commit.lua does not define the layout itself: store/commit.py generates it (no drift)."""
+    text = (resources.files("streamscore.store") / "scripts" / "commit.lua").read_text("utf-8")
+    lines = text.split("\n")
+    assert lines[0] == "#!lua"
+    assert lines[1].startswith(LAYOUT_PLACEHOLDER)
+    for name in ("FIXED_KEYS", "COUNT_ARGS", "TP_ARGS", "LEAD_ARGS", "COUNTER_ARGS"):
+        assert not re.search(rf"local[^\n]*\b{name}\b[^\n]*=", text), name
+        assert re.search(rf"\b{name}\b", text), f"commit.lua no longer uses {name}"
+    loaded = COMMIT_LUA.source.split("\n")
+    assert loaded[1] == layout_line()
+    assert len(loaded) == len(lines) and loaded[2:] == lines[2:]
+
+
+async def test_a_lua_error_names_commit_lua_and_its_line(redis_url: str) -> None:
+    client = await open_client(redis_url, cluster=False)
+    try:
+        # One lead announced and no lead arguments given: its new value reads as nil.
+        packed = pack_script_call(COMMIT_LUA, ["{t}o", "{t}x", "{t}k", "{t}lead"], [0, 0, 1, 0])
+        with pytest.raises(ScriptError) as info:
+            await client.run_packed(packed, b"")
+    finally:
+        await client.close()
+    text = (resources.files("streamscore.store") / "scripts" / "commit.lua").read_text("utf-8")
+    expected = 1 + text.split("\n").index(
+        next(line for line in text.split("\n") if "redis.call('SET', key" in line)
+    )
+    assert (info.value.file, info.value.line) == ("commit.lua", expected), info.value

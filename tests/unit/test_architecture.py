@@ -25,12 +25,11 @@ FORBIDDEN = (
     "logging.handlers",
     "time",
     "streamscore.store",
-    "streamscore.worker",
+    "streamscore.runtime",
     "streamscore.app",
     "streamscore.agents",
     "streamscore.views",
     "streamscore.metrics",
-    "streamscore.kafka",
 )
 #: Clock reads, as `<name>.<attribute>(...)` calls.
 CLOCK_CALLS = {
@@ -78,7 +77,8 @@ def is_forbidden(module: str) -> bool:
 
 def test_scoring_files_are_found() -> None:
     names = {p.name for p in SCORING_FILES}
-    assert {"rules.py", "engine.py", "model.py"} <= names
+    expected = {"rules.py", "engine.py", "reference.py", "state.py", "outputs.py", "explain.py"}
+    assert expected <= names
 
 
 @pytest.mark.parametrize("path", SCORING_FILES, ids=lambda p: p.name)
@@ -112,7 +112,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import asyncio\nfrom ..store import keys\nfrom redis.asyncio import Redis\n"
-        "from .. import worker\nfrom .rules import load_rules\nimport timeit\n"
+        "from .. import runtime\nfrom .rules import load_rules\nimport timeit\n"
         "import datetime as dt\nfrom datetime import datetime\n"
         "a = datetime.now()\nb = dt.datetime.utcnow()\nc = time.time()\nd = dt.timedelta(1)\n",
         encoding="utf-8",
@@ -123,15 +123,15 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
         "time.time()",
     ]
     found = {m for _, m in imported_modules(probe, "streamscore.scoring")}
-    assert {"asyncio", "streamscore.store", "redis.asyncio", "streamscore.worker"} <= found
+    assert {"asyncio", "streamscore.store", "redis.asyncio", "streamscore.runtime"} <= found
     assert "streamscore.scoring.rules" in found
     assert sorted(m for m in found if is_forbidden(m)) == [
         "asyncio",
         "redis.asyncio",
         "redis.asyncio.Redis",
+        "streamscore.runtime",
         "streamscore.store",
         "streamscore.store.keys",
-        "streamscore.worker",
     ]
 
 
@@ -139,14 +139,15 @@ def test_importing_scoring_loads_no_io_module() -> None:
     """Transitively too: a fresh interpreter that imports scoring has none of them loaded."""
     code = (
         "import sys\n"
-        "import streamscore.scoring.rules, streamscore.scoring.engine, streamscore.scoring.model\n"
-        "import streamscore.scoring.durations\n"
+        "import streamscore.scoring.rules, streamscore.scoring.engine\n"
+        "import streamscore.scoring.reference, streamscore.scoring.durations\n"
+        "import streamscore.scoring.state, streamscore.scoring.explain\n"
         "print('\\n'.join(sorted(sys.modules)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     loaded = result.stdout.split()
-    assert "streamscore.scoring.model" in loaded
+    assert "streamscore.scoring.reference" in loaded
     bad = sorted(m for m in loaded if is_forbidden(m) and m != "time")
     assert not bad, f"importing streamscore.scoring loads {bad}"

@@ -223,3 +223,16 @@ def test_every_input_topic_has_its_own_kind() -> None:
     assert kinds["pv"] is TopicKind.PAGE_VIEWS
     assert kinds["prof"] is TopicKind.PROFILES
     assert len(set(kinds.values())) == len(kinds)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_redis_cluster_takes_a_boolean_from_a_file_and_any_case_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    assert Settings().redis_cluster == "auto"
+    monkeypatch.setenv("STREAMSCORE_REDIS_CLUSTER", "TRUE")
+    assert load_settings().redis_cluster == "true"
+    path = tmp_path / f"settings{suffix}"
+    path.write_text("redis_cluster = false\n" if suffix == ".toml" else "redis_cluster: false\n")
+    assert load_settings(path).redis_cluster == "false"
+    assert "field redis_cluster" in config_error(redis_cluster="yes")

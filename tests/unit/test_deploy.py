@@ -21,6 +21,7 @@ from prometheus_client import generate_latest
 from streamscore.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings
 from streamscore.events import REJECT_REASONS, SCHEMAS_DIR_ENV
 from streamscore.metrics import METRIC_NAMES, OPERATIONS, OUTCOMES, SCRIPTS, create_metrics
+from streamscore.runtime.sensors import PrometheusSensor
 from streamscore.scoring.rules import load_rules, parse_rules_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +95,7 @@ def populated_metrics_text() -> str:
     """Return the exposition of a fresh metric set with every labelled metric given series."""
     metrics = create_metrics()
     topics = Settings.model_construct().input_topics  # the defaults, whatever the env says
+    PrometheusSensor(metrics, topics)  # the zero samples a worker exports from the start
     for topic in topics:
         for outcome in OUTCOMES:
             metrics.events_total.labels(topic=topic, outcome=outcome).inc()

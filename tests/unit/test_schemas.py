@@ -59,9 +59,12 @@ def test_the_expected_schemas_exist() -> None:
         "downloads.v1.json",
         "unsubscribes.v1.json",
         "profiles.v1.json",
+        "track.v1.json",
         "handoff.v1.json",
         "tier-change.v1.json",
         "dead-letter.v1.json",
+        "outcomes.v1.json",
+        "sla-breach.v1.json",
     }
 
 

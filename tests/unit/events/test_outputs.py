@@ -1,9 +1,8 @@
-"""format_output: the store's output rows become schema-valid handoff and tier-change messages."""
+"""format_output: the engine's outputs, through the outbox, become schema-valid messages."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 from hypothesis import assume, given, settings
@@ -11,8 +10,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from streamscore.events.outputs import format_output, output_id
+from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
-from streamscore.store.wire import decode_outputs
+from streamscore.store.outbox import ScoredOutput, decode_outputs, encode_outputs
 from tests.conftest import REPO_ROOT
 
 SCHEMAS = {
@@ -25,47 +25,44 @@ YEAR_2200_MS = 7_258_118_400_000
 
 TEXT = st.characters(blacklist_categories=["Cs"])  # what a JSON document can carry
 LEAD_IDS = st.text(TEXT, min_size=1, max_size=256)
-# Numbers as the Lua script writes them: string.format('%.17g', x)
-LUA_NUMBERS = st.floats(-1e9, 1e9, allow_nan=False).map(lambda x: f"{x:.17g}")
+NUMBERS = st.floats(-1e9, 1e9, allow_nan=False)
 
 
 @st.composite
-def rows(draw: st.DrawFn, kind: str | None = None) -> list[Any]:
-    """An output row as apply_batch.lua / tick.lua return it."""
+def rows(draw: st.DrawFn, kind: str | None = None) -> ScoredOutput:
+    """An output of the engine with the time it was committed."""
     kind = kind or draw(st.sampled_from(["handoff", "tier_change"]))
     old, new = draw(st.lists(st.sampled_from(TIERS), min_size=2, max_size=2, unique=True))
     if kind == "handoff" and draw(st.booleans()):
         old = new  # a lead already in the handoff tier that has just met the gates
-    reasons: Any = draw(
-        st.lists(
-            st.tuples(st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), LUA_NUMBERS).map(
-                list
-            ),
-            max_size=3,
+    reasons = tuple(
+        draw(
+            st.lists(
+                st.tuples(st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), NUMBERS),
+                max_size=3,
+            )
         )
     )
-    if not reasons and draw(st.booleans()):
-        reasons = {}  # cjson encodes an empty Lua table as an object
     cause = "decay" if kind == "tier_change" and draw(st.booleans()) else "event"
     event_id = None if cause == "decay" else draw(st.text(TEXT, min_size=1, max_size=128))
-    return [
-        kind,
+    output = Output(
+        kind,  # type: ignore[arg-type]
         draw(LEAD_IDS),
         draw(st.integers(1, 10**9)),
         old,
         new,
-        draw(LUA_NUMBERS),
-        draw(LUA_NUMBERS),
-        draw(LUA_NUMBERS),
+        draw(NUMBERS),
+        draw(NUMBERS),
+        draw(NUMBERS),
         draw(st.integers(1, 4)),
         draw(st.integers(0, 15)),
         reasons,
         event_id,
         draw(st.integers(0, YEAR_2200_MS)),
-        cause,
+        cause,  # type: ignore[arg-type]
         draw(st.from_regex(r"[A-Za-z0-9_.:+-]{1,64}", fullmatch=True)),
-        draw(st.integers(0, YEAR_2200_MS)),
-    ]
+    )
+    return ScoredOutput(output, draw(st.integers(0, YEAR_2200_MS)))
 
 
 def ms_of(stamp: str) -> int:
@@ -76,21 +73,10 @@ def ms_of(stamp: str) -> int:
 
 @settings(max_examples=50, deadline=None)
 @given(row=rows())
-def test_rows_become_schema_valid_messages(row: list[Any]) -> None:
-    (decoded,) = decode_outputs(orjson.dumps([row]))
+def test_rows_become_schema_valid_messages(row: ScoredOutput) -> None:
+    (decoded,) = decode_outputs(encode_outputs([row.output], row.scored_at))
+    assert decoded == row  # the outbox keeps every value
     out = decoded.output
-    # The decoder keeps every value of the row, converted: the row's positions are lead.lua's.
-    assert (out.kind, out.lead_id, out.seq, out.old_tier, out.new_tier) == tuple(row[:5])
-    assert (out.score, out.engagement, out.fit) == tuple(float(x) for x in row[5:8])
-    assert (out.grade, out.bant_mask, out.event_id, out.time_ms, out.cause) == (
-        row[8],
-        row[9],
-        row[11],
-        row[12],
-        row[13],
-    )
-    assert out.reasons == tuple((r, float(p)) for r, p in (row[10] or []))
-    assert (decoded.rules_version, decoded.scored_at) == (row[14], row[15])
     msg = format_output(decoded, TIER_RANK)
     body = orjson.loads(msg.value)
     errors = [e.message for e in SCHEMAS[out.kind].iter_errors(body)]
@@ -105,7 +91,7 @@ def test_rows_become_schema_valid_messages(row: list[Any]) -> None:
     )
     assert body["score"] == round(out.score, 6)
     assert body["triggering_event_id"] == out.event_id
-    assert body["rules_version"] == decoded.rules_version
+    assert body["rules_version"] == out.rules_version
     assert ms_of(body["event_time"]) == out.time_ms
     assert ms_of(body["scored_at"]) == decoded.scored_at
     if out.kind == "handoff":
@@ -126,14 +112,12 @@ def test_rows_become_schema_valid_messages(row: list[Any]) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(row=rows())
-def test_the_same_row_always_gives_the_same_message(row: list[Any]) -> None:
-    def message(r: list[Any]) -> bytes:
-        (decoded,) = decode_outputs(orjson.dumps([r]))
+def test_the_same_row_always_gives_the_same_message(row: ScoredOutput) -> None:
+    def message(r: ScoredOutput) -> bytes:
+        (decoded,) = decode_outputs(encode_outputs([r.output], r.scored_at))
         return format_output(decoded, TIER_RANK).value
 
-    assert message(row) == message(list(row))
-    # seq may come back from Lua as a number or its decimal string
-    assert message([*row[:2], str(row[2]), *row[3:]]) == message(row)
+    assert message(row) == message(ScoredOutput(*row))
 
 
 @settings(max_examples=100, deadline=None)

@@ -179,6 +179,8 @@ def test_example_rules_load_with_every_engagement_and_fit_rule(
 def test_example_rules_use_every_feature() -> None:
     rules = load_rules(RULES_FILE)
     engagement = rules.engagement
+    # outcomes: an SLA and a recycle action
+    assert rules.outcomes.sla_ms and rules.outcomes.recycle is not None
     # caps, negative points, disqualify and requalify
     assert any(r.cap_points > 0 and r.cap_window_s > 0 for r in engagement)
     assert any(r.points < 0 for r in engagement)
@@ -435,3 +437,20 @@ def test_type_accepts_the_matcher_form_of_a_list() -> None:
         problems, "engagement[0].when", {line_of(typo, "email_opn"), line_of(typo, "when:")}
     )
     assert "email_opn" in problems[0]
+
+
+# ------------------------------------------------------------------ decay.penalties
+
+
+def test_decay_penalties_is_off_unless_set_in_yaml_or_toml() -> None:
+    assert parse_rules_text(BASE_YAML, "rules.yaml").decay_penalties is False
+    on_yaml = mutate(BASE_YAML, "  half_life: 1h\n", "  half_life: 1h\n  penalties: true\n")
+    on_toml = mutate(BASE_TOML, 'half_life = "1h"\n', 'half_life = "1h"\npenalties = true\n')
+    assert parse_rules_text(on_yaml, "rules.yaml").decay_penalties is True
+    assert parse_rules_text(on_toml, "rules.toml").decay_penalties is True
+
+
+def test_a_non_boolean_decay_penalties_is_reported_at_its_line() -> None:
+    text = mutate(BASE_YAML, "  half_life: 1h\n", "  half_life: 1h\n  penalties: sometimes\n")
+    problems = problems_of(text)
+    assert located(problems, "decay.penalties", {line_of(text, "penalties: sometimes")}), problems

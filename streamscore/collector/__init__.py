@@ -1,0 +1,1 @@
+"""Segment/RudderStack-compatible HTTP ingest: Tracking API requests in, input topics out."""

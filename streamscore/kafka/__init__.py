@@ -1,1 +1,0 @@
-"""Kafka edge: client settings (SASL/SSL), topic creation, producer and consumer construction."""

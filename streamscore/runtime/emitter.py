@@ -1,0 +1,105 @@
+"""Emitter: outputs recorded in the Redis outbox go to their topics; acknowledged ones leave it.
+
+An output is recorded in the outbox by the same atomic call that changed the lead, so it is
+safe before it is sent. The emitter hands it to the producer without waiting (the next batch
+need not wait for the broker), awaits the acknowledgement in the background, and only then
+deletes the outbox entry. Whatever is left behind (a crash, a send that failed) is re-sent by
+`redrive` with its original, deterministic ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from streamscore.config import Settings
+from streamscore.events.outputs import format_output
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
+from streamscore.store.outbox import ScoredOutput, decode_outputs
+from streamscore.store.store import RedisStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Runs one Redis operation with the runtime's retry and time bound.
+RedisCall = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
+
+
+class Emitter:
+    """Produces outputs, acknowledges them in the outbox, and re-drives what was left there."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        store: RedisStore,
+        rules: RulesHolder,
+        sensor: Sensor,
+        redis: RedisCall[Any],
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._store = store
+        self._rules = rules
+        self._sensor = sensor
+        self._redis = redis
+        self._acking: set[asyncio.Task[None]] = set()
+
+    async def emit(self, group: int, entry_id: str, outputs: Sequence[ScoredOutput]) -> None:
+        """Hand one outbox entry's outputs to the producer; its ack is awaited off this path."""
+        if not entry_id:
+            return
+        acks = await self._produce(outputs)
+        task = asyncio.create_task(self._acknowledge(group, entry_id, acks))
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def wait_acks(self) -> None:
+        """Wait until every output handed to the producer is acknowledged (or failed)."""
+        if self._acking:
+            await asyncio.gather(*list(self._acking), return_exceptions=True)
+
+    async def redrive(self, older_than_ms: int) -> int:
+        """Re-send outbox entries recorded before `older_than_ms`; returns how many."""
+        store = self._store
+        sent = 0
+        for group in range(store.keys.groups):
+            entries = await self._redis(partial(store.pending_outbox, group, older_than_ms))
+            for entry_id, encoded in entries:
+                await asyncio.gather(*await self._produce(decode_outputs(encoded)))
+                await self._redis(partial(store.ack_outbox, group, [entry_id]))
+                sent += 1
+        self._sensor.outbox_pending(await self._redis(store.outbox_length))
+        if sent:
+            log.warning("re-sent %d outbox entries left by an earlier run", sent)
+        return sent
+
+    async def _produce(self, outputs: Sequence[ScoredOutput]) -> list[asyncio.Future[Any]]:
+        settings = self._settings
+        futures = []
+        for output in outputs:
+            msg = format_output(output, self._rules.tier_rank)
+            topic = (
+                settings.topic_handoffs if msg.kind == "handoff" else settings.topic_tier_changes
+            )
+            futures.append(await self._producer.send(topic, msg.value, key=msg.key))
+            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
+        return futures
+
+    async def _acknowledge(
+        self, group: int, entry_id: str, acks: list[asyncio.Future[Any]]
+    ) -> None:
+        try:
+            await asyncio.gather(*acks)
+        except KafkaError as exc:
+            # Left in the outbox: the re-drive timer sends it again with the same ids.
+            log.warning("output send failed, left in the outbox for re-drive: %r", exc)
+            return
+        await self._redis(partial(self._store.ack_outbox, group, [entry_id]))

@@ -1,0 +1,103 @@
+"""aiokafka clients built from Settings: security options in one place, secrets never logged."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from streamscore.config import Settings
+
+#: The producer's request limit (aiokafka's default, and Kafka's default message.max.bytes).
+PRODUCER_MAX_REQUEST_BYTES = 1024 * 1024
+#: A dead letter is cut to fit under this, leaving room for its key and the batch framing.
+DEAD_LETTER_MAX_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16 * 1024
+
+
+def security_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for any aiokafka client: protocol, SASL and TLS."""
+    kwargs: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        kwargs.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+        )
+    return kwargs
+
+
+def make_producer(settings: Settings, *, linger_ms: int = 0) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas: outputs are not lost on broker failover."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=PRODUCER_MAX_REQUEST_BYTES,
+        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        client_id="streamscore-producer",
+        **security_kwargs(settings),
+    )
+
+
+def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
+    """A batch consumer of the input topics, subscribed with `listener` for rebalances.
+
+    The range assignor gives partition N of every input topic to the same worker, so a lead's
+    events from all topics meet in one worker's aligner (topics share the partition count).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.consumer_group,
+        client_id="streamscore-worker",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.batch_max_events,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        # Short group timeouts: a join waits up to about half the session timeout (Tansu).
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 6, 100),
+        rebalance_timeout_ms=settings.kafka_session_timeout_ms,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        **security_kwargs(settings),
+    )
+    consumer.subscribe(list(settings.input_topics), listener=listener)
+    return consumer
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create any missing streamscore topic; returns the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="streamscore-admin",
+        **security_kwargs(settings),
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in settings.all_topics if t not in existing]
+        if missing:
+            # Another worker may create them first; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(t, settings.topic_partitions, settings.topic_replication_factor)
+                        for t in missing
+                    ]
+                )
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,351 @@
+"""The two-stage pipeline: batch N+1 is scored in memory while Redis commits batch N.
+
+Stage one (`submit`, `submit_tick`) runs in the worker's loop: it loads the leads a batch
+touches (one MGET per key group of misses), applies its events (or its inactivity drops) to
+their cached states with the pure engine, and packs one commit call per key group, yielding to
+the event loop every YIELD_EVERY events so that stage two can send the next call as soon as
+Redis is free. A batch's offsets are held in the ledger from the moment it leaves the aligner.
+
+Stage two (`_apply_loop`) sends the calls in order and releases a batch's hold once every call
+of it is applied. A failed call is retried by the guard; one that fails for good ends the stage
+with the batch still held, so no commit passes it. A conflict (another writer changed a lead or
+an offset this worker was about to overwrite) voids every batch in flight: the worker rewinds
+its consumer to the committable offsets, drops its cache and reads Redis again (`reset`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from streamscore.runtime.clock import now_ms
+from streamscore.runtime.emitter import Emitter
+from streamscore.runtime.intake import YIELD_EVERY, Pending
+from streamscore.runtime.leads import CachedLead, LeadCache
+from streamscore.runtime.ledger import Hold, OffsetLedger
+from streamscore.runtime.sensors import Sensor
+from streamscore.scoring.engine import decide
+from streamscore.scoring.outputs import Output
+from streamscore.scoring.rules import CompiledRules
+from streamscore.scoring.state import advance, apply_event, due_ms
+from streamscore.store.client import PackedCall
+from streamscore.store.codec import encode_lead
+from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
+from streamscore.store.keys import KeySpace
+from streamscore.store.outbox import ScoredOutput, encode_outputs
+from streamscore.store.store import RedisStore
+
+log = logging.getLogger(__name__)
+RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+class CommitConflict(Exception):
+    """A commit call found a lead or an offset changed by another writer; nothing was written."""
+
+
+@dataclass(slots=True)
+class GroupWork:
+    """One key group's share of a batch while it is scored."""
+
+    leads: dict[str, CachedLead] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)
+    outputs: list[Output] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Batch:
+    """A scored batch on its way to Redis: one packed commit call per key group."""
+
+    generation: int
+    hold: Hold[TopicPartition] | None
+    calls: list[tuple[int, PackedCall, list[Output]]]
+    outcomes: Tally[tuple[str, str]]
+    append_ms: list[int]
+    events: int
+    partition_times: dict[int, int]
+
+
+class Pipeline:
+    """Scores batches against cached lead states and commits them to Redis, in order."""
+
+    def __init__(
+        self,
+        keys: KeySpace,
+        store: RedisStore,
+        cache: LeadCache,
+        ledger: OffsetLedger[TopicPartition],
+        emitter: Emitter,
+        sensor: Sensor,
+        redis: RedisCall,
+        dedup_window_ms: int,
+    ) -> None:
+        self._keys = keys
+        self._store = store
+        self._cache = cache
+        self._ledger = ledger
+        self._emitter = emitter
+        self._sensor = sensor
+        self._redis = redis
+        self._dedup_ms = dedup_window_ms
+        #: (key group, "topic:partition") -> the last offset applied, as Redis will hold it
+        #: once the calls already packed have landed.
+        self.recorded: dict[tuple[int, str], int] = {}
+        #: Input partition number -> latest event time committed, for ticks while behind.
+        self.partition_time_ms: dict[int, int] = {}
+        #: Set by stage two when a commit conflicts; the worker rewinds, then calls reset().
+        self.conflict: str | None = None
+        self._generation = 0
+        self._tp_names: dict[TopicPartition, str] = {}
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self._deciding: asyncio.Future[None] | None = None
+        self._applier: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run stage two for the duration of the block."""
+        self._applier = asyncio.create_task(self._apply_loop(), name="scoring-apply")
+        try:
+            yield
+        finally:
+            self._applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._applier
+
+    def check(self) -> None:
+        """Raise the apply stage's error if it has ended (its batch stays held, uncommitted)."""
+        if self._applier is not None and self._applier.done():
+            self._applier.result()
+            raise RuntimeError("apply stage stopped")
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is being scored or committed."""
+        return self._deciding is None and self._ledger.in_flight == 0 and self._queue.empty()
+
+    async def drain(self) -> None:
+        """Wait until every submitted batch is committed (or voided, or stage two died)."""
+        if self._deciding is not None:
+            await asyncio.shield(self._deciding)  # a batch still being scored goes first
+        join = asyncio.ensure_future(self._queue.join())
+        waits: set[asyncio.Future[None]] = {join}
+        if self._applier is not None:
+            waits.add(self._applier)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        join.cancel()
+
+    def reset(self) -> None:
+        """Forget everything cached: batches in flight are void, Redis is read again."""
+        self._generation += 1
+        self._cache.clear()
+        self.recorded.clear()
+        self.conflict = None
+
+    async def load_offsets(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read the applied offsets of newly owned partitions from Redis."""
+        names = [self._tp_name(tp) for tp in partitions]
+        self.recorded.update(await self._redis(partial(self._store.recorded_offsets, names)))
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop what is cached for partitions this worker no longer owns."""
+        gone = set(partitions)
+        names = {self._tp_name(tp) for tp in gone}
+        self.recorded = {k: v for k, v in self.recorded.items() if k[1] not in names}
+        numbers = {tp.partition for tp in gone}
+        self._cache.evict_partitions(numbers)
+        for number in numbers:
+            self.partition_time_ms.pop(number, None)
+
+    def _tp_name(self, tp: TopicPartition) -> str:
+        name = self._tp_names.get(tp)
+        if name is None:
+            name = self._tp_names[tp] = f"{tp.topic}:{tp.partition}"
+        return name
+
+    # ------------------------------------------------------------------ stage one
+
+    async def submit(
+        self, ready: list[tuple[TopicPartition, Pending]], rules: CompiledRules
+    ) -> None:
+        """Score a batch the aligner released, in its merge order, and queue its commits."""
+        firsts: dict[TopicPartition, int] = {}
+        for tp, p in ready:
+            if tp not in firsts:
+                firsts[tp] = p.offset
+        # Held from here on, so that a Kafka commit while it is scored never passes it.
+        hold = self._ledger.hold(firsts)
+        async with self._stage_one():
+            generation = self._generation
+            cache = self._cache
+            refs = {(*cache.ref(p.event.lead_id), p.event.lead_id) for _, p in ready}
+            await cache.load(refs, self._redis)
+            work: dict[int, GroupWork] = {}
+            outcomes: Tally[tuple[str, str]] = Tally()
+            times: dict[int, int] = {}
+            recorded = self.recorded
+            dedup_ms = self._dedup_ms
+            for i, (tp, p) in enumerate(ready, 1):
+                ev = p.event
+                group, key = cache.ref(ev.lead_id)
+                name = self._tp_name(tp)
+                applied = recorded.get((group, name))
+                if applied is not None and p.offset <= applied:
+                    outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
+                    continue
+                w = work.get(group)
+                if w is None:
+                    w = work[group] = GroupWork()
+                w.offsets[name] = p.offset
+                lead = cache.get(key)
+                state = lead.state
+                state.partition = tp.partition
+                fresh = apply_event(
+                    state, rules, ev.event_id, ev.time_ms, decide(ev, rules), dedup_ms, w.outputs
+                )
+                w.leads[key] = lead
+                outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
+                if ev.time_ms > times.get(tp.partition, 0):
+                    times[tp.partition] = ev.time_ms
+                if i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            batch = Batch(
+                generation,
+                hold,
+                self._pack(work, rules),
+                outcomes,
+                [p.append_ms for _, p in ready],
+                len(ready),
+                times,
+            )
+            await self._queue.put(batch)
+
+    async def submit_tick(
+        self,
+        partitions: Iterable[int],
+        until_ms: Callable[[int], int],
+        limit: int,
+        rules: CompiledRules,
+    ) -> int:
+        """Apply the inactivity drops due in these partitions; returns the leads advanced.
+
+        `until_ms(partition)` is how far to advance that partition's leads: now, or the event
+        time applied for it while the worker is behind.
+        """
+        async with self._stage_one():
+            generation = self._generation
+            refs: list[tuple[int, str, str | None]] = []
+            limits: dict[str, int] = {}
+            for partition in partitions:
+                until = until_ms(partition)
+                if until <= 0:
+                    continue
+                for group in range(self._keys.groups):
+                    due = partial(self._store.due_keys, group, partition, until, limit)
+                    for key in await self._redis(due):
+                        refs.append((group, key, None))
+                        limits[key] = until
+            if not refs:
+                return 0
+            await self._cache.load(refs, self._redis)
+            work: dict[int, GroupWork] = {}
+            for group, key, _ in refs:
+                lead = self._cache.get(key)
+                w = work.get(group)
+                if w is None:
+                    w = work[group] = GroupWork()
+                advance(lead.state, rules, limits[key], w.outputs)
+                w.leads[key] = lead
+            batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {})
+            await self._queue.put(batch)
+            return len(refs)
+
+    @contextlib.asynccontextmanager
+    async def _stage_one(self) -> AsyncIterator[None]:
+        deciding = self._deciding = asyncio.get_running_loop().create_future()
+        try:
+            yield
+        finally:
+            deciding.set_result(None)
+            self._deciding = None
+
+    def _pack(
+        self, work: dict[int, GroupWork], rules: CompiledRules
+    ) -> list[tuple[int, PackedCall, list[Output]]]:
+        keys = self._keys
+        calls = []
+        for group, w in work.items():
+            commit = GroupCommit(group)
+            for name, new in w.offsets.items():
+                commit.offsets.append(OffsetWrite(name, self.recorded.get((group, name)), new))
+                self.recorded[(group, name)] = new
+            for key, lead in w.leads.items():
+                state = lead.state
+                lead.version += 1
+                value = versioned(lead.version, encode_lead(state))
+                due = due_ms(state, rules)
+                partition = state.partition
+                new_due = (
+                    None if due is None or partition is None else (keys.due(group, partition), due)
+                )
+                old_due = lead.due
+                add = new_due if new_due is not None and new_due != old_due else None
+                remove = None
+                if old_due is not None and (new_due is None or new_due[0] != old_due[0]):
+                    remove = old_due[0]
+                commit.leads.append(LeadWrite(key, lead.prefix, value, add, remove))
+                lead.prefix = value[:8]
+                lead.due = new_due
+            calls.append((group, commit.pack(keys), w.outputs))
+        return calls
+
+    # ------------------------------------------------------------------ stage two
+
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._queue.get()
+            try:
+                if batch.generation != self._generation or self.conflict is not None:
+                    continue  # void: scored on states a conflict proved stale
+                try:
+                    await self._apply(batch)
+                except CommitConflict as exc:
+                    self.conflict = str(exc)
+                    log.warning("commit conflict (%s): rewinding to the committed offsets", exc)
+                    continue
+            finally:
+                self._queue.task_done()
+            if batch.hold is not None:
+                self._ledger.release(batch.hold)
+            for partition, t in batch.partition_times.items():
+                if t > self.partition_time_ms.get(partition, 0):
+                    self.partition_time_ms[partition] = t
+            # Counted on the loop's next turn, by when the next call has been sent: per-event
+            # bookkeeping would otherwise leave Redis idle.
+            if batch.events:
+                loop.call_soon(
+                    self._sensor.batch_applied, batch.outcomes, batch.append_ms, now_ms()
+                )
+
+    async def _apply(self, batch: Batch) -> None:
+        scored_at = now_ms()
+        for group, packed, outputs in batch.calls:
+            started = time.perf_counter()
+            encoded = encode_outputs(outputs, scored_at)
+            result = await self._redis(partial(self._store.commit, packed, encoded))
+            self._sensor.redis_call("commit", time.perf_counter() - started, batch.events or None)
+            if not result.ok:
+                raise CommitConflict(f"group {group}: {result.conflict}")
+            if result.outbox_entry:
+                scored = [ScoredOutput(o, scored_at) for o in outputs]
+                await self._emitter.emit(group, result.outbox_entry, scored)

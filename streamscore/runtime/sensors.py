@@ -1,0 +1,153 @@
+"""Sensors: the hooks the runtime calls at each step; the Prometheus sensor turns them into metrics.
+
+The loop says what happened (`batch_applied`, `dead_lettered`, ...) and never touches a metric
+itself, as Faust's sensors do. The Prometheus sensor also exports a zero sample for every label
+value of a closed set as soon as it exists, so that `increase()` sees the first event: a counter
+that first appears at 1 has no increase, and alert rules written on it never fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from streamscore.events import REJECT_REASONS
+from streamscore.metrics import OPERATIONS, OUTCOMES, REDIS_FAILURES, SCRIPTS, Metrics
+
+
+class Sensor:
+    """Hooks of the runtime, all no-ops: subclass and override what you observe."""
+
+    def partitions_assigned(self, count: int) -> None:
+        """The number of input partitions this worker owns changed."""
+
+    def readiness(self, ready: bool) -> None:
+        """The worker became ready (partitions assigned, Redis reachable) or stopped being so."""
+
+    def consumer_lag(self, topic: str, messages: int) -> None:
+        """Messages behind the high watermark, summed over this worker's partitions of `topic`."""
+
+    def aligner_state(self, buffered: int, paused: int, newly_paused: int) -> None:
+        """Events held by the aligner, partitions paused, and pauses made by the last step."""
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        """One input message was rejected and sent to the dead-letter topic."""
+
+    def batch_applied(
+        self, outcomes: Mapping[tuple[str, str], int], append_ms: Sequence[int], done_ms: int
+    ) -> None:
+        """A batch's effects are safe: events by (topic, outcome), and their append times."""
+
+    def redis_call(self, script: str, seconds: float, events: int | None = None) -> None:
+        """One script call returned after `seconds`; `events` it carried, if any."""
+
+    def output_emitted(self, kind: str, new_tier: str, direction: str) -> None:
+        """A handoff or tier change was handed to the producer."""
+
+    def retried(self, operation: str) -> None:
+        """A transient failure of `operation` is being retried."""
+
+    def redis_state(self, state: str) -> None:
+        """Redis became `ok`, or is failing with a `transient` or `backpressure` failure."""
+
+    def rules_loaded(self, version: str, tiers: Iterable[str], result: str) -> None:
+        """Rules came into force (result `initial` or `applied`) or a reload was `rejected`."""
+
+    def outbox_pending(self, entries: int) -> None:
+        """Outputs recorded in Redis and not yet acknowledged by the broker."""
+
+    def decay_due(self, leads: int) -> None:
+        """Leads whose inactivity drop is due and not yet applied."""
+
+    def handoff_visible(self, seconds: float) -> None:
+        """A handoff was read back from its topic `seconds` after it was scored."""
+
+
+class PrometheusSensor(Sensor):
+    """Records every hook in the streamscore_* metrics of `metrics`."""
+
+    def __init__(self, metrics: Metrics, input_topics: Iterable[str]) -> None:
+        self.metrics = metrics
+        m = metrics
+        for topic in input_topics:
+            m.consumer_lag_messages.labels(topic=topic).set(0)
+            for outcome in OUTCOMES:
+                m.events_total.labels(topic=topic, outcome=outcome)
+        for reason in REJECT_REASONS:
+            m.dead_letter_total.labels(reason=reason)
+        for operation in OPERATIONS:
+            m.retries_total.labels(operation=operation)
+        for script in SCRIPTS:
+            m.redis_script_seconds.labels(script=script)
+        for result in ("applied", "rejected"):
+            m.rules_reloads_total.labels(result=result)
+        self.redis_state("ok")
+        m.ready.set(0)
+
+    def partitions_assigned(self, count: int) -> None:
+        self.metrics.partitions_assigned.set(count)
+
+    def readiness(self, ready: bool) -> None:
+        self.metrics.ready.set(1 if ready else 0)
+
+    def consumer_lag(self, topic: str, messages: int) -> None:
+        self.metrics.consumer_lag_messages.labels(topic=topic).set(messages)
+
+    def aligner_state(self, buffered: int, paused: int, newly_paused: int) -> None:
+        self.metrics.align_buffered_events.set(buffered)
+        self.metrics.partitions_paused.set(paused)
+        if newly_paused:
+            self.metrics.fetch_pauses_total.inc(newly_paused)
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        self.metrics.dead_letter_total.labels(reason=reason).inc()
+        self.metrics.events_total.labels(topic=topic, outcome="rejected").inc()
+
+    def batch_applied(
+        self, outcomes: Mapping[tuple[str, str], int], append_ms: Sequence[int], done_ms: int
+    ) -> None:
+        observe = self.metrics.event_to_scored_seconds.observe
+        for appended in append_ms:
+            observe(max(done_ms - appended, 0) / 1000.0)
+        for (topic, outcome), n in outcomes.items():
+            self.metrics.events_total.labels(topic=topic, outcome=outcome).inc(n)
+
+    def redis_call(self, script: str, seconds: float, events: int | None = None) -> None:
+        self.metrics.redis_script_seconds.labels(script=script).observe(seconds)
+        if events is not None:
+            self.metrics.batch_events.observe(events)
+
+    def output_emitted(self, kind: str, new_tier: str, direction: str) -> None:
+        if kind == "handoff":
+            self.metrics.handoffs_total.labels(tier=new_tier).inc()
+        else:
+            self.metrics.tier_changes_total.labels(direction=direction, tier=new_tier).inc()
+
+    def retried(self, operation: str) -> None:
+        self.metrics.retries_total.labels(operation=operation).inc()
+
+    def redis_state(self, state: str) -> None:
+        for failure in REDIS_FAILURES:
+            self.metrics.redis_failing.labels(failure=failure).set(1 if failure == state else 0)
+
+    def rules_loaded(self, version: str, tiers: Iterable[str], result: str) -> None:
+        m = self.metrics
+        if result == "rejected":
+            m.rules_reloads_total.labels(result="rejected").inc()
+            return
+        if result == "applied":
+            m.rules_reloads_total.labels(result="applied").inc()
+        m.rules_version_info.clear()
+        m.rules_version_info.labels(version=version).set(1)
+        for tier in tiers:  # tiers come from the rules: a closed set per version
+            m.handoffs_total.labels(tier=tier)
+            for direction in ("up", "down"):
+                m.tier_changes_total.labels(direction=direction, tier=tier)
+
+    def outbox_pending(self, entries: int) -> None:
+        self.metrics.outbox_pending.set(entries)
+
+    def decay_due(self, leads: int) -> None:
+        self.metrics.decay_due_leads.set(leads)
+
+    def handoff_visible(self, seconds: float) -> None:
+        self.metrics.handoff_visible_seconds.observe(seconds)

@@ -1,0 +1,307 @@
+"""The scoring worker: fetch, parse, align, decide, apply in Redis, emit, commit; one loop.
+
+Each piece lives in its own module: intake (parsing, dead letters), aligner (event-time merge),
+partitions (ownership, lag, flow control), pipeline (decide and apply, two stages), ledger (the
+committable offsets), emitter (outputs), tick (inactivity), guard (Redis calls), sensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from streamscore.config import Settings
+from streamscore.events import Limits
+from streamscore.runtime.aligner import Aligner
+from streamscore.runtime.clock import now_ms
+from streamscore.runtime.emitter import Emitter
+from streamscore.runtime.guard import RedisGuard
+from streamscore.runtime.intake import DeadLetterSender, Pending, Rejected, parse_fetched
+from streamscore.runtime.kafka import make_consumer
+from streamscore.runtime.leads import LeadCache
+from streamscore.runtime.ledger import OffsetLedger
+from streamscore.runtime.partitions import Partitions
+from streamscore.runtime.pipeline import Pipeline
+from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.sensors import Sensor
+from streamscore.store.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT_S = 5.0
+
+
+def _merge_key(p: Pending) -> tuple[int, str]:
+    return (p.event.time_ms, p.event.event_id)
+
+
+def _offset(p: Pending) -> int:
+    return p.offset
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: ScoringWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.on_assigned(assigned)
+
+
+class ScoringWorker:
+    """Consumes the input topics in batches; keeps lead state in Redis, exactly once in effect."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sensor: Sensor,
+        rules: RulesHolder,
+        store: RedisStore,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.settings = settings
+        self.sensor = sensor
+        self.rules = rules
+        self.store = store
+        self.producer = producer
+        self.limits = Limits.from_settings(settings)
+        self.kinds = settings.topic_kinds
+        self.guard = RedisGuard(settings, sensor, on_health=self._report_readiness)
+        self.partitions = Partitions(settings.input_topics, sensor)
+        self.aligner: Aligner[TopicPartition, Pending] = Aligner(
+            _merge_key, _offset, settings.align_max_wait_ms
+        )
+        self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
+        self.dead_letters = DeadLetterSender(settings, producer, sensor)
+        self.emitter = Emitter(settings, producer, store, rules, sensor, self.guard)
+        self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
+        self.pipeline = Pipeline(
+            store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
+            settings.dedup_window_s * 1000,
+        )  # fmt: skip
+        self.consumer: AIOKafkaConsumer | None = None
+        #: Kafka commits, rewinds and partition changes never interleave.
+        self._lock = asyncio.Lock()
+        self._holding = False
+        self._assigned_pending: set[TopicPartition] = set()
+        self._next_commit = 0.0
+        self._next_tick = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned and Redis answering."""
+        return bool(self.partitions.assigned) and self.guard.ok
+
+    def _report_readiness(self) -> None:
+        self.sensor.readiness(self.ready)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Consume until `stopping` is set, then commit what was applied and leave the group."""
+        consumer = self.consumer = make_consumer(self.settings, _Rebalance(self))
+        await consumer.start()
+        try:
+            async with self.pipeline.running():
+                while not stopping.is_set():
+                    self.pipeline.check()  # re-raises the apply stage's failure
+                    await self.step(consumer)
+                await self.pipeline.drain()
+                await self.emitter.wait_acks()
+        finally:
+            try:
+                async with self._lock:
+                    await self._commit(consumer)
+            finally:
+                self.partitions.clear()
+                self._report_readiness()
+                await consumer.stop()
+                self.consumer = None
+
+    async def step(self, consumer: AIOKafkaConsumer) -> int:
+        """One fetch; hand what the aligner releases to the pipeline; returns its size."""
+        settings = self.settings
+        if self.pipeline.conflict is not None:
+            await self._rewind(consumer)
+        if self._assigned_pending:
+            await self._load_assigned()
+        records = await consumer.getmany(
+            timeout_ms=settings.fetch_timeout_ms, max_records=settings.batch_max_events
+        )
+        now = now_ms()
+        valid, rejected = await parse_fetched(records, self.kinds, self.limits, now)
+        for tp, pending in valid:
+            if tp in self.partitions.assigned:  # not revoked while it was parsed
+                position = records[tp][-1].offset + 1
+                self.partitions.positions[tp] = position
+                self.ledger.fetched(tp, position)
+                self.aligner.push(tp, pending)
+        if rejected:
+            await self._dead_letter(rejected, now)
+        for tp, position, highwater in await self.partitions.observe(consumer, self.aligner, now):
+            await self.restart_partition(consumer, tp, position, highwater)
+        ready = [] if self._holding else self.aligner.pop_ready(now, settings.batch_max_events)
+        self.partitions.flow_control(consumer, self.aligner, settings.align_max_buffered)
+        if ready:
+            await self.pipeline.submit(ready, self.rules.rules)
+        if time.monotonic() >= self._next_tick:
+            await self.tick()
+        if time.monotonic() >= self._next_commit:
+            async with self._lock:
+                await self._commit(consumer)
+        return len(ready)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        """After a commit conflict: void what is in flight, re-read Redis, seek back, go on."""
+        await self.pipeline.drain()  # stage two discards the void batches
+        async with self._lock:
+            positions = {}
+            for tp in self.partitions.assigned:
+                offset = self.ledger.committable(tp, self.aligner.first_offset(tp))
+                if offset is not None:
+                    positions[tp] = offset
+            log.warning(
+                "rewinding %d partitions to their committable offsets after a commit conflict "
+                "(%s): the cache is dropped and lead states are read from Redis again",
+                len(positions), self.pipeline.conflict,
+            )  # fmt: skip
+            self.pipeline.reset()
+            self.ledger.rewind(positions)
+            now = now_ms()
+            for tp, offset in positions.items():
+                self.aligner.revoke([tp])
+                self.aligner.assign([tp], now)
+                consumer.seek(tp, offset)
+                self.partitions.positions[tp] = offset
+            await self.pipeline.load_offsets(self.partitions.assigned)
+
+    async def _load_assigned(self) -> None:
+        assigned, self._assigned_pending = self._assigned_pending, set()
+        await self.pipeline.load_offsets(assigned & self.partitions.assigned)
+
+    async def _dead_letter(self, rejected: list[Rejected], now: int) -> None:
+        firsts: dict[TopicPartition, int] = {}
+        for r in rejected:
+            firsts[r.tp] = min(firsts.get(r.tp, r.offset), r.offset)
+        hold = self.ledger.hold(firsts)
+        await self.dead_letters.send(rejected, now)  # raises with the hold kept: no commit passes
+        self.ledger.release(hold)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, only: set[TopicPartition] | None = None
+    ) -> None:
+        self._next_commit = time.monotonic() + self.settings.commit_interval_s
+        partitions = self.partitions.assigned if only is None else only
+        offsets = self.ledger.to_commit(partitions, self.aligner.first_offset)
+        if not offsets:
+            return
+        try:
+            # aiokafka retries retriable commit errors forever; bound it, the next commit
+            # (or the next owner, helped by the store's recorded offsets) catches up.
+            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance is under way; the next owner resumes from the last commit and the
+            # store's recorded offsets make the replayed events no-ops.
+            log.warning("commit skipped: %s", exc)
+        except (TimeoutError, KafkaError) as exc:
+            self.sensor.retried("kafka_commit")
+            log.warning("commit failed, will retry at the next interval: %r", exc)
+        else:
+            self.ledger.committed(offsets)
+
+    # ------------------------------------------------------------------ ownership
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start aligning newly assigned partitions; their applied offsets load before scoring."""
+        self.partitions.assign(assigned)
+        self.aligner.assign(assigned, now_ms())
+        self._assigned_pending |= assigned
+        self._report_readiness()
+        log.info("assigned %d partitions", len(assigned))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Finish the batches in flight, commit what was applied, and forget the partitions."""
+        self._holding = True
+        try:
+            await self.pipeline.drain()
+        finally:
+            self._holding = False
+        async with self._lock:
+            if self.consumer is not None:
+                await self._commit(self.consumer, only=revoked)
+            self.aligner.revoke(revoked)
+            self.ledger.forget(revoked)
+            self.partitions.revoke(revoked)
+            self.pipeline.forget(revoked)
+            self._assigned_pending -= revoked
+        self._report_readiness()
+
+    async def restart_partition(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, position: int, highwater: int
+    ) -> None:
+        """The partition shrank below our position: it was recreated or truncated.
+
+        Its old offsets mean nothing now, so the store forgets them and the partition is read
+        again from its beginning; without this, new records at reused offsets would be skipped.
+        """
+        log.error(
+            "%s[%d]: position %d is beyond the high watermark %d; the topic was recreated or "
+            "truncated. Forgetting its applied offsets and reading it from the beginning.",
+            tp.topic, tp.partition, position, highwater,
+        )  # fmt: skip
+        await self.pipeline.drain()
+        async with self._lock:
+            await self.guard(partial(self.store.forget_offsets, f"{tp.topic}:{tp.partition}"))
+            self.pipeline.forget([tp])
+            self.aligner.revoke([tp])
+            self.aligner.assign([tp], now_ms())
+            self.ledger.forget([tp])
+            await consumer.seek_to_beginning(tp)
+            self.partitions.positions[tp] = 0
+            self.ledger.fetched(tp, 0)
+
+    # ------------------------------------------------------------------ timers
+
+    async def tick(self) -> int:
+        """Apply the inactivity drops due in the partitions this worker owns; leads advanced.
+
+        While behind (a backlog, a replay), "now" for a partition is the event time applied for
+        it so far, not the wall clock: otherwise a replay would drop leads whose later events are
+        still queued. Runs in the loop, between batches, so it sees the states they left.
+        """
+        self._next_tick = time.monotonic() + self.settings.decay_tick_s
+        now = now_ms()
+        caught_up = self.aligner.caught_up() and self.pipeline.idle
+        times = self.pipeline.partition_time_ms
+
+        def until(partition: int) -> int:
+            return now if caught_up else min(now, times.get(partition, 0))
+
+        owned = {tp.partition for tp in self.partitions.assigned}
+        advanced = await self.pipeline.submit_tick(
+            sorted(owned), until, self.settings.decay_tick_max_leads, self.rules.rules
+        )
+        due = await self.guard(partial(self.store.due_count, owned, now))
+        self.sensor.decay_due(due)
+        return advanced
+
+    async def redrive_outbox(self) -> int:
+        """Re-send outputs recorded in Redis whose send was never acknowledged (e.g. a crash)."""
+        older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
+        return await self.emitter.redrive(older_than)
+
+    def describe(self) -> dict[str, Any]:
+        """State for /readyz."""
+        return {
+            "partitions_assigned": len(self.partitions.assigned),
+            "redis": self.guard.failing.value if self.guard.failing else "ok",
+            "batches_in_flight": self.ledger.in_flight,
+        }

@@ -1,1 +1,0 @@
-"""Stream mechanics that are pure: aligning partitions into one deterministic order."""

@@ -1,0 +1,65 @@
+"""Redis Cluster fixtures: a real 3-primary cluster, and one with replicas for failover tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.cluster_support import CLUSTER_URL_ENV, ClusterAdmin, LocalCluster
+
+
+@dataclass
+class ClusterUnderTest:
+    """The session's cluster: started here (LocalCluster) or external (${CLUSTER_URL_ENV})."""
+
+    url: str
+    admin: ClusterAdmin
+    local: LocalCluster | None
+
+    def require_local(self) -> LocalCluster:
+        """The embedded cluster, for a test that kills nodes; fails the test on an external one."""
+        if self.local is None:
+            pytest.fail(
+                f"this test kills cluster nodes by PID, which needs the embedded cluster; "
+                f"unset {CLUSTER_URL_ENV} to run it",
+                pytrace=False,
+            )
+        return self.local
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterUnderTest]:
+    """${CLUSTER_URL_ENV}'s cluster, else 3 primaries of Debian's redis-server on loopback."""
+    external = os.environ.get(CLUSTER_URL_ENV)
+    if external:
+        admin = ClusterAdmin(external)
+        try:
+            yield ClusterUnderTest(external, admin, None)
+        finally:
+            admin.close()
+        return
+    cluster = LocalCluster.start(primaries=3)
+    try:
+        yield ClusterUnderTest(cluster.url, cluster.admin, cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_with_replicas() -> Iterator[ClusterUnderTest]:
+    """3 primaries with one replica each, for failover tests (always embedded: they kill nodes)."""
+    if os.environ.get(CLUSTER_URL_ENV):
+        pytest.fail(
+            f"the failover tests kill nodes by PID and start their own cluster; "
+            f"unset {CLUSTER_URL_ENV} to run them",
+            pytrace=False,
+        )
+    # A 2 s node timeout: a killed primary is marked failed (CLUSTERDOWN) within seconds.
+    cluster = LocalCluster.start(primaries=3, replicas_per_primary=1, node_timeout_ms=2000)
+    try:
+        yield ClusterUnderTest(cluster.url, cluster.admin, cluster)
+    finally:
+        cluster.stop()

@@ -1,0 +1,30 @@
+"""docs/readme/collector.md documents every collector setting, metric and the track topic."""
+
+from __future__ import annotations
+
+import re
+
+from streamscore.config import Settings
+from streamscore.metrics import COLLECTOR_METRIC_NAMES
+from tests.conftest import REPO_ROOT
+
+DOC = (REPO_ROOT / "docs" / "readme" / "collector.md").read_text(encoding="utf-8")
+
+
+def test_every_collector_setting_has_a_row() -> None:
+    rows = set(re.findall(r"^\| `([a-z_0-9]+)` \|", DOC, re.M))
+    wanted = {n for n in Settings.model_fields if n.startswith("collector_")} | {"topic_track"}
+    assert not wanted - rows, f"settings missing from docs/readme/collector.md: {wanted - rows}"
+
+
+def test_every_collector_metric_has_a_row() -> None:
+    missing = [m for m in COLLECTOR_METRIC_NAMES if f"| `{m}` |" not in DOC]
+    assert not missing, f"metrics missing from docs/readme/collector.md: {missing}"
+
+
+def test_the_defaults_in_the_rows_are_the_settings_defaults() -> None:
+    for name, default in re.findall(r"^\| `(collector_[a-z_]+)` \| `([^`]*)` \|", DOC, re.M):
+        value = Settings.model_fields[name].default
+        shown = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(
+            value, float) else str(value)  # fmt: skip
+        assert default == shown, name
