@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from streamscore import dev
-from streamscore.config import Settings, load_settings
+from streamscore.config import ENV_PREFIX, Settings, load_settings
 
 KAFKA_BOOTSTRAP_ENV = "STREAMSCORE_TEST_KAFKA_BOOTSTRAP"
 REDIS_URL_ENV = "STREAMSCORE_TEST_REDIS_URL"
@@ -19,6 +21,20 @@ REDIS_URL_ENV = "STREAMSCORE_TEST_REDIS_URL"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
 RULES_FILE = REPO_ROOT / "examples" / "rules.yaml"
+
+
+def run_cli(*args: str, cwd: Path = REPO_ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    """`streamscore ARGS` in a child process, with only the STREAMSCORE_* variables in `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return subprocess.run(
+        [sys.executable, "-m", "streamscore.cli", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,9 +13,9 @@ from typing import Any, Final, Literal, NamedTuple, get_args
 
 import orjson
 
-from streamscore.collector.body import json_kind
 from streamscore.collector.errors import Rejected
 from streamscore.events import MAX_LEAD_ID_CHARS, format_time_ms
+from streamscore.events.rejects import json_kind
 from streamscore.events.types import SEGMENT_TRACK_ALIASES, TOPIC_BY_TYPE, TopicKind
 
 MessageType = Literal["track", "page", "screen", "identify", "alias", "group"]

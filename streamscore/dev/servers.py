@@ -40,16 +40,7 @@ def start_broker(
 
     # Tansu drains open client connections on SIGTERM and so can hang for as long as a client
     # stays connected; on SIGINT it exits at once, and being memory-only it has nothing to flush.
-    return launch(
-        "broker",
-        binary,
-        host,
-        port,
-        timeout_s,
-        argv,
-        probe,
-        stop_signal=signal.SIGINT,
-    )
+    return launch("broker", binary, host, port, timeout_s, argv, probe, stop_signal=signal.SIGINT)
 
 
 def start_valkey(

@@ -62,7 +62,7 @@ def decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> InvalidEvent:
 
 def not_an_object(doc: object) -> InvalidEvent:
     """`not_an_object` for a JSON value that is not an object."""
-    return InvalidEvent("not_an_object", f"top level is a JSON {_json_kind(doc)}, not an object")
+    return InvalidEvent("not_an_object", f"top level is a JSON {json_kind(doc)}, not an object")
 
 
 def type_error(
@@ -158,13 +158,14 @@ def _shown(value: object) -> str:
     return text if len(text) <= _DETAIL_VALUE_CHARS else text[: _DETAIL_VALUE_CHARS - 3] + "..."
 
 
-def _json_kind(value: object) -> str:
+def json_kind(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if isinstance(value, dict):
+        return "object"
     if isinstance(value, list):
         return "array"
     if isinstance(value, str):
         return "string"
     if isinstance(value, bool):
         return "boolean"
-    if value is None:
-        return "null"
-    return "number"
+    return "null" if value is None else "number"

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from streamscore import dev
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_cli
 
 #: A stop on SIGINT or SIGTERM must end the process within this (the worker's SIGTERM budget).
 STOP_WITHIN_S = 10.0
@@ -258,20 +258,6 @@ def test_sigint_at_any_moment_of_start_up_stops_everything(
     assert code == 0, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
     assert not process.leftovers(), text[-4000:]
-
-
-def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`streamscore ARGS` with only the STREAMSCORE_* variables given here."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMSCORE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "streamscore.cli", *args],
-        cwd=cwd,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_lead_finds_the_running_dev_stack_and_says_what_to_set_once_it_is_gone(
