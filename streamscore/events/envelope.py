@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from streamscore.errors import InvalidEvent
-from streamscore.events.timefmt import parse_time_ms
+from streamscore.events.timefmt import EPOCH, ONE_MS
 
 if TYPE_CHECKING:
     from streamscore.config import Settings
@@ -50,10 +51,14 @@ class Limits:
 def event_time_ms(value: str | int | float, field: str, now_ms: int, limits: Limits) -> int:
     """A schema-valid time field as epoch ms; `bad_time` or `time_out_of_range` if it is not."""
     if isinstance(value, str):
+        # timefmt.parse_time_ms, inline: the call cost parse_event 0.1 us (2-3%) a message.
         try:
-            time_ms = parse_time_ms(value)
+            parsed = datetime.fromisoformat(value)
         except ValueError as exc:
             raise InvalidEvent("bad_time", f"{field}: {exc}") from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent("bad_time", f"{field}: no timezone")
+        time_ms = (parsed - EPOCH) // ONE_MS
     elif isinstance(value, float):  # JSON Schema counts 1.7e12 as an integer
         time_ms = int(value)
     else:

@@ -1,4 +1,5 @@
-"""The one time format: format_time_ms and parse_time_ms against calendar arithmetic."""
+"""The one time format: format_time_ms and parse_time_ms against calendar arithmetic, and
+parse_event's inline copy of the parser held to the same results."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamscore.events import RFC3339_PATTERN, format_time_ms, parse_time_ms
+from streamscore.errors import InvalidEvent
+from streamscore.events import RFC3339_PATTERN, Limits, format_time_ms, parse_time_ms
+from streamscore.events.envelope import event_time_ms
 
 MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write
@@ -82,3 +85,29 @@ def test_examples() -> None:
 def test_parse_rejects_with_value_error(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_time_ms(text)
+
+
+ANY_TIME = Limits(max_future_skew_ms=10**16, max_age_ms=10**16)
+times = st.one_of(
+    st.builds(
+        reference_text,
+        st.integers(MIN_MS + DAY_MS, MAX_MS - DAY_MS),
+        st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+        st.text("0123456789", max_size=6),
+    ),
+    st.builds(lambda ms: reference_text(ms)[:-1], st.integers(0, MAX_MS)),  # no timezone
+    st.text("0123456789-:T.Z+ ", max_size=32),
+)
+
+
+@PROPERTY
+@given(text=times)
+def test_parse_events_inline_parser_agrees_with_parse_time_ms(text: str) -> None:
+    try:
+        expected = parse_time_ms(text)
+    except ValueError as exc:
+        with pytest.raises(InvalidEvent) as info:
+            event_time_ms(text, "time", 0, ANY_TIME)
+        assert (info.value.reason, info.value.detail) == ("bad_time", f"time: {exc}")
+    else:
+        assert event_time_ms(text, "time", 0, ANY_TIME) == expected
