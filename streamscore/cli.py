@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, dev, rules check, lead, report."""
+"""The `streamscore` command: worker, collector, deliver, dev, rules check, lead, report."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamscore import interrupts
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
+from streamscore.lab.commands import add_lab_commands
 
 if TYPE_CHECKING:
     from streamscore.config import Settings
@@ -160,6 +161,25 @@ def cmd_collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """Post each handoff to the configured webhooks, signed, at least once."""
+    import logging.config
+
+    from streamscore.config import ENV_PREFIX
+    from streamscore.delivery.runner import serve
+    from streamscore.logs import logging_config
+
+    settings = _settings(args)
+    if not settings.delivery_webhook_urls:
+        raise ConfigError(
+            f"no webhook to deliver to: set {ENV_PREFIX}DELIVERY_WEBHOOK_URLS "
+            "(or delivery_webhook_urls in the settings file)"
+        )
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    serve(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.dev import DevStack, free_port
@@ -175,6 +195,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             redis_url=stack.redis_url,
             web_port=web_port,
             web_host="127.0.0.1",
+            delivery_web_port=free_port(),
         )
         web_url = f"http://127.0.0.1:{web_port}"
         print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
@@ -187,6 +208,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
             services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+        if settings.delivery_webhook_urls:
+            from streamscore.delivery.runner import DeliveryAgent
+
+            port = settings.delivery_web_port
+            print(f"delivery metrics url: http://127.0.0.1:{port}/metrics", flush=True)
+            services.append(DeliveryAgent(settings))
         state_path = None
         try:
             state_path = write_state(settings, web_url)
@@ -316,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     collector = sub.add_parser("collector", help=cmd_collector.__doc__)
     collector.set_defaults(func=cmd_collector)
 
+    deliver = sub.add_parser("deliver", help=cmd_deliver.__doc__)
+    deliver.set_defaults(func=cmd_deliver)
+
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
     dev.add_argument("--kafka", metavar="HOST:PORT", help="use this broker instead of Tansu")
@@ -343,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
     report.set_defaults(func=cmd_report)
+
+    add_lab_commands(sub)
     return parser
 
 

@@ -104,6 +104,8 @@ class Pipeline:
         #: Set by stage two when a commit conflicts; the worker rewinds, then calls reset().
         self.conflict: str | None = None
         self._generation = 0
+        #: When stage two last finished a batch, or the pipeline was last seen empty.
+        self._progress_s = time.monotonic()
         self._tp_names: dict[TopicPartition, str] = {}
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._deciding: asyncio.Future[None] | None = None
@@ -143,6 +145,13 @@ class Pipeline:
             waits.add(self._applier)
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         join.cancel()
+
+    def stalled_s(self) -> float:
+        """How long work has been in flight without a batch being committed (0 when idle)."""
+        if self.idle:
+            self._progress_s = time.monotonic()
+            return 0.0
+        return time.monotonic() - self._progress_s
 
     def reset(self) -> None:
         """Forget everything cached: batches in flight are void, Redis is read again."""
@@ -227,7 +236,7 @@ class Pipeline:
                 len(ready),
                 times,
             )
-            await self._queue.put(batch)
+            await self._enqueue(batch)
 
     async def submit_tick(
         self,
@@ -266,8 +275,23 @@ class Pipeline:
                 advance(lead.state, rules, limits[key], w.outputs)
                 w.leads[key] = lead
             batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {})
-            await self._queue.put(batch)
+            await self._enqueue(batch)
             return len(refs)
+
+    async def _enqueue(self, batch: Batch) -> None:
+        """Hand a batch to stage two; raise stage two's error if it has died meanwhile.
+
+        Waiting on the queue alone would wait forever once stage two has given up (the retry
+        budget ran out): the worker would stall, neither applying nor exiting.
+        """
+        put = asyncio.ensure_future(self._queue.put(batch))
+        waits: set[asyncio.Future[Any]] = {put}
+        if self._applier is not None:
+            waits.add(self._applier)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self.check()
 
     @contextlib.asynccontextmanager
     async def _stage_one(self) -> AsyncIterator[None]:
@@ -325,6 +349,7 @@ class Pipeline:
                     continue
             finally:
                 self._queue.task_done()
+            self._progress_s = time.monotonic()
             if batch.hold is not None:
                 self._ledger.release(batch.hold)
             for partition, t in batch.partition_times.items():

@@ -97,8 +97,32 @@ class ScoringWorker:
 
     @property
     def ready(self) -> bool:
-        """Partitions assigned and Redis answering."""
-        return bool(self.partitions.assigned) and self.guard.ok
+        """Partitions assigned, Redis answering, and the pipeline not stalled."""
+        return (
+            bool(self.partitions.assigned)
+            and self.guard.ok
+            and self.pipeline.stalled_s() < self.settings.watchdog_stall_s
+        )
+
+    def watchdog(self) -> float:
+        """Say so, loudly, when work has been in flight without progress; the stall in s.
+
+        Called by a timer that runs even while the loop is blocked: a worker waiting on Redis,
+        the broker or a full queue is then visible in the log, in readiness and in a metric,
+        instead of sitting silent.
+        """
+        stalled = self.pipeline.stalled_s()
+        self.sensor.pipeline_stalled(stalled)
+        self._report_readiness()
+        if stalled >= self.settings.watchdog_stall_s:
+            log.warning(
+                "scoring has made no progress for %.0f s: %d batches in flight, Redis %s, "
+                "last Redis error: %s",
+                stalled, self.ledger.in_flight,
+                self.guard.failing.value if self.guard.failing else "answering",
+                self.guard.last_error or "none",
+            )  # fmt: skip
+        return stalled
 
     def _report_readiness(self) -> None:
         self.sensor.readiness(self.ready)
@@ -304,4 +328,5 @@ class ScoringWorker:
             "partitions_assigned": len(self.partitions.assigned),
             "redis": self.guard.failing.value if self.guard.failing else "ok",
             "batches_in_flight": self.ledger.in_flight,
+            "stalled_s": round(self.pipeline.stalled_s(), 1),
         }

@@ -1,7 +1,7 @@
-"""A real Redis Cluster for tests and benchmarks: redis-server nodes started through devstack.
+"""A real Redis Cluster for tests and benchmarks: redis-server nodes started by streamscore.dev.
 
 `LocalCluster.start` runs Debian's redis-server with `cluster-enabled yes` on free loopback
-ports (devstack's process control, so the session's leak guard sees every node), assigns the
+ports (streamscore.dev's process control, so the session's leak guard sees every node), assigns the
 slots evenly, joins the nodes with CLUSTER MEET, attaches the replicas, and waits until every
 node reports `cluster_state:ok` and the same slot map. `ClusterAdmin` drives any cluster, an
 external one too, by node address: CLUSTER NODES, slot migration steps, failover.
