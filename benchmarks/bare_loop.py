@@ -15,10 +15,11 @@ import signal
 import sys
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
 
 from streamscore.config import load_settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.kafka import make_consumer
 from streamscore.runtime.rules import RulesHolder
@@ -26,7 +27,6 @@ from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
 
 
 class _NoRebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -44,7 +44,7 @@ from benchmarks.procstat import code_version, machine_info, sample, system_busy_
 from benchmarks.stages import lua_cost, python_stages
 from benchmarks.statecheck import LeadScore, compare, read_scores
 from benchmarks.workload import Message, build_workload, leads_per_batch
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import Settings, load_settings
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring.rules import load_rules
@@ -177,7 +177,7 @@ class Bench:
         self.args = args
         self.suffix = uuid.uuid4().hex[:8]
         self.log_dir = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
-        self.stack = devstack.DevStack(redis_binary=args.redis_binary)
+        self.stack = dev.DevStack(redis_binary=args.redis_binary)
         self.children: list[Child] = []
         self.results: dict[str, Any] = {
             "machine": machine_info(),
@@ -208,7 +208,7 @@ class Bench:
             "batch_max_events": self.args.batch,
             # The replay covers 30 days; the inactivity timer would only add noise to it.
             "decay_tick_s": 3600.0,
-            "web_port": devstack.free_port(),
+            "web_port": dev.free_port(),
             "log_level": "WARNING",
         }
         values.update(overrides)
@@ -437,7 +437,7 @@ class Bench:
 
     def _latency_run(self, rate: float, index: int, rep: int) -> tuple[RateResult, list[str]]:
         args = self.args
-        broker = devstack.start_broker()
+        broker = dev.start_broker()
         tag = f"{self.suffix}-lat{index}x{rep}"
         settings = self.settings(
             tag, f"lat{index}x{rep}", kafka_bootstrap=broker.bootstrap, decay_tick_s=1.0
@@ -829,7 +829,7 @@ class Bench:
         for child in self.children:
             child.stop()
         self.stack.close()
-        left = [c.pid for c in self.children if c.alive()] + list(devstack.started_pids())
+        left = [c.pid for c in self.children if c.alive()] + list(dev.started_pids())
         if left:
             say(f"WARNING: processes still running: {left}")
         else:

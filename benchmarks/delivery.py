@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import Settings, load_settings
 from streamscore.delivery.runner import run_delivery
 from streamscore.runtime.kafka import ensure_topics
@@ -31,7 +31,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "schemas/examples/handoff.v1/val
 
 async def measure(handoffs: int, concurrency: int, latency_ms: float) -> float:
     """Deliver `handoffs` handoffs; returns handoffs per second."""
-    broker = devstack.start_broker()
+    broker = dev.start_broker()
     try:
         received: set[str] = set()
         first: list[float] = []
@@ -49,7 +49,7 @@ async def measure(handoffs: int, concurrency: int, latency_ms: float) -> float:
         app.router.add_post("/hook", webhook)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        port = devstack.free_port()
+        port = dev.free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         run = uuid.uuid4().hex[:8]
         settings = load_settings(
@@ -60,7 +60,7 @@ async def measure(handoffs: int, concurrency: int, latency_ms: float) -> float:
             delivery_webhook_urls=[f"http://127.0.0.1:{port}/hook"],
             delivery_signing_secret="bench-signing-secret-0000",
             delivery_concurrency=concurrency,
-            delivery_web_port=devstack.free_port(),
+            delivery_web_port=dev.free_port(),
         )
         await _produce(settings, handoffs)
         stopping = asyncio.Event()

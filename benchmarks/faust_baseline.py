@@ -12,19 +12,19 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import faust
+from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches
 
 from streamscore.config import Settings, load_settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
+from streamscore.events.outputs import format_output
 from streamscore.events.types import TopicKind
-from streamscore.outputs import format_output
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import ScoredEvent, decode_outputs, encode_batches
 
 log = logging.getLogger(__name__)
 

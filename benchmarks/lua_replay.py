@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 
 import redis
+from streamscore.store.wire import ScoredEvent, encode_batches
 
 from benchmarks.bench import RULES_FILE, WINDOW_MS, redis_binary
 from benchmarks.stages import KINDS, TOPICS, valkey_cpu_s
 from benchmarks.workload import build_workload
-from streamscore import devstack
-from streamscore.events.envelope import Limits, parse_event
+from streamscore import dev
+from streamscore.events import Limits, parse_event
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import APPLY_BATCH_LUA
-from streamscore.store.wire import ScoredEvent, encode_batches
 
 Call = tuple[list[str], bytes]
 
@@ -110,7 +110,7 @@ def main() -> None:
     scripts = {str(path): path.read_text(encoding="utf-8") for path in args.scripts}
     scripts = scripts or {"shipped apply_batch.lua": APPLY_BATCH_LUA}
     calls, config, now = encoded_calls(args.events, args.leads, args.seed, args.batch)
-    server = devstack.start_valkey(binary=redis_binary(args.redis_server))
+    server = dev.start_valkey(binary=redis_binary(args.redis_server))
     try:
         client = redis.Redis.from_url(server.url)
         print(f"{args.events:,} events, {len(calls)} calls; Redis microseconds per event:")

@@ -11,16 +11,16 @@ from typing import Any
 
 import orjson
 import redis
+from streamscore.store.wire import ScoredEvent, encode_batches
 
 from benchmarks.workload import EventFactory, Profiles, lead_id_of
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import ScoredEvent, encode_batches
 
 BATCH = 2000
 PLAN = (

@@ -18,9 +18,10 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from redis.asyncio.connection import Connection
+from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
 
 from benchmarks.workload import Message
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
 from streamscore.runtime.aligner import Aligner
@@ -31,7 +32,6 @@ from streamscore.runtime.worker import _merge_key, _offset
 from streamscore.scoring.engine import decide
 from streamscore.store.keys import KeySpace
 from streamscore.store.store import RedisStore, connect
-from streamscore.store.wire import GroupBatch, ScoredEvent, encode_batches
 
 KINDS = list(TopicKind)  # Settings.input_topics order
 TOPICS = ("pv", "em", "dl", "un", "pr")

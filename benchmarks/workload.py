@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from streamscore.events.envelope import format_time_ms
+from streamscore.events import format_time_ms
 
 #: Index of each input topic, in Settings.input_topics order.
 PAGE_VIEWS, EMAIL_EVENTS, DOWNLOADS, UNSUBSCRIBES, PROFILES = range(5)

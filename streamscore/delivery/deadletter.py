@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from streamscore.delivery.policy import DEAD_LETTER_REASONS
-from streamscore.events.envelope import format_time_ms
+from streamscore.events import format_time_ms
 
 DELIVERY_DEAD_LETTER_SCHEMA: Final = "streamscore.delivery_dead_letter.v1"
 #: A poison record's bytes are kept up to this size (base64 grows it by 4/3): enough to see

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streamscore.config import Settings
-from streamscore.outputs import format_output
+from streamscore.events.outputs import format_output
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.store.outbox import ScoredOutput, decode_outputs

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits
+from streamscore.events import Limits
 from streamscore.runtime.aligner import Aligner
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter

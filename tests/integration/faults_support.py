@@ -14,9 +14,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
+from streamscore.events.outputs import output_id
 from streamscore.events.types import TOPIC_BY_TYPE, EventType
-from streamscore.outputs import output_id
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.reference import LeadState, advance, apply_event

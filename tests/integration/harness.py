@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import ENV_PREFIX, Settings, settings_env
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring import reference, state
@@ -43,7 +43,7 @@ class WorkerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
         )
 
     @property
@@ -261,7 +261,7 @@ class DeliverProcess(WorkerProcess):
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
         )
 
     def url(self, path: str) -> str:

@@ -29,7 +29,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamscore import __version__, devstack
+from streamscore import __version__, dev
 from streamscore.config import ENV_PREFIX, Settings
 from streamscore.delivery.metrics import DeliverySensor
 from streamscore.delivery.policy import Outcome, RetryPolicy
@@ -130,7 +130,7 @@ async def webhooks() -> AsyncIterator[Webhooks]:
     app.router.add_post("/{name}", hooks.handle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    port = devstack.free_port()
+    port = dev.free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     hooks.base = f"http://127.0.0.1:{port}"
     try:
@@ -177,7 +177,7 @@ def deliver_settings(
         "delivery_attempts": 5,
         "delivery_backoff_s": 0.05,
         "delivery_backoff_max_s": 2.0,
-        "delivery_web_port": devstack.free_port(),
+        "delivery_web_port": dev.free_port(),
         "commit_interval_s": 0.2,
         **extra,
     }
@@ -521,7 +521,7 @@ def _start_dev(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+        preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
     )
 
 
@@ -565,7 +565,7 @@ async def test_the_sender_against_a_real_server_follows_no_redirect_and_retries_
         assert redirect.last.status == 307
         assert [r.path for r in webhooks.received] == ["/redirect"]  # /ok never reached
 
-        closed = f"http://127.0.0.1:{devstack.free_port()}/nothing-listens"
+        closed = f"http://127.0.0.1:{dev.free_port()}/nothing-listens"
         refused = await sender.deliver(Webhook.at(1, closed), body, "ho-c")
         assert (refused.delivered, refused.reason, refused.attempts) == (
             False,

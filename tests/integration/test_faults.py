@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import Settings
 from streamscore.errors import TransientRedisError
 from streamscore.runtime.kafka import ensure_topics
@@ -281,11 +281,11 @@ async def restart_broker_under_worker(
     store: RedisStore,
     workers: list[WorkerProcess],
     tmp_path: Path,
-    brokers: list[devstack.EmbeddedServer],
+    brokers: list[dev.EmbeddedServer],
     unique: str,
 ) -> BrokerRestart:
     """Score a few events on a private broker, then replace it by an empty one on its port."""
-    broker = devstack.start_broker()  # our own: the session's broker is shared, never killed
+    broker = dev.start_broker()  # our own: the session's broker is shared, never killed
     brokers.append(broker)
     settings = settings_factory(kafka_bootstrap=broker.bootstrap, **QUIET)
     worker = WorkerProcess(settings, tmp_path, name="broker")
@@ -300,7 +300,7 @@ async def restart_broker_under_worker(
     await wait_applied(store, high_watermarks(landed), worker, timeout_s=30)
 
     broker.stop()
-    brokers.append(devstack.start_broker(port=broker.port))
+    brokers.append(dev.start_broker(port=broker.port))
     # The topics are gone with the old broker. The worker must ride that out, not exit.
     for _ in range(6):
         await asyncio.sleep(0.5)
@@ -312,9 +312,9 @@ async def restart_broker_under_worker(
 
 
 @pytest.fixture
-def brokers() -> Iterator[list[devstack.EmbeddedServer]]:
+def brokers() -> Iterator[list[dev.EmbeddedServer]]:
     """Private brokers a test starts; stopped by PID at the end."""
-    started: list[devstack.EmbeddedServer] = []
+    started: list[dev.EmbeddedServer] = []
     yield started
     for broker in started:
         broker.stop()
@@ -326,7 +326,7 @@ async def test_broker_restart_worker_reconnects_and_scores_new_events(
     store: RedisStore,
     workers: list[WorkerProcess],
     tmp_path: Path,
-    brokers: list[devstack.EmbeddedServer],
+    brokers: list[dev.EmbeddedServer],
     unique: str,
 ) -> None:
     run = await restart_broker_under_worker(
@@ -363,7 +363,7 @@ async def test_broker_restart_events_on_recreated_partitions_are_not_skipped(
     store: RedisStore,
     workers: list[WorkerProcess],
     tmp_path: Path,
-    brokers: list[devstack.EmbeddedServer],
+    brokers: list[dev.EmbeddedServer],
     unique: str,
 ) -> None:
     """Events written to a topic that was recreated under a running worker must be scored.

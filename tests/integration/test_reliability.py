@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamscore.config import Settings
-from streamscore.devstack import free_port, start_valkey
+from streamscore.dev import free_port, start_valkey
 from streamscore.metrics import create_metrics
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.runtime.rules import RulesHolder
