@@ -192,8 +192,15 @@ def create_app(
 
     @app.timer(interval=WATCHDOG_EVERY_S)
     async def watchdog() -> None:
-        if runtime.worker is not None:
-            runtime.worker.watchdog()
+        worker = runtime.worker
+        if worker is None:
+            return
+        worker.watchdog()
+        if worker.consumer is not None:
+            try:
+                await worker.maintain()
+            except StreamscoreError as exc:
+                log.warning("tier index upkeep failed, will try again: %r", exc)
 
     if settings.rules_poll_s > 0:
 

@@ -46,7 +46,7 @@ from streamscore.store.client import PackedCall
 from streamscore.store.codec import encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
 from streamscore.store.keys import KeySpace
-from streamscore.store.outbox import ScoredOutput, encode_outputs
+from streamscore.store.outbox import Record, ScoredOutput, encode_outputs
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,20 @@ class GroupWork:
     leads: dict[str, CachedLead] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
+    #: Messages for other topics, recorded in the outbox with the outputs.
+    records: list[Record] = field(default_factory=list)
+    #: KPI counter increments, applied in the same commit call.
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class GroupCall:
+    """One key group's packed commit call and what its outbox entry carries."""
+
+    group: int
+    packed: PackedCall
+    outputs: list[Output]
+    records: list[Record]
 
 
 @dataclass(slots=True)
@@ -72,7 +86,7 @@ class Batch:
 
     generation: int
     hold: Hold[TopicPartition] | None
-    calls: list[tuple[int, PackedCall, list[Output]]]
+    calls: list[GroupCall]
     outcomes: Tally[tuple[str, str]]
     append_ms: list[int]
     events: int
@@ -307,13 +321,11 @@ class Pipeline:
             deciding.set_result(None)
             self._deciding = None
 
-    def _pack(
-        self, work: dict[int, GroupWork], rules: CompiledRules
-    ) -> list[tuple[int, PackedCall, list[Output]]]:
+    def _pack(self, work: dict[int, GroupWork], rules: CompiledRules) -> list[GroupCall]:
         keys = self._keys
         calls = []
         for group, w in work.items():
-            commit = GroupCommit(group)
+            commit = GroupCommit(group, counters=w.counters)
             for name, new in w.offsets.items():
                 commit.offsets.append(OffsetWrite(name, self.recorded.get((group, name)), new))
                 self.recorded[(group, name)] = new
@@ -328,7 +340,7 @@ class Pipeline:
                 adds, removes = lead.set_changes(want, could_be_in)
                 commit.leads.append(LeadWrite(key, lead.prefix, value, adds, removes))
                 lead.prefix = value[:8]
-            calls.append((group, commit.pack(keys), w.outputs))
+            calls.append(GroupCall(group, commit.pack(keys), w.outputs, w.records))
         return calls
 
     # ------------------------------------------------------------------ stage two
@@ -363,13 +375,13 @@ class Pipeline:
 
     async def _apply(self, batch: Batch) -> None:
         scored_at = now_ms()
-        for group, packed, outputs in batch.calls:
+        for call in batch.calls:
             started = time.perf_counter()
-            encoded = encode_outputs(outputs, scored_at)
-            result = await self._redis(partial(self._store.commit, packed, encoded))
+            encoded = encode_outputs(call.outputs, scored_at, call.records)
+            result = await self._redis(partial(self._store.commit, call.packed, encoded))
             self._sensor.redis_call("commit", time.perf_counter() - started, batch.events or None)
             if not result.ok:
-                raise CommitConflict(f"group {group}: {result.conflict}")
+                raise CommitConflict(f"group {call.group}: {result.conflict}")
             if result.outbox_entry:
-                scored = [ScoredOutput(o, scored_at) for o in outputs]
-                await self._emitter.emit(group, result.outbox_entry, scored)
+                scored = [ScoredOutput(o, scored_at) for o in call.outputs]
+                await self._emitter.emit(call.group, result.outbox_entry, scored, call.records)

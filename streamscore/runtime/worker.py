@@ -322,6 +322,13 @@ class ScoringWorker:
         older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
         return await self.emitter.redrive(older_than)
 
+    async def maintain(self) -> None:
+        """Periodic upkeep: keep each tier index (the console's queue) to its best leads."""
+        keep = self.settings.tier_index_max
+        for group in range(self.store.keys.groups):
+            for tier in self.rules.rules.tiers[1:]:
+                await self.guard(partial(self.store.trim_tier_index, group, tier.name, keep))
+
     def describe(self) -> dict[str, Any]:
         """State for /readyz."""
         return {

@@ -413,6 +413,17 @@ async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_
     leads = {s.lead_id for s in sent}
     await assert_states_match(store, ref, leads, rules)
     await check_outputs(settings, ref, leads)
+    # The tier indexes (the console's queue) hold exactly the leads of each tier above the
+    # first, after kills, rebalances and drops by decay.
+    keys = store.keys
+    for tier_index, tier in enumerate(rules.tiers[1:], start=1):
+        indexed = set()
+        for group in range(keys.groups):
+            indexed |= {k for k, _ in await store.tier_queue(group, tier.name, 100_000)}
+        expected = {
+            keys.lead(keys.lead_ref(lead)) for lead, s in ref.states.items() if s.tier == tier_index
+        }
+        assert indexed == expected, (tier.name, len(indexed), len(expected))
     decays = sum(1 for o in ref.outputs.values() if o.cause == "decay")
     assert decays >= 20, f"the history should decay many leads out of their tiers ({decays})"
 
