@@ -30,8 +30,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     STREAMSCORE_SCHEMAS_DIR=/app/schemas \
     STREAMSCORE_RULES_FILE=/app/examples/rules.yaml \
-    STREAMSCORE_WEB_HOST=0.0.0.0 \
     STREAMSCORE_WEB_PORT=6066
+# The web server binds 127.0.0.1 by default, as outside a container: the HEALTHCHECK below
+# reaches it from inside. docker-compose.yml and the Kubernetes ConfigMap set
+# STREAMSCORE_WEB_HOST=0.0.0.0 where Prometheus or the kubelet must reach it from outside,
+# together with a STREAMSCORE_WEB_TOKEN for the views that show lead data.
 
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it and volume ownership is
 # predictable. /var/lib/streamscore is the working directory: the only place the worker may

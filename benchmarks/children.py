@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from benchmarks.procstat import ProcSample, sample
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import ENV_PREFIX, Settings, settings_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             # The child gets SIGKILL if the benchmark dies, so nothing is left behind.
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - one thread
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - one thread
         )
         self.started = time.monotonic()
 

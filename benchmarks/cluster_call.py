@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.store.client import LuaScript, RedisClient, open_client, pack_script_call
 from tests.integration.cluster_support import LocalCluster, redis_server_binary
 
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     options = parser.parse_args()
-    single = devstack.start_valkey(binary=redis_server_binary())
+    single = dev.start_valkey(binary=redis_server_binary())
     try:
         cluster = LocalCluster.start(primaries=3)
         try:

@@ -33,9 +33,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.procstat import sample
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import ENV_PREFIX, load_settings, settings_env
-from streamscore.events.envelope import format_time_ms
+from streamscore.events import format_time_ms
 
 KEY = "bench-key"
 EVENTS = ("Demo Requested", "Form Submitted", "Email Link Clicked", "Content Downloaded")
@@ -141,8 +141,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
 
-    broker = devstack.start_broker()
-    port = devstack.free_port()
+    broker = dev.start_broker()
+    port = dev.free_port()
     settings = load_settings(
         kafka_bootstrap=broker.bootstrap,
         topic_partitions=args.partitions,
@@ -161,7 +161,7 @@ def main() -> None:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509
+                preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509
             )
         try:
             url = f"http://127.0.0.1:{port}"

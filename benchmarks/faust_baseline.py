@@ -23,15 +23,16 @@ import faust
 
 from streamscore.config import Settings, load_settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
+from streamscore.events.outputs import format_output
 from streamscore.events.types import TopicKind
-from streamscore.outputs import format_output
 from streamscore.runtime.clock import now_ms
+from streamscore.runtime.leads import sets_a_lead_could_be_in, sorted_sets_of
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
-from streamscore.scoring.state import apply_event, due_ms, new_lead
+from streamscore.scoring.state import apply_event, new_lead
 from streamscore.store.client import RedisClient, open_settings_client
 from streamscore.store.codec import decode_lead, encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, prefix_of, split_value
@@ -85,15 +86,16 @@ class PerEventScorer:
             apply_event(state, rules, ev.event_id, ev.time_ms, decision, self.dedup_ms, outputs)
             commit = GroupCommit(group)
             commit.offsets.append(OffsetWrite(tp, applied, offset))
-            due = due_ms(state, rules)
-            due_key = self.keys.due(group, partition)
+            # Into the sorted sets it belongs in (due set, tier index), out of any it left.
+            want = sorted_sets_of(state, group, self.keys, rules)
+            could_be_in = sets_a_lead_could_be_in(state, group, self.keys, rules)
             commit.leads.append(
                 LeadWrite(
                     key,
                     prefix_of(raw),
                     versioned_value(version + 1, encode_lead(state)),
-                    None if due is None else (due_key, due),
-                    due_key if due is None and raw is not None else None,
+                    tuple(want.items()),
+                    tuple(k for k in could_be_in if k not in want),
                 )
             )
             scored_at = now_ms()

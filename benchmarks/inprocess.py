@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 
-from streamscore.events.envelope import Event
+from streamscore.events import Event
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import Pending
 from streamscore.runtime.leads import LeadCache
@@ -24,7 +24,7 @@ from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.rules import CompiledRules
 from streamscore.store.client import open_client
 from streamscore.store.keys import KeySpace
-from streamscore.store.outbox import ScoredOutput
+from streamscore.store.outbox import Record, ScoredOutput
 from streamscore.store.store import RedisStore
 
 T = TypeVar("T")
@@ -42,8 +42,14 @@ class AckingEmitter(Emitter):
         self._store = store
         self.outputs = 0
 
-    async def emit(self, group: int, entry_id: str, outputs: Sequence[ScoredOutput]) -> None:
-        self.outputs += len(outputs)
+    async def emit(
+        self,
+        group: int,
+        entry_id: str,
+        outputs: Sequence[ScoredOutput],
+        records: Sequence[Record] = (),
+    ) -> None:
+        self.outputs += len(outputs) + len(records)
         if entry_id:
             await self._store.ack_outbox(group, [entry_id])
 

@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 
 from benchmarks.inprocess import InProcessPipeline
 from benchmarks.workload import EventFactory, Profiles, lead_id_of
-from streamscore.events.envelope import Event, Limits, parse_event
+from streamscore.events import Event, Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.scoring.rules import load_rules
 from streamscore.store.codec import decode_lead

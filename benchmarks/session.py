@@ -18,7 +18,7 @@ from benchmarks.memory import WorkloadMemory
 from benchmarks.procstat import code_version, machine_info
 from benchmarks.simple_reference import Expected
 from benchmarks.workload import Job, Message
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import Settings, load_settings
 
 RULES_FILE = REPO_ROOT / "examples" / "rules.yaml"
@@ -70,7 +70,7 @@ class Session:
         self.args = args
         self.suffix = uuid.uuid4().hex[:8]
         self.log_dir = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))
-        self.stack = devstack.DevStack(redis_binary=args.redis_binary)
+        self.stack = dev.DevStack(redis_binary=args.redis_binary)
         self.children: list[Child] = []
         self.results: dict[str, Any] = {
             "machine": machine_info(),
@@ -127,7 +127,7 @@ class Session:
             "batch_max_events": self.args.batch,
             # The replay covers 30 days; the inactivity timer would only add noise to it.
             "decay_tick_s": 3600.0,
-            "web_port": devstack.free_port(),
+            "web_port": dev.free_port(),
             "log_level": "WARNING",
         }
         values.update(overrides)
@@ -150,7 +150,7 @@ class Session:
         for child in self.children:
             child.stop()
         self.stack.close()
-        left = [c.pid for c in self.children if c.alive()] + list(devstack.started_pids())
+        left = [c.pid for c in self.children if c.alive()] + list(dev.started_pids())
         if left:
             say(f"WARNING: processes still running: {left}")
         else:

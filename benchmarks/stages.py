@@ -22,19 +22,20 @@ from aiokafka import TopicPartition
 
 from benchmarks.inprocess import InProcessPipeline
 from benchmarks.workload import Message
-from streamscore.events.envelope import Event, Limits, parse_event
+from streamscore.events import Event, Limits, parse_event
+from streamscore.events.outputs import format_output
 from streamscore.events.types import TopicKind
 from streamscore.metrics import create_metrics
-from streamscore.outputs import format_output
 from streamscore.runtime.aligner import Aligner
 from streamscore.runtime.intake import Pending
+from streamscore.runtime.leads import sorted_sets_of
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.runtime.worker import _merge_key, _offset
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules, load_rules
-from streamscore.scoring.state import LeadState, apply_event, due_ms, new_lead
+from streamscore.scoring.state import LeadState, apply_event, new_lead
 from streamscore.store.codec import encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
 from streamscore.store.keys import KeySpace
@@ -138,27 +139,25 @@ def _python_stages_once(
             dirty.append((leads, offsets, outputs))
 
     out["decide + apply (engine.decide, state.apply_event)"] = _timed(decide_apply, n)
-    encoded: list[list[tuple[str, bytes, tuple[str, int] | None]]] = []
+    encoded: list[list[tuple[str, bytes, tuple[tuple[str, float], ...]]]] = []
 
     def encode() -> None:
         for leads, _, _ in dirty:
             rows = []
             for key, state in leads.items():
-                due = due_ms(state, rules)
-                partition = state.partition
-                add = None if due is None or partition is None else (keys.due(0, partition), due)
-                rows.append((key, versioned(1, encode_lead(state)), add))
+                sets = sorted_sets_of(state, 0, keys, rules) if state.tier else {}
+                rows.append((key, versioned(1, encode_lead(state)), tuple(sets.items())))
             encoded.append(rows)
 
-    out["encode dirty leads once per batch (codec, due_ms)"] = _timed(encode, n)
+    out["encode dirty leads once per batch (codec, sorted sets)"] = _timed(encode, n)
 
     def pack() -> None:
         for (_, offsets, _), rows in zip(dirty, encoded, strict=True):
             commit = GroupCommit(0)
             for name, new in offsets.items():
                 commit.offsets.append(OffsetWrite(name, None, new))
-            for key, value, add in rows:
-                commit.leads.append(LeadWrite(key, b"", value, add, None))
+            for key, value, adds in rows:
+                commit.leads.append(LeadWrite(key, b"", value, adds))
             commit.pack(keys)
 
     out["pack commit call (GroupCommit.pack, hiredis)"] = _timed(pack, n)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
-from streamscore.events.envelope import format_time_ms
+from streamscore.events import format_time_ms
 
 #: The benchmark's jobs: the full example rules, or issue 16's simple job.
 Job = Literal["full", "simple"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
-from datetime import datetime
 
 import faust
 import orjson
 
 from streamscore.config import Settings
+from streamscore.events.timefmt import parse_time_ms
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.sensors import Sensor
 
@@ -21,8 +21,8 @@ def register_handoff_audit(app: faust.App, settings: Settings, sensor: Sensor) -
     async def handoff_audit(stream: AsyncIterable[bytes]) -> None:
         async for value in stream:
             try:
-                scored_at = datetime.fromisoformat(orjson.loads(value)["scored_at"])
+                scored_at_ms = parse_time_ms(orjson.loads(value)["scored_at"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # not ours to judge: the topic's producer is streamscore itself
-            lag_s = now_ms() / 1000.0 - scored_at.timestamp()
+            lag_s = (now_ms() - scored_at_ms) / 1000.0
             sensor.handoff_visible(max(lag_s, 0.0))

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from mode import Service
 
 from streamscore.agents import register_handoff_audit
 from streamscore.config import Settings
+from streamscore.errors import StreamscoreError
 from streamscore.events.schemas import compile_input_schemas
 from streamscore.metrics import Metrics, create_metrics
 from streamscore.runtime.kafka import ensure_topics, make_producer
@@ -27,8 +29,11 @@ from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
 
-#: How long a graceful stop may wait for the batch in flight (SIGTERM must exit within 10 s).
-STOP_TIMEOUT_S = 7.0
+#: How long a graceful stop may wait for the batch in flight (SIGTERM must exit within 10 s,
+#: and the Kafka commit and the producer's flush come after it).
+STOP_TIMEOUT_S = 5.0
+#: How often the watchdog looks at the pipeline.
+WATCHDOG_EVERY_S = 5.0
 
 
 async def open_store(settings: Settings) -> RedisStore:
@@ -150,6 +155,12 @@ def create_app(
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(settings),
         web_enabled=True,
+        # Faust's own pages (/router/, /table/, /graph/, /stats/) describe the app and its
+        # tables to anyone who asks, and /router/<x>/ answers 500: streamscore serves its own.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -169,8 +180,27 @@ def create_app(
 
     @app.timer(interval=settings.outbox_redrive_s)
     async def outbox_redrive() -> None:
-        if runtime.worker is not None and runtime.worker.consumer is not None:
-            await runtime.worker.redrive_outbox()
+        worker = runtime.worker
+        if worker is None or worker.consumer is None:
+            return
+        try:
+            await worker.redrive_outbox()
+        except (StreamscoreError, KafkaError) as exc:
+            # The scoring loop owns the verdict on Redis and the broker (it exits when they stay
+            # away); a timer that raised would take the app down with a traceback instead.
+            log.warning("outbox re-drive failed, will try again: %r", exc)
+
+    @app.timer(interval=WATCHDOG_EVERY_S)
+    async def watchdog() -> None:
+        worker = runtime.worker
+        if worker is None:
+            return
+        worker.watchdog()
+        if worker.consumer is not None:
+            try:
+                await worker.maintain()
+            except StreamscoreError as exc:
+                log.warning("tier index upkeep failed, will try again: %r", exc)
 
     if settings.rules_poll_s > 0:
 

@@ -1,19 +1,26 @@
-"""The `streamscore` command: worker, collector, dev, rules check, lead, report."""
+"""The `streamscore` command: worker, collector, deliver, dev, rules check, lead, report."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import gc
-import logging.config
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from streamscore.config import Settings, load_settings
+from streamscore import interrupts
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
+from streamscore.lab.commands import add_lab_commands
+
+if TYPE_CHECKING:
+    from streamscore.config import Settings
+    from streamscore.dev.state import ClientSettings
+    from streamscore.store.store import RedisStore
+
+# Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
+# installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
 
 EXIT_USAGE = 2
 #: The write key `streamscore dev` gives its collector when collector_write_keys is unset.
@@ -21,10 +28,83 @@ DEV_WRITE_KEY = "dev"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from streamscore.config import load_settings
+
     return load_settings(args.config, **overrides)
 
 
+def _client_settings(args: argparse.Namespace) -> ClientSettings:
+    """Settings for a command that reads a stack: what the user left unset, from `streamscore dev`.
+
+    Every command but `worker` and `dev` (which run a stack rather than find one) takes its
+    settings from here.
+    """
+    from streamscore.dev.state import client_settings, without_password
+
+    located = client_settings(args.config)
+    if located.stack is not None:
+        settings = located.settings
+        found = [f"PID {located.stack.pid}"]
+        if "redis_url" in located.from_stack:
+            found.append(f"redis {without_password(settings.redis_url.get_secret_value())}")
+        if "kafka_bootstrap" in located.from_stack:
+            found.append(f"kafka {settings.kafka_bootstrap}")
+        print(f"streamscore: using `streamscore dev` ({', '.join(found)})", file=sys.stderr)
+    return located
+
+
+@contextlib.asynccontextmanager
+async def _open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
+    """The store of `located`, checked with one PING; a failure is one line, and not retried."""
+    from redis.exceptions import AuthenticationError
+
+    from streamscore.dev.state import without_password
+    from streamscore.errors import FatalStoreError, StoreUnreachable, TransientRedisError
+    from streamscore.store.client import open_settings_client
+    from streamscore.store.keys import KeySpace
+    from streamscore.store.store import RedisStore
+
+    settings = located.settings
+    shown = without_password(settings.redis_url.get_secret_value())
+    if located.stack is not None and "redis_url" in located.from_stack:
+        where = f"{shown} (of `streamscore dev`, PID {located.stack.pid})"
+        hint = "Has it stopped? Else set STREAMSCORE_REDIS_URL to your Redis."
+    elif "redis_url" in settings.model_fields_set:
+        where = f"{shown} (from STREAMSCORE_REDIS_URL or the settings file)"
+        hint = "Check STREAMSCORE_REDIS_URL."
+    else:
+        where = f"{shown} (the default; no `streamscore dev` is running)"
+        hint = "Start `streamscore dev`, or set STREAMSCORE_REDIS_URL to your Redis."
+
+    @contextlib.contextmanager
+    def one_line_errors() -> Iterator[None]:
+        # store.client makes one attempt per call and raises TransientRedisError for a
+        # connection that fails; a refused password comes through as redis-py's own error.
+        try:
+            yield
+        except AuthenticationError as exc:
+            raise FatalStoreError(
+                f"Redis at {where}: authentication failed ({exc}). Set STREAMSCORE_REDIS_URL "
+                "with its password: redis://:PASSWORD@HOST:PORT/DB."
+            ) from None
+        except TransientRedisError as exc:
+            detail = str(exc).rstrip(".")
+            raise StoreUnreachable(f"cannot reach Redis at {where}: {detail}. {hint}") from None
+
+    with one_line_errors():
+        client = await open_settings_client(settings)
+    store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
+    try:
+        with one_line_errors():
+            await store.ping()
+            yield store
+    finally:
+        await store.close()
+
+
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
+    import logging.config
+
     from streamscore.app import ScoringProcess, create_app
     from streamscore.logs import logging_config
 
@@ -39,8 +119,17 @@ def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
         logging_config=config,
         quiet=True,
     )
+    # Faust's start-up spinner (on at WARNING and above) writes cursor codes to stdout even when
+    # it is a file or a pipe, and sets the root logger to DEBUG so that every record turns it.
+    worker.spinner = None
     tune_gc()
-    worker.execute_from_commandline()
+    interrupts.raise_if_pending()
+    interrupts.forward_to_loop(worker.loop)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        # Closing its loop reset SIGINT and SIGTERM to Python's defaults; the servers still stop.
+        interrupts.install()
 
 
 def tune_gc() -> None:
@@ -61,6 +150,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_collector(args: argparse.Namespace) -> int:
     """Run the Segment/RudderStack-compatible HTTP collector (Tracking API in, Kafka out)."""
+    import logging.config
+
     from streamscore.collector.app import run_collector
     from streamscore.logs import logging_config
 
@@ -70,12 +161,33 @@ def cmd_collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """Post each handoff to the configured webhooks, signed, at least once."""
+    import logging.config
+
+    from streamscore.config import ENV_PREFIX
+    from streamscore.delivery.runner import serve
+    from streamscore.logs import logging_config
+
+    settings = _settings(args)
+    if not settings.delivery_webhook_urls:
+        raise ConfigError(
+            f"no webhook to deliver to: set {ENV_PREFIX}DELIVERY_WEBHOOK_URLS "
+            "(or delivery_webhook_urls in the settings file)"
+        )
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    serve(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
-    from streamscore.devstack import DevStack, free_port
+    from streamscore.dev import DevStack, free_port
+    from streamscore.dev.state import remove_state, without_password, write_state
 
     base = _settings(args)
     with DevStack(kafka_bootstrap=args.kafka, redis_url=args.redis) as stack:
+        interrupts.raise_if_pending()  # a signal dropped while a server was forked
         web_port = args.web_port or free_port()
         settings = _settings(
             args,
@@ -83,21 +195,39 @@ def cmd_dev(args: argparse.Namespace) -> int:
             redis_url=stack.redis_url,
             web_port=web_port,
             web_host="127.0.0.1",
+            delivery_web_port=free_port(),
         )
+        web_url = f"http://127.0.0.1:{web_port}"
         print(f"kafka bootstrap: {settings.kafka_bootstrap}", flush=True)
-        print(f"redis url: {stack.redis_url}", flush=True)
-        print(f"metrics url: http://127.0.0.1:{web_port}/metrics", flush=True)
-        print(f"rules: {base.rules_file} (lead state: http://127.0.0.1:{web_port}/leads/ID)")
+        print(f"redis url: {without_password(stack.redis_url)}", flush=True)
+        print(f"metrics url: {web_url}/metrics", flush=True)
+        print(f"rules: {base.rules_file} (lead state: {web_url}/leads/ID)")
         services: list[Any] = [_dev_collector(settings, args.collector_port, args.kafka is None)]
         if args.demo:
-            from streamscore.demo import DemoTraffic, HandoffPrinter
+            from streamscore.dev.demo import DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
             services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+        if settings.delivery_webhook_urls:
+            from streamscore.delivery.runner import DeliveryAgent
+
+            port = settings.delivery_web_port
+            print(f"delivery metrics url: http://127.0.0.1:{port}/metrics", flush=True)
+            services.append(DeliveryAgent(settings))
+        state_path = None
         try:
+            state_path = write_state(settings, web_url)
+            if state_path is not None:
+                print(
+                    f"state: {state_path} (`streamscore lead` finds this stack through it)",
+                    flush=True,
+                )
             _run_faust(settings, services)
         except SystemExit as exc:
             return int(exc.code or 0)
+        finally:
+            if state_path is not None:
+                remove_state(state_path)
     return 0
 
 
@@ -106,7 +236,7 @@ def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
     from pydantic import SecretStr
 
     from streamscore.collector.service import CollectorService
-    from streamscore.devstack import free_port
+    from streamscore.dev import free_port
 
     overrides: dict[str, Any] = {"collector_port": port or free_port()}
     key_note = "write key: your collector_write_keys"
@@ -143,26 +273,25 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_lead(args: argparse.Namespace) -> int:
     """Print one lead's score, tier, grade, BANT and top contributing rules."""
-    settings = _settings(args)
-    return asyncio.run(_show_lead(settings, args.lead_id, args.json))
+    import asyncio
+
+    located = _client_settings(args)
+    return asyncio.run(_show_lead(located, args.lead_id, args.json))
 
 
-async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
-    from streamscore.app import open_store
+async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> int:
+    import orjson
+
     from streamscore.runtime.clock import now_ms
     from streamscore.scoring.explain import describe_lead
     from streamscore.scoring.rules import load_rules
 
-    rules = load_rules(settings.rules_file)
-    store = await open_store(settings)
-    try:
+    async with _open_store(located) as store:
         state = await store.lead_state(lead_id)
-    finally:
-        await store.close()
     if state is None:
         print(f"unknown lead: {lead_id}", file=sys.stderr)
         return 1
-    info = describe_lead(state, rules, now_ms())
+    info = describe_lead(state, load_rules(located.settings.rules_file), now_ms())
     if as_json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -181,6 +310,8 @@ async def _show_lead(settings: Settings, lead_id: str, as_json: bool) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the sales-outcomes report (HTML, and its figures as JSON) from KPI counters."""
+    import orjson
+
     from streamscore.outcomes.kpi import compute_kpis
     from streamscore.outcomes.report import render_report
 
@@ -212,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     collector = sub.add_parser("collector", help=cmd_collector.__doc__)
     collector.set_defaults(func=cmd_collector)
 
+    deliver = sub.add_parser("deliver", help=cmd_deliver.__doc__)
+    deliver.set_defaults(func=cmd_deliver)
+
     dev = sub.add_parser("dev", help=cmd_dev.__doc__)
     dev.add_argument("--demo", action="store_true", help="drive synthetic traffic, show handoffs")
     dev.add_argument("--kafka", metavar="HOST:PORT", help="use this broker instead of Tansu")
@@ -239,14 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
     report.set_defaults(func=cmd_report)
+
+    add_lab_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    interrupts.install()
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.func(args)
+    except KeyboardInterrupt as exc:
+        # Whatever had started was stopped on the way out (DevStack, the worker's finally).
+        print(f"streamscore: stopped by {exc or 'SIGINT'}", file=sys.stderr)
+        interrupts.clear()
+        interrupts.forget_unhandled_interrupt()
+        return 0
     except (ConfigError, RulesError) as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamscore.errors import ConfigError
 from streamscore.events.types import TopicKind
 
 ENV_PREFIX = "STREAMSCORE_"
 CONFIG_FILE_ENV = "STREAMSCORE_CONFIG_FILE"
+#: A shorter signing secret is guessable offline from one signed request.
+MIN_SIGNING_SECRET_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -48,6 +52,7 @@ class Settings(BaseSettings):
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
+    topic_delivery_dead_letter: str = "ss.v1.delivery-dead-letter"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=16)
 
@@ -72,6 +77,7 @@ class Settings(BaseSettings):
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
+    tier_index_max: int = Field(default=10_000, ge=10, le=10_000_000)
     lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
 
     # Input limits (beyond them an event is dead-lettered)
@@ -84,6 +90,7 @@ class Settings(BaseSettings):
     decay_tick_s: float = Field(default=1.0, gt=0)
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
+    watchdog_stall_s: float = Field(default=30.0, gt=0)
 
     # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
     collector_host: str = "127.0.0.1"
@@ -99,9 +106,23 @@ class Settings(BaseSettings):
     collector_idempotent_producer: bool = True
     collector_start_timeout_s: float = Field(default=60.0, gt=0)
 
+    # Handoff delivery (`streamscore deliver`). Webhook URLs are secrets: a Slack incoming
+    # webhook's path is its credential, and CRM URLs often carry a token in the query.
+    delivery_webhook_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    delivery_signing_secret: SecretStr | None = None
+    delivery_format: Literal["json", "slack"] = "json"
+    delivery_consumer_group: str = "streamscore-delivery"
+    delivery_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    delivery_attempts: int = Field(default=6, ge=1, le=100)
+    delivery_backoff_s: float = Field(default=0.5, gt=0, le=3600)
+    delivery_backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+    delivery_concurrency: int = Field(default=16, ge=1, le=1024)
+    delivery_web_port: int = Field(default=6067, ge=0, le=65535)
+
     # Web, logging
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
@@ -150,6 +171,66 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("delivery_webhook_urls", mode="before")
+    @classmethod
+    def _split_webhook_urls(cls, value: Any) -> Any:
+        # An environment variable holds either a JSON array or a comma-separated list.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                # Never echo the text: it holds the URLs, which are secrets.
+                raise ValueError("not a valid JSON array of URLs") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("delivery_webhook_urls")
+    @classmethod
+    def _webhook_urls_valid(cls, value: list[SecretStr]) -> list[SecretStr]:
+        seen: dict[str, int] = {}
+        for index, secret in enumerate(value):
+            url = secret.get_secret_value()
+            # Errors name the webhook by its index, never by its URL.
+            if url in seen:
+                raise ValueError(f"webhook {index} repeats webhook {seen[url]}")
+            seen[url] = index
+            try:
+                parts = urlsplit(url)
+                port_ok = parts.port is None or parts.port > 0
+            except ValueError:
+                port_ok = False
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or not port_ok
+                or any(c.isspace() or ord(c) < 0x20 for c in url)
+            ):
+                raise ValueError(
+                    f"webhook {index}: must be an absolute http:// or https:// URL with a host "
+                    "(and a valid port, no spaces)"
+                )
+        return value
+
+    @field_validator("delivery_signing_secret")
+    @classmethod
+    def _signing_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _delivery_complete(self) -> Settings:
+        if self.delivery_webhook_urls and self.delivery_signing_secret is None:
+            raise ValueError(
+                "delivery_webhook_urls needs delivery_signing_secret "
+                f"({ENV_PREFIX}DELIVERY_SIGNING_SECRET): receivers verify every request with it"
+            )
+        if self.delivery_backoff_max_s < self.delivery_backoff_s:
+            raise ValueError("delivery_backoff_max_s must be at least delivery_backoff_s")
+        return self
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (
@@ -193,6 +274,7 @@ class Settings(BaseSettings):
             self.topic_handoffs,
             self.topic_tier_changes,
             self.topic_dead_letter,
+            self.topic_delivery_dead_letter,
         )
 
     @property
@@ -276,6 +358,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if isinstance(value, list):
+            # A JSON array: a URL may itself contain a comma.
+            items = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+            env[f"{ENV_PREFIX}{name.upper()}"] = json.dumps(items)
+            continue
         text = str(value).lower() if isinstance(value, bool) else str(value)
         env[f"{ENV_PREFIX}{name.upper()}"] = text
     return env

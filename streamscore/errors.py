@@ -72,3 +72,7 @@ class RetryBudgetExhausted(StreamscoreError):
 
 class FatalStoreError(StreamscoreError):
     """Redis refused in a way no retry can fix (a wrong password, a script error)."""
+
+
+class StoreUnreachable(StreamscoreError):
+    """A command found no Redis at its URL; the message says where the URL came from."""

@@ -48,6 +48,7 @@ class Metrics:
     partitions_paused: Gauge
     outbox_pending: Gauge
     decay_due_leads: Gauge
+    pipeline_stalled_seconds: Gauge
     handoff_visible_seconds: Histogram
 
 
@@ -171,6 +172,12 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             "Leads whose inactivity tier drop is due and not yet processed.",
             registry=reg,
         ),
+        pipeline_stalled_seconds=Gauge(
+            "streamscore_pipeline_stalled_seconds",
+            "How long events have been in flight without a batch being committed to Redis "
+            "(0 while scoring progresses or nothing is waiting).",
+            registry=reg,
+        ),
         handoff_visible_seconds=Histogram(
             "streamscore_handoff_visible_seconds",
             "Time from a handoff being scored to it being read back from the handoff topic.",
@@ -200,6 +207,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_rules_version_info",
     "streamscore_outbox_pending",
     "streamscore_decay_due_leads",
+    "streamscore_pipeline_stalled_seconds",
     "streamscore_handoff_visible_seconds",
 )
 

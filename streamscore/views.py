@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -11,9 +13,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamscore.runtime.clock import now_ms
 from streamscore.scoring.explain import describe_lead
+from streamscore.store.errors import classify
 
 if TYPE_CHECKING:
     from streamscore.app import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def authorized(runtime: Runtime, request: Request) -> bool:
+    """True when no web token is set, or the request carries it as a bearer token."""
+    token = runtime.settings.web_token
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
 
 
 def register(app: faust.App, runtime: Runtime) -> None:
@@ -41,16 +56,26 @@ def register(app: faust.App, runtime: Runtime) -> None:
         payload = generate_latest(runtime.metrics.registry)
         return view.bytes(payload, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    @app.page("/leads/{lead_id}")
+    # A lead id may hold any printable character, "/", "{" and "}" included: the route takes the
+    # rest of the path (percent-decoded by the server), not aiohttp's default [^{}/]+.
+    @app.page("/leads/{lead_id:.+}")
     async def lead(view: View, request: Request, lead_id: str) -> Response:
+        if not authorized(runtime, request):
+            return view.json({"error": "unauthorized"}, status=401)
         worker = runtime.worker
         if worker is None:
             return view.json({"error": "not started"}, status=503)
         try:
             async with asyncio.timeout(runtime.settings.redis_timeout_s):
                 state = await worker.store.lead_state(lead_id)
-        except TimeoutError:
-            return view.json({"error": "redis timed out"}, status=503)
+        except Exception as exc:
+            # The one broad handler of the views: any failure to read Redis is a 503 with a
+            # one-line log, never a traceback page; anything else is a bug and re-raised.
+            if not isinstance(exc, TimeoutError) and classify(exc) is None:
+                raise
+            log.warning("GET /leads: Redis failed: %r", exc)
+            failure = {"error": "redis unavailable", "detail": type(exc).__name__}
+            return view.json(failure, status=503)
         if state is None:
             return view.json({"error": "unknown lead", "lead_id": lead_id}, status=404)
         body: dict[str, Any] = describe_lead(state, runtime.rules.rules, now_ms())

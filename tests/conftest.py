@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from streamscore import devstack
-from streamscore.config import Settings, load_settings
+from streamscore import dev
+from streamscore.config import ENV_PREFIX, Settings, load_settings
 
 KAFKA_BOOTSTRAP_ENV = "STREAMSCORE_TEST_KAFKA_BOOTSTRAP"
 REDIS_URL_ENV = "STREAMSCORE_TEST_REDIS_URL"
@@ -19,6 +21,20 @@ REDIS_URL_ENV = "STREAMSCORE_TEST_REDIS_URL"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
 RULES_FILE = REPO_ROOT / "examples" / "rules.yaml"
+
+
+def run_cli(*args: str, cwd: Path = REPO_ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    """`streamscore ARGS` in a child process, with only the STREAMSCORE_* variables in `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return subprocess.run(
+        [sys.executable, "-m", "streamscore.cli", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,7 +49,7 @@ class RedisServer:
 
     def __init__(self, url: str | None = None) -> None:
         self._external_url = url
-        self.server: devstack.EmbeddedServer | None = None
+        self.server: dev.EmbeddedServer | None = None
 
     @property
     def embedded(self) -> bool:
@@ -66,11 +82,9 @@ class RedisServer:
         """Start the server; after stop(), a fresh, empty one on the same port; else a no-op."""
         self._require_embedded()
         if self.server is None:
-            self.server = devstack.start_valkey()
+            self.server = dev.start_valkey()
         elif not self.server.alive():
-            self.server = devstack.start_valkey(
-                port=self.server.port, password=self.server.password
-            )
+            self.server = dev.start_valkey(port=self.server.port, password=self.server.password)
 
     def restart(self) -> None:
         """Stop, then start a fresh, empty server on the same port."""
@@ -85,7 +99,7 @@ class RedisServer:
                 pytrace=False,
             )
 
-    def _embedded(self) -> devstack.EmbeddedServer:
+    def _embedded(self) -> dev.EmbeddedServer:
         self._require_embedded()
         if self.server is None:
             raise RuntimeError("the embedded Valkey was never started")
@@ -99,13 +113,13 @@ class RedisServer:
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_leaked_servers() -> Iterator[None]:
-    """Fail the session if a server started through devstack outlives its fixture or test."""
+    """Fail the session if a server started through streamscore.dev outlives its fixture or test."""
     yield
-    leaked = devstack.running_servers()
+    leaked = dev.running_servers()
     if leaked:
         listed = ", ".join(f"{s.name} pid {s.pid} on {s.address}" for s in leaked)
-        devstack.stop_all()
-        pytest.fail(f"devstack servers still running at session end: {listed}", pytrace=False)
+        dev.stop_all()
+        pytest.fail(f"embedded servers still running at session end: {listed}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +129,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    broker = devstack.start_broker()
+    broker = dev.start_broker()
     try:
         yield broker.bootstrap
     finally:
@@ -172,7 +186,7 @@ def settings_factory(kafka_bootstrap: str, redis_url: str, unique: str) -> Calla
             **topics,
             "consumer_group": f"ss-test-{unique}",
             "redis_key_prefix": f"sstest:{unique}",
-            "web_port": devstack.free_port(),
+            "web_port": dev.free_port(),
             "rules_file": RULES_FILE,
         }
         values.update(overrides)

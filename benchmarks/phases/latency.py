@@ -22,7 +22,7 @@ from benchmarks.measure import RunFailed
 from benchmarks.phases.throughput import median_by
 from benchmarks.procstat import sample, system_busy_s
 from benchmarks.session import INPUT_TOPICS, OUTPUT_TOPICS, Session, say
-from streamscore import devstack
+from streamscore import dev
 
 WARM_HOT_LEADS = 5
 
@@ -67,7 +67,7 @@ def _run(
     session: Session, linger_ms: int, rate: float, index: int, rep: int
 ) -> tuple[RateResult, list[str]]:
     args = session.args
-    broker = devstack.start_broker()
+    broker = dev.start_broker()
     tag = f"{session.suffix}-l{linger_ms}r{index}x{rep}"
     inputs = tuple(f"bench.{tag}.{name}" for _, name in INPUT_TOPICS)
     run = f"lat-l{linger_ms}r{index}x{rep}"

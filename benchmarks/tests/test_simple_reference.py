@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from benchmarks.simple_job import HALF_LIFE_MS, HANDOFF_AT, REARM_BELOW, points_of
 from benchmarks.simple_reference import SimpleEvent, decayed_sum, reference
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.scoring import reference as oracle
 from streamscore.scoring import state as engine

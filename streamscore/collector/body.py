@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from streamscore.collector.errors import Rejected
+from streamscore.events.rejects import json_kind
 
 # 16 + MAX_WBITS: a gzip header and trailer, as Content-Encoding: gzip sends.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -56,16 +57,3 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise Rejected("not_an_object", f"body is a JSON {json_kind(doc)}, not an object")
     return doc
-
-
-def json_kind(value: object) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    return "null" if value is None else "number"

@@ -7,15 +7,15 @@ import hashlib
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, get_args
 
 import orjson
 
-from streamscore.collector.body import json_kind
 from streamscore.collector.errors import Rejected
-from streamscore.events.envelope import MAX_LEAD_ID_CHARS, format_time_ms
+from streamscore.events import MAX_LEAD_ID_CHARS, format_time_ms
+from streamscore.events import parse_time_ms as events_parse_time_ms
+from streamscore.events.rejects import json_kind
 from streamscore.events.types import SEGMENT_TRACK_ALIASES, TOPIC_BY_TYPE, TopicKind
 
 MessageType = Literal["track", "page", "screen", "identify", "alias", "group"]
@@ -41,8 +41,6 @@ _REQUIRED: dict[str, str] = {"track": "event", "alias": "previousId", "group": "
 # Request-level fields that are never forwarded: a write key is a secret.
 _DROPPED = ("writeKey",)
 _CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 _MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant format_time_ms can write
 
 
@@ -214,12 +212,9 @@ def parse_time_ms(value: object) -> int | None:
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return events_parse_time_ms(value)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        return None
-    return (parsed - _EPOCH) // _ONE_MS
 
 
 def _shown(value: object) -> str:

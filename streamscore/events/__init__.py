@@ -1,14 +1,9 @@
-"""Input events: envelope model; bytes -> orjson -> schema check -> typed event; Segment aliases."""
+"""The event contract: input envelopes (native and Segment) parsed to Event, rejects, outputs."""
 
 from streamscore.events.deadletter import DEAD_LETTER_SCHEMA, dead_letter_record
-from streamscore.events.envelope import (
-    REJECT_REASONS,
-    Event,
-    Limits,
-    RejectReason,
-    format_time_ms,
-    parse_event,
-)
+from streamscore.events.envelope import MAX_LEAD_ID_CHARS, Event, Limits
+from streamscore.events.parse import parse_event
+from streamscore.events.rejects import REJECT_REASONS, RejectReason
 from streamscore.events.schemas import (
     SCHEMAS_DIR_ENV,
     compile_input_schemas,
@@ -16,6 +11,7 @@ from streamscore.events.schemas import (
     load_schema,
     schemas_dir,
 )
+from streamscore.events.timefmt import RFC3339_PATTERN, format_time_ms, parse_time_ms
 from streamscore.events.types import (
     SCHEMA_FILE_BY_TOPIC,
     SEGMENT_TRACK_ALIASES,
@@ -28,7 +24,9 @@ from streamscore.events.types import (
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",
+    "MAX_LEAD_ID_CHARS",
     "REJECT_REASONS",
+    "RFC3339_PATTERN",
     "SCHEMAS_DIR_ENV",
     "SCHEMA_FILE_BY_TOPIC",
     "SEGMENT_TRACK_ALIASES",
@@ -46,5 +44,6 @@ __all__ = [
     "format_time_ms",
     "load_schema",
     "parse_event",
+    "parse_time_ms",
     "schemas_dir",
 ]

@@ -8,7 +8,8 @@ from typing import Final
 
 import orjson
 
-from streamscore.events.envelope import REJECT_REASONS, format_time_ms
+from streamscore.events.rejects import REJECT_REASONS
+from streamscore.events.timefmt import format_time_ms
 
 DEAD_LETTER_SCHEMA: Final = "streamscore.dead_letter.v1"
 MAX_ORIGINAL_TEXT_CHARS: Final = 4096

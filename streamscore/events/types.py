@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any, Final
 
 
 class EventType(StrEnum):
@@ -95,3 +96,22 @@ SEGMENT_TRACK_ALIASES: Mapping[str, EventType] = MappingProxyType(
         **{t.value: t for t in EventType},
     }
 )
+
+# Plain dict copies of the tables above for the lookups made per message: a MappingProxyType
+# lookup costs more.
+_TYPE_BY_NAME: dict[str, EventType] = {t.value: t for t in EventType}
+_TYPE_ALIASES: dict[str, EventType] = dict(SEGMENT_TYPE_ALIASES)
+_TRACK_ALIASES: dict[str, EventType] = dict(SEGMENT_TRACK_ALIASES)
+
+#: Our type for a native message's `type` string (None if unknown); the bound dict.get itself,
+#: so the per-message lookup costs no extra Python call.
+native_type: Final[Callable[[str], EventType | None]] = _TYPE_BY_NAME.get
+
+
+def segment_type(doc: Mapping[str, Any]) -> EventType | None:
+    """Our type for a Segment message (None if unknown or not strings): `type`, or track `event`."""
+    call = doc.get("type")
+    if call == "track":
+        name = doc.get("event")
+        return _TRACK_ALIASES.get(name) if isinstance(name, str) else None
+    return _TYPE_ALIASES.get(call) if isinstance(call, str) else None

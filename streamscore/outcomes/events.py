@@ -36,16 +36,10 @@ from streamscore.events import (
     load_schema,
 )
 
-# parse_event's own byte, time and lead-id checks, reused so that both inputs reject alike. They
-# are private to envelope.py on main; the events split in progress makes them public (the time
-# check becomes `event_time_ms`): on that merge only this import changes.
-from streamscore.events.envelope import (
-    RFC3339_PATTERN,
-    _check_lead_id,
-    _decode_error,
-    _json_kind,
-    _time_ms,
-)
+# parse_event's own byte, time and lead-id checks, reused so that both inputs reject alike.
+from streamscore.events.envelope import event_time_ms
+from streamscore.events.rejects import check_lead_id, decode_error, not_an_object
+from streamscore.events.timefmt import RFC3339_PATTERN
 
 SCHEMA_FILE: Final = "outcomes.v1.json"
 #: The largest amount accepted (currency units); the schema's `maximum`, kept equal by a test.
@@ -115,9 +109,9 @@ def parse_outcome(raw: bytes | None, now_ms: int, limits: Limits) -> Outcome:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _decode_error(raw, exc) from None
+        raise decode_error(raw, exc) from None
     if type(doc) is not dict:
-        raise InvalidEvent("not_an_object", f"top level is a JSON {_json_kind(doc)}, not an object")
+        raise not_an_object(doc)
     segment = "messageId" in doc  # the schema's top-level `if`
     if not _fast_check().is_valid(doc):
         raise _schema_rejection(doc, segment)
@@ -133,7 +127,7 @@ def parse_outcome(raw: bytes | None, now_ms: int, limits: Limits) -> Outcome:
         fields = doc
         outcome_type = _TYPE_BY_NAME[doc["type"]]
         outcome_id = doc["outcome_id"]
-    time_ms = _time_ms(doc[field], field, now_ms, limits)
+    time_ms = event_time_ms(doc[field], field, now_ms, limits)
     count = len(doc.get("properties", _EMPTY)) + len(doc.get("context", _EMPTY))
     if count > limits.max_properties:
         raise InvalidEvent(
@@ -182,7 +176,7 @@ def _refine(doc: dict[str, Any], segment: bool) -> None:
     for field in ("userId", "anonymousId") if segment else ("lead_id",):
         value = doc.get(field)
         if isinstance(value, str):
-            _check_lead_id(value, field)
+            check_lead_id(value, field)
     for field in ("timestamp", "originalTimestamp") if segment else ("time",):
         value = doc.get(field)
         if isinstance(value, str) and not _rfc3339(value):

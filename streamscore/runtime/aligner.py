@@ -5,9 +5,10 @@ them in fetch order would make hysteresis (and so handoffs) depend on that chanc
 holds records per partition and releases them as a k-way merge by (event time, event id,
 partition rank): it only releases the smallest head when every other assigned partition either
 has a buffered head to compare with, or is caught up with its high watermark (nothing more
-exists at the broker), or has been empty for longer than `max_wait_ms`. On a replay every
-partition has data; with a `max_wait_ms` longer than any fetch takes, the merge is exact and
-the same on every run. Live, a short `max_wait_ms` bounds the latency it adds.
+exists at the broker). A partition whose backlog is not known yet (never fetched) is waited for
+at most `max_wait_ms`. So a replay, or a backlog after an outage, merges exactly and gives the
+same handoffs on every run with the default settings; live, only caught-up partitions are
+involved and the merge adds no wait beyond a fetch.
 """
 
 from __future__ import annotations
@@ -70,10 +71,15 @@ class Aligner(Generic[P, T]):
         backlog = self._backlog[partition]
         if backlog == 0:
             return False  # caught up: nothing older can be waiting at the broker
-        # Never fetched, or records at the broker not yet handed over: wait, but only up to
-        # max_wait_ms, so live traffic is not held by a partition whose fetch lags. On a
-        # broker whose high watermark runs ahead of each fetch (Tansu), an unbounded wait here
-        # costs hundreds of ms live; exact replays set a long max_wait_ms instead.
+        if backlog is not None:
+            # Records exist at the broker that this partition has not handed over yet: the
+            # next fetch brings them, and releasing the others first would apply a later event
+            # before an earlier one. Always wait: this is what makes a replay or a backlog
+            # exact whatever the settings (Tansu's high watermark may run a fetch ahead, which
+            # costs one more fetch, a few ms, live).
+            return True
+        # Never fetched (just assigned, or its fetch failed): wait at most max_wait_ms, so a
+        # partition whose broker does not answer cannot hold every other one forever.
         return now_ms - self._empty_since[partition] < self._max_wait_ms
 
     def pop_ready(self, now_ms: int, limit: int) -> list[tuple[P, T]]:

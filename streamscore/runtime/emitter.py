@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streamscore.config import Settings
-from streamscore.outputs import format_output
+from streamscore.events.outputs import format_output
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
-from streamscore.store.outbox import ScoredOutput, decode_outputs
+from streamscore.store.outbox import Record, ScoredOutput, decode_entry
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,17 @@ class Emitter:
         self._redis = redis
         self._acking: set[asyncio.Task[None]] = set()
 
-    async def emit(self, group: int, entry_id: str, outputs: Sequence[ScoredOutput]) -> None:
-        """Hand one outbox entry's outputs to the producer; its ack is awaited off this path."""
+    async def emit(
+        self,
+        group: int,
+        entry_id: str,
+        outputs: Sequence[ScoredOutput],
+        records: Sequence[Record] = (),
+    ) -> None:
+        """Hand one outbox entry to the producer; its acks are awaited off this path."""
         if not entry_id:
             return
-        acks = await self._produce(outputs)
+        acks = await self._produce(outputs, records)
         task = asyncio.create_task(self._acknowledge(group, entry_id, acks))
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
@@ -73,7 +79,7 @@ class Emitter:
         for group in range(store.keys.groups):
             entries = await self._redis(partial(store.pending_outbox, group, older_than_ms))
             for entry_id, encoded in entries:
-                await asyncio.gather(*await self._produce(decode_outputs(encoded)))
+                await asyncio.gather(*await self._produce(*decode_entry(encoded)))
                 await self._redis(partial(store.ack_outbox, group, [entry_id]))
                 sent += 1
         self._sensor.outbox_pending(await self._redis(store.outbox_length))
@@ -81,7 +87,9 @@ class Emitter:
             log.warning("re-sent %d outbox entries left by an earlier run", sent)
         return sent
 
-    async def _produce(self, outputs: Sequence[ScoredOutput]) -> list[asyncio.Future[Any]]:
+    async def _produce(
+        self, outputs: Sequence[ScoredOutput], records: Sequence[Record] = ()
+    ) -> list[asyncio.Future[Any]]:
         settings = self._settings
         futures = []
         for output in outputs:
@@ -90,6 +98,8 @@ class Emitter:
                 settings.topic_handoffs if msg.kind == "handoff" else settings.topic_tier_changes
             )
             futures.append(await self._producer.send(topic, msg.value, key=msg.key))
+        for record in records:
+            futures.append(await self._producer.send(record.topic, record.value, key=record.key))
             self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
         return futures
 

@@ -31,6 +31,8 @@ class RedisGuard:
         self._on_health = on_health
         #: The failure class Redis is in now, None while healthy.
         self.failing: Failure | None = None
+        #: The last failure seen, for the watchdog's report.
+        self.last_error = ""
 
     @property
     def ok(self) -> bool:
@@ -49,11 +51,15 @@ class RedisGuard:
         return await with_retry(
             bounded,
             operation="redis",
-            classify=classify,
+            classify=self._classify,
             budget_s=self._budget_s,
             on_retry=self._sensor.retried,
             on_state=self._set_state,
         )
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        self.last_error = repr(exc)  # every failure passes here, retried or raised
+        return classify(exc)
 
     def _set_state(self, failure: Failure | None) -> None:
         self.failing = failure

@@ -17,8 +17,8 @@ from aiokafka.errors import KafkaError
 
 from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
+from streamscore.events import Event, Limits, parse_event
 from streamscore.events.deadletter import dead_letter_record
-from streamscore.events.envelope import Event, Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.runtime.kafka import DEAD_LETTER_MAX_BYTES
 from streamscore.runtime.sensors import Sensor

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from streamscore.scoring.state import LeadState, new_lead
+from streamscore.scoring.rules import CompiledRules
+from streamscore.scoring.state import LeadState, due_ms, new_lead, score_at
 from streamscore.store.codec import SeenMemo, decode_lead
 from streamscore.store.commit import prefix_of, split_value
 from streamscore.store.keys import KeySpace
@@ -37,13 +38,28 @@ class CachedLead:
     state: LeadState
     version: int  # write version of the newest value produced or loaded
     prefix: bytes  # the value prefix the next commit expects Redis to hold
-    #: (due set key, ms) as last written; ms -1 when loaded (the set may hold it at any time,
-    #: so the next write sets or removes it whatever it computes).
-    due: tuple[str, int] | None
+    #: The sorted sets of its key group the lead is in, with its score in each, as last written;
+    #: None when loaded from Redis (the next write then removes it from every set it could be
+    #: in and adds it where it belongs).
+    sets: dict[str, float] | None
     #: The batch that last touched it (cache recency).
     stamp: int = 0
     #: The seen-ids string last written, extended on the next write (busy leads only).
     seen_memo: SeenMemo | None = None
+
+    def set_changes(
+        self, want: dict[str, float], could_be_in: Iterable[str]
+    ) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
+        """(additions, removals) that take the lead from the sets it is in to `want`."""
+        have = self.sets
+        if have is None:
+            adds = tuple(want.items())
+            removes = tuple(k for k in could_be_in if k not in want)
+        else:
+            adds = tuple((k, v) for k, v in want.items() if have.get(k) != v)
+            removes = tuple(k for k in have if k not in want)
+        self.sets = want
+        return adds, removes
 
 
 class LeadCache:
@@ -124,12 +140,9 @@ class LeadCache:
         if raw is None:
             if lead_id is None:
                 raise KeyError(f"{key} has no stored value and no lead id to start one")
-            return CachedLead(key, group, new_lead(lead_id), 0, b"", None)
+            return CachedLead(key, group, new_lead(lead_id), 0, b"", {})
         version, body = split_value(raw)
-        state = decode_lead(body, lead_id)
-        partition = state.partition
-        due = None if partition is None else (self._keys.due(group, partition), -1)
-        return CachedLead(key, group, state, version, prefix_of(raw), due)
+        return CachedLead(key, group, decode_lead(body, lead_id), version, prefix_of(raw), None)
 
     def _trim(self, stamp: int) -> None:
         # Down to 90% of the bound, oldest batches first; never a lead of this batch (the
@@ -155,3 +168,34 @@ class LeadCache:
 
 def _stamp_of(lead: CachedLead) -> int:
     return lead.stamp
+
+
+def sorted_sets_of(
+    state: LeadState, group: int, keys: KeySpace, rules: CompiledRules
+) -> dict[str, float]:
+    """The sorted sets of its group a lead belongs in, with its score in each.
+
+    Its partition's due set while an inactivity drop is ahead of it (scored by the drop's
+    time), and the index of its tier above the first (scored by its score at its present), which
+    the console's queue reads; the first tier, where most leads are, is not indexed.
+    """
+    sets: dict[str, float] = {}
+    partition = state.partition
+    if partition is not None:
+        due = due_ms(state, rules)
+        if due is not None:
+            sets[keys.due(group, partition)] = due
+    if state.tier > 0 and state.last_ms is not None:
+        tier = rules.tiers[min(state.tier, len(rules.tiers) - 1)].name
+        sets[keys.tier_index(group, tier)] = round(score_at(state, rules, state.last_ms), 6)
+    return sets
+
+
+def sets_a_lead_could_be_in(
+    state: LeadState, group: int, keys: KeySpace, rules: CompiledRules
+) -> list[str]:
+    """Every sorted set a lead loaded from Redis may still be in (its due set, any tier index)."""
+    out = [keys.tier_index(group, t.name) for t in rules.tiers[1:]]
+    if state.partition is not None:
+        out.append(keys.due(group, state.partition))
+    return out

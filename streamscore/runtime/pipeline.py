@@ -31,18 +31,23 @@ from aiokafka import TopicPartition
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
-from streamscore.runtime.leads import CachedLead, LeadCache
+from streamscore.runtime.leads import (
+    CachedLead,
+    LeadCache,
+    sets_a_lead_could_be_in,
+    sorted_sets_of,
+)
 from streamscore.runtime.ledger import Hold, OffsetLedger
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-from streamscore.scoring.state import advance, apply_event, due_ms
+from streamscore.scoring.state import advance, apply_event
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import SeenMemo, encode_lead
 from streamscore.store.commit import VALUE_PREFIX_BYTES, GroupCommit, LeadWrite, OffsetWrite
 from streamscore.store.keys import KeySpace
-from streamscore.store.outbox import ScoredOutput, encode_outputs
+from streamscore.store.outbox import Record, ScoredOutput, encode_outputs
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,20 @@ class GroupWork:
     leads: dict[str, CachedLead] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
+    #: Messages for other topics, recorded in the outbox with the outputs.
+    records: list[Record] = field(default_factory=list)
+    #: KPI counter increments, applied in the same commit call.
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class GroupCall:
+    """One key group's packed commit call and what its outbox entry carries."""
+
+    group: int
+    packed: PackedCall
+    outputs: list[Output]
+    records: list[Record]
 
 
 @dataclass(slots=True)
@@ -72,7 +91,7 @@ class Batch:
 
     generation: int
     hold: Hold[TopicPartition] | None
-    calls: list[tuple[int, PackedCall, list[Output]]]
+    calls: list[GroupCall]
     outcomes: Tally[tuple[str, str]]
     append_ms: list[int]
     events: int
@@ -109,8 +128,9 @@ class Pipeline:
         #: Set by stage two when a commit conflicts; the worker rewinds, then calls reset().
         self.conflict: str | None = None
         self._generation = 0
+        #: When stage two last finished a batch, or the pipeline was last seen empty.
+        self._progress_s = time.monotonic()
         self._tp_names: dict[TopicPartition, str] = {}
-        self._due_keys: dict[tuple[int, int], str] = {}
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._deciding: asyncio.Future[None] | None = None
         self._applier: asyncio.Task[None] | None = None
@@ -149,6 +169,13 @@ class Pipeline:
             waits.add(self._applier)
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         join.cancel()
+
+    def stalled_s(self) -> float:
+        """How long work has been in flight without a batch being committed (0 when idle)."""
+        if self.idle:
+            self._progress_s = time.monotonic()
+            return 0.0
+        return time.monotonic() - self._progress_s
 
     def reset(self) -> None:
         """Forget everything cached: batches in flight are void, Redis is read again."""
@@ -228,7 +255,7 @@ class Pipeline:
                 # number is at or below the latest time applied for it, as ticks need.
                 {tp.partition: p.event.time_ms for tp, p in ready},
             )
-            await self._queue.put(batch)
+            await self._enqueue(batch)
 
     def _redelivered(self, firsts: dict[TopicPartition, int]) -> set[TopicPartition]:
         recorded = self.recorded
@@ -285,8 +312,23 @@ class Pipeline:
                 advance(lead.state, rules, limits[key], w.outputs)
                 w.leads[key] = lead
             batch = Batch(generation, None, self._pack_groups(work, rules), Tally(), [], 0, {})
-            await self._queue.put(batch)
+            await self._enqueue(batch)
             return len(refs)
+
+    async def _enqueue(self, batch: Batch) -> None:
+        """Hand a batch to stage two; raise stage two's error if it has died meanwhile.
+
+        Waiting on the queue alone would wait forever once stage two has given up (the retry
+        budget ran out): the worker would stall, neither applying nor exiting.
+        """
+        put = asyncio.ensure_future(self._queue.put(batch))
+        waits: set[asyncio.Future[Any]] = {put}
+        if self._applier is not None:
+            waits.add(self._applier)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self.check()
 
     @contextlib.asynccontextmanager
     async def _stage_one(self) -> AsyncIterator[None]:
@@ -303,7 +345,7 @@ class Pipeline:
         skipped: set[int],
         outputs: list[Output],
         rules: CompiledRules,
-    ) -> list[tuple[int, PackedCall, list[Output]]]:
+    ) -> list[GroupCall]:
         """A scored batch's share of each key group: its leads, offsets and outputs."""
         leads = self._cache.by_id
         if skipped:  # redelivered events: their leads and offsets are Redis's already
@@ -325,15 +367,12 @@ class Pipeline:
                 work[leads[output.lead_id].group].outputs.append(output)
         return self._pack_groups(work, rules)
 
-    def _pack_groups(
-        self, work: dict[int, GroupWork], rules: CompiledRules
-    ) -> list[tuple[int, PackedCall, list[Output]]]:
+    def _pack_groups(self, work: dict[int, GroupWork], rules: CompiledRules) -> list[GroupCall]:
         keys = self._keys
-        due_keys = self._due_keys
         recorded = self.recorded
         calls = []
         for group, w in work.items():
-            commit = GroupCommit(group)
+            commit = GroupCommit(group, counters=w.counters)
             for name, new in w.offsets.items():
                 commit.offsets.append(OffsetWrite(name, recorded.get((group, name)), new))
                 recorded[(group, name)] = new
@@ -347,27 +386,21 @@ class Pipeline:
                     memo = lead.seen_memo = SeenMemo()
                 # Encoded once per lead and batch, however many of its events the batch holds.
                 value = version.to_bytes(VALUE_PREFIX_BYTES, "big") + encode_lead(state, memo)
-                due = due_ms(state, rules)
-                partition = state.partition
-                old_due = lead.due
-                if due is None or partition is None:
-                    new_due = None
+                if state.tier == 0 and lead.sets == {}:
+                    # Most leads: in the first tier (no index, no drop ahead), and known to be
+                    # in no sorted set.
+                    writes.append(LeadWrite(key, lead.prefix, value))
                 else:
-                    due_key = due_keys.get((group, partition))
-                    if due_key is None:
-                        due_key = due_keys[(group, partition)] = keys.due(group, partition)
-                    new_due = (due_key, due)
-                if new_due is None and old_due is None:
-                    writes.append(LeadWrite(key, lead.prefix, value, None, None))
-                else:
-                    add = new_due if new_due is not None and new_due != old_due else None
-                    remove = None
-                    if old_due is not None and (new_due is None or new_due[0] != old_due[0]):
-                        remove = old_due[0]
-                    writes.append(LeadWrite(key, lead.prefix, value, add, remove))
+                    want = sorted_sets_of(state, group, keys, rules)
+                    could_be_in = (
+                        sets_a_lead_could_be_in(state, group, keys, rules)
+                        if lead.sets is None
+                        else ()
+                    )
+                    adds, removes = lead.set_changes(want, could_be_in)
+                    writes.append(LeadWrite(key, lead.prefix, value, adds, removes))
                 lead.prefix = value[:VALUE_PREFIX_BYTES]
-                lead.due = new_due
-            calls.append((group, commit.pack(keys), w.outputs))
+            calls.append(GroupCall(group, commit.pack(keys), w.outputs, w.records))
         return calls
 
     # ------------------------------------------------------------------ stage two
@@ -387,6 +420,7 @@ class Pipeline:
                     continue
             finally:
                 self._queue.task_done()
+            self._progress_s = time.monotonic()
             if batch.hold is not None:
                 self._ledger.release(batch.hold)
             for partition, t in batch.partition_times.items():
@@ -401,16 +435,16 @@ class Pipeline:
 
     async def _apply(self, batch: Batch) -> None:
         scored_at = now_ms()
-        for group, packed, outputs in batch.calls:
+        for call in batch.calls:
             started = time.perf_counter()
-            encoded = encode_outputs(outputs, scored_at)
-            result = await self._redis(partial(self._store.commit, packed, encoded))
+            encoded = encode_outputs(call.outputs, scored_at, call.records)
+            result = await self._redis(partial(self._store.commit, call.packed, encoded))
             self._sensor.redis_call("commit", time.perf_counter() - started, batch.events or None)
             if not result.ok:
-                raise CommitConflict(f"group {group}: {result.conflict}")
+                raise CommitConflict(f"group {call.group}: {result.conflict}")
             if result.outbox_entry:
-                scored = [ScoredOutput(o, scored_at) for o in outputs]
-                await self._emitter.emit(group, result.outbox_entry, scored)
+                scored = [ScoredOutput(o, scored_at) for o in call.outputs]
+                await self._emitter.emit(call.group, result.outbox_entry, scored, call.records)
 
 
 def _lead_ids(ready: list[tuple[TopicPartition, Pending]]) -> dict[str, None]:

@@ -55,6 +55,9 @@ class Sensor:
     def outbox_pending(self, entries: int) -> None:
         """Outputs recorded in Redis and not yet acknowledged by the broker."""
 
+    def pipeline_stalled(self, seconds: float) -> None:
+        """Work has been in flight this long without a batch being committed (0: progressing)."""
+
     def decay_due(self, leads: int) -> None:
         """Leads whose inactivity drop is due and not yet applied."""
 
@@ -148,6 +151,9 @@ class PrometheusSensor(Sensor):
 
     def decay_due(self, leads: int) -> None:
         self.metrics.decay_due_leads.set(leads)
+
+    def pipeline_stalled(self, seconds: float) -> None:
+        self.metrics.pipeline_stalled_seconds.set(seconds)
 
     def handoff_visible(self, seconds: float) -> None:
         self.metrics.handoff_visible_seconds.observe(seconds)

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits
+from streamscore.events import Limits
 from streamscore.runtime.aligner import Aligner
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
@@ -97,8 +97,32 @@ class ScoringWorker:
 
     @property
     def ready(self) -> bool:
-        """Partitions assigned and Redis answering."""
-        return bool(self.partitions.assigned) and self.guard.ok
+        """Partitions assigned, Redis answering, and the pipeline not stalled."""
+        return (
+            bool(self.partitions.assigned)
+            and self.guard.ok
+            and self.pipeline.stalled_s() < self.settings.watchdog_stall_s
+        )
+
+    def watchdog(self) -> float:
+        """Say so, loudly, when work has been in flight without progress; the stall in s.
+
+        Called by a timer that runs even while the loop is blocked: a worker waiting on Redis,
+        the broker or a full queue is then visible in the log, in readiness and in a metric,
+        instead of sitting silent.
+        """
+        stalled = self.pipeline.stalled_s()
+        self.sensor.pipeline_stalled(stalled)
+        self._report_readiness()
+        if stalled >= self.settings.watchdog_stall_s:
+            log.warning(
+                "scoring has made no progress for %.0f s: %d batches in flight, Redis %s, "
+                "last Redis error: %s",
+                stalled, self.ledger.in_flight,
+                self.guard.failing.value if self.guard.failing else "answering",
+                self.guard.last_error or "none",
+            )  # fmt: skip
+        return stalled
 
     def _report_readiness(self) -> None:
         self.sensor.readiness(self.ready)
@@ -298,10 +322,18 @@ class ScoringWorker:
         older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
         return await self.emitter.redrive(older_than)
 
+    async def maintain(self) -> None:
+        """Periodic upkeep: keep each tier index (the console's queue) to its best leads."""
+        keep = self.settings.tier_index_max
+        for group in range(self.store.keys.groups):
+            for tier in self.rules.rules.tiers[1:]:
+                await self.guard(partial(self.store.trim_tier_index, group, tier.name, keep))
+
     def describe(self) -> dict[str, Any]:
         """State for /readyz."""
         return {
             "partitions_assigned": len(self.partitions.assigned),
             "redis": self.guard.failing.value if self.guard.failing else "ok",
             "batches_in_flight": self.ledger.in_flight,
+            "stalled_s": round(self.pipeline.stalled_s(), 1),
         }

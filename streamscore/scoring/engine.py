@@ -10,6 +10,9 @@ from typing import Any, NamedTuple, Protocol
 from streamscore.scoring.rules import Attribute, CompiledRules, to_number
 
 NO_FLAG, DISQUALIFY, REQUALIFY = 0, 1, 2
+#: A profile attribute keeps at most this many characters of its value: the value is stored in
+#: the lead's state and shown by every view, and a tracker may send megabytes in a trait.
+MAX_ATTRIBUTE_CHARS = 512
 
 
 class ScorableEvent(Protocol):
@@ -77,7 +80,7 @@ def _attribute_value(attr: Attribute, event: ScorableEvent) -> str | float | Non
         return None
     if attr.numeric:
         return to_number(raw)
-    text = str(raw).strip()
+    text = str(raw).strip()[:MAX_ATTRIBUTE_CHARS]
     if attr.transform == "lower":
         text = text.lower()
     elif attr.transform == "email_domain":

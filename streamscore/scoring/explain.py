@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamscore.events.envelope import format_time_ms
+from streamscore.events.timefmt import format_time_ms
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES, CompiledRules
 from streamscore.scoring.state import (

@@ -22,9 +22,9 @@ FIXED_KEYS: Final = 3
 COUNT_ARGS: Final = 4
 #: Arguments per topic-partition: name, expected recorded offset ("" if none), new offset.
 TP_ARGS: Final = 3
-#: Arguments per lead: expected value prefix, new value, due set to add to, due ms, due set to
-#: remove from (due sets by their 1-based index among the call's due keys, 0 for none).
-LEAD_ARGS: Final = 5
+#: Arguments per lead before its sorted-set changes: expected value prefix, new value, number
+#: of additions (each a set index and a score), number of removals (each a set index).
+LEAD_ARGS: Final = 4
 #: Arguments per KPI counter: field, increment.
 COUNTER_ARGS: Final = 2
 #: Bytes of the write-version prefix of a stored lead value.
@@ -79,13 +79,17 @@ def prefix_of(raw: bytes | None) -> bytes:
 
 
 class LeadWrite(NamedTuple):
-    """One lead's new value, fenced on the prefix it had when the worker read it."""
+    """One lead's new value, fenced on the prefix it had when the worker read it.
+
+    `zadd` puts the lead in sorted sets of its key group with a score (its due time in a due
+    set, its score in a tier index); `zrem` takes it out of others.
+    """
 
     key: str
     expected_prefix: bytes
     value: bytes
-    due_add: tuple[str, int] | None  # (due set key, ms)
-    due_remove: str | None  # due set key
+    zadd: tuple[tuple[str, float], ...] = ()
+    zrem: tuple[str, ...] = ()
 
 
 class OffsetWrite(NamedTuple):
@@ -106,36 +110,24 @@ class GroupCommit:
     counters: dict[str, int] = field(default_factory=dict)
 
     def pack(self, keys: KeySpace) -> PackedCall:
-        """The EVALSHA call, all but its tail argument (the outputs, known at send time)."""
-        # One pass over the leads (a batch writes thousands): due sets are numbered in the
-        # order the leads name them, add before remove.
-        due_index: dict[str, int] = {}
-        lead_keys: list[str] = []
-        lead_args: list[Any] = []
+        """The EVALSHA call, all but its tail argument (the outbox entry, known at send time)."""
+        sets: dict[str, int] = {}
+        args: list[Any] = []
         for w in self.leads:
-            add = w.due_add
-            add_at = add_ms = remove_at = 0
-            if add is not None:
-                add_ms = add[1]
-                add_at = due_index.get(add[0], 0)
-                if not add_at:
-                    add_at = due_index[add[0]] = len(due_index) + 1
-            remove = w.due_remove
-            if remove is not None:
-                remove_at = due_index.get(remove, 0)
-                if not remove_at:
-                    remove_at = due_index[remove] = len(due_index) + 1
-            lead_keys.append(w.key)
-            lead_args += (w.expected_prefix, w.value, add_at, add_ms, remove_at)
-        g = self.group
-        call_keys = [keys.offsets(g), keys.outbox(g), keys.kpi(g), *due_index, *lead_keys]
-        args: list[Any] = [len(due_index), len(self.offsets), len(self.leads), len(self.counters)]
+            args += [w.expected_prefix, w.value, len(w.zadd), len(w.zrem)]
+            for key, score in w.zadd:
+                args += [sets.setdefault(key, len(sets) + 1), score]
+            for key in w.zrem:
+                args.append(sets.setdefault(key, len(sets) + 1))
+        head: list[Any] = [len(sets), len(self.offsets), len(self.leads), len(self.counters)]
         for o in self.offsets:
-            args += (o.tp, "" if o.expected is None else o.expected, o.new)
-        args += lead_args
+            head += [o.tp, "" if o.expected is None else o.expected, o.new]
         for name, increment in self.counters.items():
-            args += (name, increment)
-        return pack_script_call(COMMIT_LUA, call_keys, args)
+            args += [name, increment]
+        g = self.group
+        call_keys = [keys.offsets(g), keys.outbox(g), keys.kpi(g), *sets]
+        call_keys += [w.key for w in self.leads]
+        return pack_script_call(COMMIT_LUA, call_keys, head + args)
 
 
 class CommitResult(NamedTuple):

@@ -56,6 +56,10 @@ class KeySpace:
         """
         return f"{self._tag(group)}:due:{partition}"
 
+    def tier_index(self, group: int, tier: str) -> str:
+        """Sorted set of the group's leads in `tier` (above the first), by score: the queue."""
+        return f"{self._tag(group)}:tier:{tier}"
+
     def kpi(self, group: int) -> str:
         """Hash of additive KPI counters (outcomes, handoffs), summed over groups by readers."""
         return f"{self._tag(group)}:kpi"

@@ -86,6 +86,17 @@ class RedisStore:
         )
         return [_text(row) for row in rows]
 
+    async def tier_queue(self, group: int, tier: str, limit: int) -> list[tuple[str, float]]:
+        """The group's leads in `tier`, highest score first: (lead key, score)."""
+        key = self.keys.tier_index(group, tier)
+        rows = await self.client.execute("ZREVRANGE", key, 0, limit - 1, "WITHSCORES", key=key)
+        return [(_text(m), float(v)) for m, v in _pairs(rows)]
+
+    async def trim_tier_index(self, group: int, tier: str, keep: int) -> int:
+        """Keep the `keep` best leads of a tier index (it only serves the top of the queue)."""
+        key = self.keys.tier_index(group, tier)
+        return int(await self.client.execute("ZREMRANGEBYRANK", key, 0, -keep - 1, key=key))
+
     async def due_count(self, partitions: Iterable[int], until_ms: int) -> int:
         """Leads of these partitions, over all groups, whose drop is due by until_ms."""
         total = 0
@@ -137,9 +148,11 @@ class RedisStore:
 
 
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
-    # A field-value reply: a flat list over RESP2, a mapping once a client parses it.
+    # A field-value reply: a flat list over RESP2, a mapping or pairs once a client parses it.
     if isinstance(reply, dict):
         return list(reply.items())
+    if reply and isinstance(reply[0], list | tuple):
+        return [(pair[0], pair[1]) for pair in reply]
     return list(zip(reply[::2], reply[1::2], strict=True))
 
 

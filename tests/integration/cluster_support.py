@@ -1,7 +1,7 @@
-"""A real Redis Cluster for tests and benchmarks: redis-server nodes started through devstack.
+"""A real Redis Cluster for tests and benchmarks: redis-server nodes started by streamscore.dev.
 
 `LocalCluster.start` runs Debian's redis-server with `cluster-enabled yes` on free loopback
-ports (devstack's process control, so the session's leak guard sees every node), assigns the
+ports (streamscore.dev's process control, so the session's leak guard sees every node), assigns the
 slots evenly, joins the nodes with CLUSTER MEET, attaches the replicas, and waits until every
 node reports `cluster_state:ok` and the same slot map. `ClusterAdmin` drives any cluster, an
 external one too, by node address: CLUSTER NODES, slot migration steps, failover.
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.errors import DevStackError
 
 CLUSTER_URL_ENV = "STREAMSCORE_TEST_REDIS_CLUSTER_URL"
@@ -263,7 +263,7 @@ class LocalCluster:
     """A cluster of redis-server processes this process started: primaries, then replicas."""
 
     def __init__(
-        self, servers: list[devstack.EmbeddedServer], primaries: int, bus_ports: dict[int, int]
+        self, servers: list[dev.EmbeddedServer], primaries: int, bus_ports: dict[int, int]
     ) -> None:
         self.servers = servers
         self.primary_count = primaries
@@ -285,11 +285,11 @@ class LocalCluster:
     ) -> LocalCluster:
         """Start the nodes on free loopback ports and join them; stops them all on failure."""
         binary = redis_server_binary()
-        servers: list[devstack.EmbeddedServer] = []
+        servers: list[dev.EmbeddedServer] = []
         bus_ports: dict[int, int] = {}
         try:
             for _ in range(primaries * (1 + replicas_per_primary)):
-                bus_port = devstack.free_port()
+                bus_port = dev.free_port()
                 args = [
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
@@ -299,7 +299,7 @@ class LocalCluster:
                     # A replica's first sync starts at once, not after the default 5 s.
                     "--repl-diskless-sync-delay", "0",
                 ]  # fmt: skip
-                servers.append(devstack.start_valkey(binary=binary, extra_args=args))
+                servers.append(dev.start_valkey(binary=binary, extra_args=args))
                 bus_ports[servers[-1].port] = bus_port
         except BaseException:
             for server in servers:
@@ -341,7 +341,7 @@ class LocalCluster:
         self._wait_replicas_linked(timeout_s)
         self._wait_known(timeout_s, replicas=len(self.servers) - self.primary_count)
 
-    def _my_id(self, server: devstack.EmbeddedServer) -> str:
+    def _my_id(self, server: dev.EmbeddedServer) -> str:
         return _text(raw_command(self.admin.node(server.host, server.port), "CLUSTER", "MYID"))
 
     def _wait_known(self, timeout_s: float, replicas: int = 0) -> None:
@@ -373,7 +373,7 @@ class LocalCluster:
                     raise DevStackError(f"replica {server.address} not linked after {timeout_s} s")
                 time.sleep(_POLL_S)
 
-    def server_at(self, port: int) -> devstack.EmbeddedServer:
+    def server_at(self, port: int) -> dev.EmbeddedServer:
         """The process of the node on `port`."""
         for server in self.servers:
             if server.port == port:

@@ -1,14 +1,18 @@
-"""Redis Cluster fixtures: a real 3-primary cluster, and one with replicas for failover tests."""
+"""Integration fixtures: Redis Clusters, a store on the test's prefix, worker processes."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from streamscore.config import Settings
+from streamscore.store.store import RedisStore
 from tests.integration.cluster_support import CLUSTER_URL_ENV, ClusterAdmin, LocalCluster
+from tests.integration.harness import WorkerProcess, open_test_store
 
 
 @dataclass
@@ -63,3 +67,19 @@ def redis_cluster_with_replicas() -> Iterator[ClusterUnderTest]:
         yield ClusterUnderTest(cluster.url, cluster.admin, cluster)
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+async def store(settings_factory: Callable[..., Settings]) -> AsyncIterator[RedisStore]:
+    store = await open_test_store(settings_factory())
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Workers a test starts; any still running at the end are SIGKILLed by PID."""
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import ENV_PREFIX, Settings, settings_env
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring import reference, state
@@ -43,7 +43,7 @@ class WorkerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
         )
 
     @property
@@ -245,3 +245,24 @@ def bounded(timeout_s: float) -> Callable[[Callable[..., Any]], Callable[..., An
         return run
 
     return decorate
+
+
+class DeliverProcess(WorkerProcess):
+    """One `streamscore deliver` subprocess, stopped by its PID; its web port is delivery's."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "deliver") -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(settings_env(settings))
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamscore.cli", "deliver"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.settings.delivery_web_port}{path}"

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.collector.app import make_runner
 from streamscore.config import ENV_PREFIX, Settings, settings_env
 from streamscore.metrics import CollectorMetrics, create_collector_metrics
@@ -109,7 +109,7 @@ def collector_settings(settings_factory: Callable[..., Settings]) -> Callable[..
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "collector_write_keys": f"{KEY},{OTHER_KEY}",
-            "collector_port": devstack.free_port(),
+            "collector_port": dev.free_port(),
             "collector_idempotent_producer": False,
             "collector_ack_timeout_s": 5.0,
             **overrides,
@@ -370,9 +370,9 @@ async def test_cors_preflight_and_allowed_origins(
 
 
 @pytest.fixture
-def own_broker() -> Iterator[list[devstack.EmbeddedServer]]:
+def own_broker() -> Iterator[list[dev.EmbeddedServer]]:
     """A broker of this test alone, which it stops and restarts; every one is stopped at the end."""
-    brokers = [devstack.start_broker()]
+    brokers = [dev.start_broker()]
     yield brokers
     for broker in brokers:
         broker.stop()
@@ -380,7 +380,7 @@ def own_broker() -> Iterator[list[devstack.EmbeddedServer]]:
 
 @bounded(150)
 async def test_broker_outage_gives_503_and_the_sdk_retry_delivers(
-    collector_settings: Callable[..., Settings], own_broker: list[devstack.EmbeddedServer]
+    collector_settings: Callable[..., Settings], own_broker: list[dev.EmbeddedServer]
 ) -> None:
     broker = own_broker[0]
     settings = collector_settings(
@@ -403,7 +403,7 @@ async def test_broker_outage_gives_503_and_the_sdk_retry_delivers(
         # The SDK holds the batch (Retry-After puts it in its rate-limited re-queue mode).
         assert not running.errors
 
-        own_broker.append(devstack.start_broker(port=broker.port))
+        own_broker.append(dev.start_broker(port=broker.port))
         await ensure_topics(settings)  # the embedded broker keeps no state across restarts
         await asyncio.to_thread(client.shutdown)
         assert not running.errors
@@ -417,7 +417,7 @@ async def test_broker_outage_gives_503_and_the_sdk_retry_delivers(
 
 @bounded(90)
 async def test_past_the_pending_bound_requests_get_429_with_retry_after(
-    collector_settings: Callable[..., Settings], own_broker: list[devstack.EmbeddedServer]
+    collector_settings: Callable[..., Settings], own_broker: list[dev.EmbeddedServer]
 ) -> None:
     broker = own_broker[0]
     settings = collector_settings(
@@ -472,7 +472,7 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=devstack.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
+            preexec_fn=dev.die_with_parent(os.getpid()),  # noqa: PLW1509 - single-threaded
         )
 
 

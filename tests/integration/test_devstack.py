@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.errors import DevStackError
 
 GONE_WITHIN_S = 5.0
@@ -75,31 +76,31 @@ def _wait_port_closed(port: int, within_s: float = GONE_WITHIN_S) -> bool:
 
 
 @pytest.fixture
-def valkey() -> Iterator[devstack.EmbeddedServer]:
-    server = devstack.start_valkey()
+def valkey() -> Iterator[dev.EmbeddedServer]:
+    server = dev.start_valkey()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def broker() -> Iterator[devstack.EmbeddedServer]:
-    server = devstack.start_broker()
+def broker() -> Iterator[dev.EmbeddedServer]:
+    server = dev.start_broker()
     yield server
     server.stop()
 
 
 def test_free_port_is_bindable() -> None:
-    port = devstack.free_port()
+    port = dev.free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
     assert 1024 <= port <= 65535
 
 
-async def test_broker_topic_produce_consume(broker: devstack.EmbeddedServer, unique: str) -> None:
+async def test_broker_topic_produce_consume(broker: dev.EmbeddedServer, unique: str) -> None:
     # Started inside the running loop by the fixture: the readiness probe must not need one.
     assert broker.alive()
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"
-    assert broker.pid in devstack.started_pids()
+    assert broker.pid in dev.started_pids()
     topic = f"ss.test.devstack-{unique}"
 
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
@@ -141,7 +142,7 @@ async def test_broker_topic_produce_consume(broker: devstack.EmbeddedServer, uni
     )
 
 
-def test_valkey_set_get(valkey: devstack.EmbeddedServer) -> None:
+def test_valkey_set_get(valkey: dev.EmbeddedServer) -> None:
     assert valkey.url == f"redis://127.0.0.1:{valkey.port}/0"
     with redis.Redis.from_url(valkey.url) as client:
         assert client.set("k", "v") is True
@@ -154,7 +155,7 @@ def test_valkey_set_get(valkey: devstack.EmbeddedServer) -> None:
 
 def test_valkey_password_is_required_and_not_shown() -> None:
     password = 'p@ss w:rd"/'
-    server = devstack.start_valkey(password=password)
+    server = dev.start_valkey(password=password)
     try:
         no_retry = Retry(NoBackoff(), 0)  # NOAUTH is a ConnectionError, retried by default
         with (
@@ -170,8 +171,8 @@ def test_valkey_password_is_required_and_not_shown() -> None:
         server.stop()
 
 
-@pytest.mark.parametrize("start", [devstack.start_broker, devstack.start_valkey])
-def test_stop_reaps_and_is_idempotent(start: Callable[..., devstack.EmbeddedServer]) -> None:
+@pytest.mark.parametrize("start", [dev.start_broker, dev.start_valkey])
+def test_stop_reaps_and_is_idempotent(start: Callable[..., dev.EmbeddedServer]) -> None:
     server = start()
     pid = server.pid
     assert server.alive()
@@ -180,7 +181,7 @@ def test_stop_reaps_and_is_idempotent(start: Callable[..., devstack.EmbeddedServ
     server.stop()
     _assert_reaped(pid)
     assert not server.alive()
-    assert pid not in devstack.started_pids()
+    assert pid not in dev.started_pids()
     assert not server.log_path.exists()  # temp dir removed
     assert not _port_accepts(server.port)
 
@@ -188,18 +189,18 @@ def test_stop_reaps_and_is_idempotent(start: Callable[..., devstack.EmbeddedServ
     _assert_reaped(pid)
 
 
-def test_stop_after_the_process_died_on_its_own(valkey: devstack.EmbeddedServer) -> None:
+def test_stop_after_the_process_died_on_its_own(valkey: dev.EmbeddedServer) -> None:
     os.kill(valkey.pid, signal.SIGKILL)
     deadline = time.monotonic() + GONE_WITHIN_S
     while valkey.alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not valkey.alive()
-    assert valkey.pid not in devstack.started_pids()
+    assert valkey.pid not in dev.started_pids()
     valkey.stop()
     _assert_reaped(valkey.pid)
 
 
-def test_broker_stops_fast_with_a_client_connected(broker: devstack.EmbeddedServer) -> None:
+def test_broker_stops_fast_with_a_client_connected(broker: dev.EmbeddedServer) -> None:
     # Tansu drains connections on SIGTERM; stop() must not wait out its timeout for them.
     with socket.create_connection(("127.0.0.1", broker.port), timeout=1):
         started = time.monotonic()
@@ -209,13 +210,13 @@ def test_broker_stops_fast_with_a_client_connected(broker: devstack.EmbeddedServ
     assert elapsed < 2.0
 
 
-def test_valkey_restart_on_same_port_starts_empty(valkey: devstack.EmbeddedServer) -> None:
+def test_valkey_restart_on_same_port_starts_empty(valkey: dev.EmbeddedServer) -> None:
     with redis.Redis.from_url(valkey.url) as client:
         client.set("survives", "no")
     valkey.stop()
     _assert_reaped(valkey.pid)
 
-    again = devstack.start_valkey(port=valkey.port)
+    again = dev.start_valkey(port=valkey.port)
     try:
         assert again.port == valkey.port
         assert again.url == valkey.url
@@ -227,25 +228,25 @@ def test_valkey_restart_on_same_port_starts_empty(valkey: devstack.EmbeddedServe
         again.stop()
 
 
-@pytest.mark.parametrize("start", [devstack.start_broker, devstack.start_valkey])
-def test_start_on_a_busy_port_fails_clearly(start: Callable[..., devstack.EmbeddedServer]) -> None:
-    before = devstack.started_pids()
+@pytest.mark.parametrize("start", [dev.start_broker, dev.start_valkey])
+def test_start_on_a_busy_port_fails_clearly(start: Callable[..., dev.EmbeddedServer]) -> None:
+    before = dev.started_pids()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(DevStackError, match=rf"127\.0\.0\.1:{port}: port is in use"):
             start(port=port)
-    assert devstack.started_pids() == before
+    assert dev.started_pids() == before
 
 
 def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import time
-        from streamscore import devstack
-        valkey = devstack.start_valkey()
-        broker = devstack.start_broker()
+        from streamscore import dev
+        valkey = dev.start_valkey()
+        broker = dev.start_broker()
         print(valkey.pid, broker.pid, valkey.port, broker.port, flush=True)
         time.sleep(120)
         """
@@ -281,42 +282,42 @@ def test_children_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
 
 
 def test_devstack_with_redis_url_starts_only_the_broker(redis_url: str) -> None:
-    before = set(devstack.started_pids())
-    with devstack.DevStack(redis_url=redis_url) as stack:
+    before = set(dev.started_pids())
+    with dev.DevStack(redis_url=redis_url) as stack:
         assert stack.valkey is None
         assert stack.redis_url == redis_url
         assert stack.broker is not None
         assert stack.kafka_bootstrap == stack.broker.bootstrap
-        assert set(devstack.started_pids()) - before == {stack.broker.pid}
+        assert set(dev.started_pids()) - before == {stack.broker.pid}
         with pytest.raises(DevStackError, match="did not start a Valkey"):
             _ = stack.valkey_port
         with pytest.raises(DevStackError, match="restart_valkey needs"):
             stack.restart_valkey()
         broker_pid = stack.broker.pid
     _assert_reaped(broker_pid)
-    assert set(devstack.started_pids()) == before
+    assert set(dev.started_pids()) == before
     with redis.Redis.from_url(redis_url) as client:
         assert client.ping() is True  # the given server is left alone
 
 
 def test_devstack_with_both_given_starts_nothing(redis_url: str) -> None:
-    before = devstack.started_pids()
-    with devstack.DevStack(kafka_bootstrap="127.0.0.1:1", redis_url=redis_url) as stack:
+    before = dev.started_pids()
+    with dev.DevStack(kafka_bootstrap="127.0.0.1:1", redis_url=redis_url) as stack:
         assert (stack.broker, stack.valkey) == (None, None)
         assert stack.kafka_bootstrap == "127.0.0.1:1"
-        assert devstack.started_pids() == before
+        assert dev.started_pids() == before
 
 
 def test_devstack_starts_both_and_restarts_valkey_on_its_port() -> None:
-    before = set(devstack.started_pids())
-    stack = devstack.DevStack()
+    before = set(dev.started_pids())
+    stack = dev.DevStack()
     with pytest.raises(DevStackError, match="not started"):
         _ = stack.redis_url
     with stack:
         assert stack.broker is not None
         assert stack.valkey is not None
         pids = {stack.broker.pid, stack.valkey.pid}
-        assert set(devstack.started_pids()) - before == pids
+        assert set(dev.started_pids()) - before == pids
         port = stack.valkey_port
         url = stack.redis_url
         with redis.Redis.from_url(url) as client:
@@ -331,7 +332,7 @@ def test_devstack_starts_both_and_restarts_valkey_on_its_port() -> None:
         pids = {stack.broker.pid, new.pid}
     for pid in pids:
         _assert_reaped(pid)
-    assert set(devstack.started_pids()) == before
+    assert set(dev.started_pids()) == before
     stack.close()  # idempotent
 
 
@@ -349,3 +350,49 @@ def test_redis_server_fixture_outage_and_restart(redis_server: Any) -> None:
     with redis.Redis.from_url(redis_server.url) as client:
         assert client.ping() is True
         assert client.get("outage") is None
+
+
+def _blocked_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+
+
+@pytest.mark.parametrize("start", [dev.start_broker, dev.start_valkey])
+def test_servers_start_with_no_signal_blocked(start: Callable[..., dev.EmbeddedServer]) -> None:
+    # launch() blocks SIGINT and SIGTERM around the fork; exec would keep that mask.
+    server = start()
+    assert _blocked_signals(server.pid) == 0
+    server.stop()
+    assert not server.alive()
+
+
+def test_a_sigint_during_the_fork_waits_until_launch_can_stop_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A KeyboardInterrupt between fork and registration would orphan the child."""
+    real_popen = subprocess.Popen
+    children: list[subprocess.Popen[bytes]] = []
+
+    def popen_then_sigint(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = real_popen(*args, **kwargs)
+        children.append(child)
+        main = threading.main_thread().ident
+        assert main is not None
+        signal.pthread_kill(main, signal.SIGINT)  # to this thread, so its mask decides
+        return child
+
+    before = set(dev.started_pids())
+    monkeypatch.setattr(subprocess, "Popen", popen_then_sigint)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dev.start_broker()  # it runs on without its work dir, where Valkey would not start
+        assert len(children) == 1
+        assert _wait_gone(children[0].pid), "the child outlived the interrupted launch"
+        assert set(dev.started_pids()) == before
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()

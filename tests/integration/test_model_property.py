@@ -26,9 +26,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, format_time_ms, parse_event
+from streamscore.events.outputs import output_id
 from streamscore.events.types import TopicKind
-from streamscore.outputs import output_id, rfc3339
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.scoring import state as engine_state
 from streamscore.scoring.engine import decide
@@ -320,7 +320,7 @@ def compare_outputs(
         topic, doc = by_id[output_id(lead, o.seq)]
         assert (doc["old_tier"], doc["new_tier"]) == (o.old_tier, o.new_tier), (lead, o, doc)
         assert doc["triggering_event_id"] == o.event_id
-        assert doc["event_time"] == rfc3339(o.time_ms)
+        assert doc["event_time"] == format_time_ms(o.time_ms)
         assert doc["rules_version"] == RULES.version
         assert close(doc["score"], round(o.score, 6)), (lead, o, doc)
         if o.kind == "handoff":

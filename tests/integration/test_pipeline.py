@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from streamscore.config import Settings
-from streamscore.events.envelope import Limits, parse_event
+from streamscore.events import Limits, parse_event
 from streamscore.events.types import TopicKind
 from streamscore.scoring.engine import decide
 from streamscore.scoring.reference import LeadState, apply_event

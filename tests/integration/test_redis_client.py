@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamscore import devstack
+from streamscore import dev
 from streamscore.config import load_settings
 from streamscore.errors import ConfigError, ScriptError, TransientRedisError
 from streamscore.store.client import (
@@ -241,7 +241,7 @@ async def test_a_cluster_url_may_name_several_nodes_and_starts_while_one_is_down
     redis_cluster: ClusterUnderTest,
 ) -> None:
     live = redis_cluster.admin.primaries()[-1]
-    url = f"redis://127.0.0.1:{devstack.free_port()},{live.address}"  # nobody on the first
+    url = f"redis://127.0.0.1:{dev.free_port()},{live.address}"  # nobody on the first
     opened = await open_client(url)
     try:
         assert isinstance(opened, ClusterClient)

@@ -55,8 +55,7 @@ def lead_write(
         store.keys.lead(ref),
         expected,
         versioned(version, f"state of {lead_id} v{version}".encode()),
-        (store.keys.due(ref.group, 2), due),
-        None,
+        ((store.keys.due(ref.group, 2), due),),
     )
 
 
@@ -119,14 +118,15 @@ async def test_a_stale_offset_or_lead_writes_nothing(store: RedisStore) -> None:
             store.keys.lead(ref),
             versioned(1, b"")[:8],
             versioned(2, b"v2"),
-            (store.keys.due(g, 3), 7_000),
-            store.keys.due(g, 2),
+            ((store.keys.due(g, 3), 7_000), (store.keys.tier_index(g, "hot"), 91.5)),
+            (store.keys.due(g, 2),),
         )
     )
     third.offsets.append(OffsetWrite("page-views:2", 41, 50))
     assert (await store.commit(third.pack(store.keys), b"")).ok
     assert await store.due_keys(g, 2, 10_000, 10) == []
     assert await store.due_keys(g, 3, 10_000, 10) == [store.keys.lead(ref)]
+    assert await store.tier_queue(g, "hot", 10) == [(store.keys.lead(ref), 91.5)]
 
 
 async def test_a_flushed_script_is_loaded_again(store: RedisStore) -> None:
@@ -180,7 +180,7 @@ def test_the_layout_comes_from_python_and_keeps_commit_lua_lines() -> None:
 async def test_a_lua_error_names_commit_lua_and_its_line(redis_url: str) -> None:
     client = await open_client(redis_url, cluster=False)
     try:
-        # One lead announced and no lead arguments given: its new value reads as nil.
+        # One lead announced and no lead arguments given: its counts read as nil.
         packed = pack_script_call(COMMIT_LUA, ["{t}o", "{t}x", "{t}k", "{t}lead"], [0, 0, 1, 0])
         with pytest.raises(ScriptError) as info:
             await client.run_packed(packed, b"")
@@ -188,6 +188,6 @@ async def test_a_lua_error_names_commit_lua_and_its_line(redis_url: str) -> None
         await client.close()
     text = (resources.files("streamscore.store") / "scripts" / "commit.lua").read_text("utf-8")
     expected = 1 + text.split("\n").index(
-        next(line for line in text.split("\n") if "redis.call('SET', key" in line)
+        next(line for line in text.split("\n") if "a = a + LEAD_ARGS" in line)
     )
     assert (info.value.file, info.value.line) == ("commit.lua", expected), info.value

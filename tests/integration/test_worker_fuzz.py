@@ -30,14 +30,14 @@ from hypothesis import strategies as st
 
 from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
-from streamscore.events.deadletter import dead_letter_id
-from streamscore.events.envelope import (
+from streamscore.events import (
     MAX_LEAD_ID_CHARS,
     REJECT_REASONS,
     Limits,
     format_time_ms,
     parse_event,
 )
+from streamscore.events.deadletter import dead_letter_id
 from streamscore.events.types import SEGMENT_TRACK_ALIASES, TYPES_BY_TOPIC, TopicKind
 from streamscore.scoring.state import event_id_hash
 from streamscore.store.codec import decode_lead

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from streamscore.config import ENV_PREFIX
-from tests.conftest import REPO_ROOT, RULES_FILE
+from tests.conftest import REPO_ROOT, RULES_FILE, run_cli
 
 INVALID_RULES = """\
 version: bad-1
@@ -28,21 +24,8 @@ handoff:
 """
 
 
-def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    return subprocess.run(
-        [sys.executable, "-m", "streamscore.cli", *args],
-        cwd=REPO_ROOT,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_rules_check_accepts_the_example_rules() -> None:
-    result = run("rules", "check", str(RULES_FILE.relative_to(REPO_ROOT)))
+    result = run_cli("rules", "check", str(RULES_FILE.relative_to(REPO_ROOT)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("examples/rules.yaml: OK (version b2b-")
     assert result.stderr == ""
@@ -51,7 +34,7 @@ def test_rules_check_accepts_the_example_rules() -> None:
 def test_rules_check_prints_every_error_with_file_line_and_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(INVALID_RULES, encoding="utf-8")
-    result = run("rules", "check", str(RULES_FILE), str(bad))
+    result = run_cli("rules", "check", str(RULES_FILE), str(bad))
     assert result.returncode != 0
     assert f"{RULES_FILE}: OK" in result.stdout  # the good file is still checked
     errors = result.stderr.splitlines()
@@ -67,7 +50,7 @@ def test_rules_check_prints_every_error_with_file_line_and_path(tmp_path: Path) 
 
 
 def test_an_invalid_setting_exits_2_naming_the_variable() -> None:
-    result = run("lead", "x", STREAMSCORE_TOPIC_PARTITIONS="0")
+    result = run_cli("lead", "x", STREAMSCORE_TOPIC_PARTITIONS="0")
     assert result.returncode == 2
     assert "STREAMSCORE_TOPIC_PARTITIONS" in result.stderr
     assert "topic_partitions" in result.stderr

@@ -65,6 +65,7 @@ def test_the_expected_schemas_exist() -> None:
         "dead-letter.v1.json",
         "outcomes.v1.json",
         "sla-breach.v1.json",
+        "delivery-dead-letter.v1.json",
     }
 
 

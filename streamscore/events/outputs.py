@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from streamscore.events.timefmt import format_time_ms
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
 from streamscore.store.outbox import ScoredOutput
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +29,6 @@ def output_id(lead_id: str, seq: int) -> str:
     return digest.hexdigest()
 
 
-def rfc3339(ms: int) -> str:
-    """Milliseconds since the epoch as an RFC 3339 UTC timestamp."""
-    # timedelta keeps integer milliseconds exact where a float division would round.
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def format_output(decoded: ScoredOutput, tier_rank: dict[str, int]) -> OutputMessage:
     """Build the message for one output of the scoring engine."""
     out = decoded.output
@@ -48,8 +39,8 @@ def format_output(decoded: ScoredOutput, tier_rank: dict[str, int]) -> OutputMes
         "old_tier": out.old_tier,
         "new_tier": out.new_tier,
         "triggering_event_id": out.event_id,
-        "event_time": rfc3339(out.time_ms),
-        "scored_at": rfc3339(decoded.scored_at),
+        "event_time": format_time_ms(out.time_ms),
+        "scored_at": format_time_ms(decoded.scored_at),
         "rules_version": out.rules_version,
     }
     if out.kind == "handoff":

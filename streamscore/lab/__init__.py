@@ -1,0 +1,1 @@
+"""The model lab: A/B assignment, two-proportion tests, model diffs, learned weights, promotion."""
