@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -50,6 +53,46 @@ class Metrics:
     decay_due_leads: Gauge
     pipeline_stalled_seconds: Gauge
     handoff_visible_seconds: Histogram
+
+
+def _ms_within(bound_s: float) -> int:
+    """The most whole milliseconds m with m / 1000 <= bound_s, as observe() compares."""
+    m = math.floor(bound_s * 1000.0)
+    while (m + 1) / 1000.0 <= bound_s:
+        m += 1
+    while m / 1000.0 > bound_s:
+        m -= 1
+    return m
+
+
+def observe_since(histogram: Histogram, done_ms: int, started_ms: Sequence[int]) -> None:
+    """Observe done_ms - t (seconds, at least 0) for every t, in one pass per bucket.
+
+    A batch's thousands of events share done_ms: sorting their start times (in C) and
+    bisecting at each bucket's bound replaces one observe() per event, which cost a worker
+    about 1 us an event. Falls back to observe() on a client library without the internals.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for t in started_ms:
+            histogram.observe(max(done_ms - t, 0) / 1000.0)
+        return
+    starts = sorted(started_ms)
+    n = len(starts)
+    # A start at or after done_ms is a latency of 0; the others sum to k * done - their sum.
+    k = bisect_left(starts, done_ms)
+    total.inc((k * done_ms - sum(starts[:k])) / 1000.0)
+    counted = 0
+    for bound, bucket in zip(bounds, buckets, strict=True):
+        # done - t <= bound  <=>  t >= done - (the most whole ms m with m / 1000 <= bound).
+        at_most = n if bound == math.inf else n - bisect_left(starts, done_ms - _ms_within(bound))
+        if at_most > counted:
+            bucket.inc(at_most - counted)
+            counted = at_most
+        if counted == n:
+            break
 
 
 def create_metrics(registry: CollectorRegistry | None = None, *, process: bool = True) -> Metrics:

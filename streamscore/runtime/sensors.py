@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from streamscore.events import REJECT_REASONS
-from streamscore.metrics import OPERATIONS, OUTCOMES, REDIS_FAILURES, SCRIPTS, Metrics
+from streamscore.metrics import (
+    OPERATIONS,
+    OUTCOMES,
+    REDIS_FAILURES,
+    SCRIPTS,
+    Metrics,
+    observe_since,
+)
 
 
 class Sensor:
@@ -108,9 +115,7 @@ class PrometheusSensor(Sensor):
     def batch_applied(
         self, outcomes: Mapping[tuple[str, str], int], append_ms: Sequence[int], done_ms: int
     ) -> None:
-        observe = self.metrics.event_to_scored_seconds.observe
-        for appended in append_ms:
-            observe(max(done_ms - appended, 0) / 1000.0)
+        observe_since(self.metrics.event_to_scored_seconds, done_ms, append_ms)
         for (topic, outcome), n in outcomes.items():
             self.metrics.events_total.labels(topic=topic, outcome=outcome).inc(n)
 
