@@ -17,6 +17,12 @@ from streamscore.config import Settings
 PRODUCER_MAX_REQUEST_BYTES = 1024 * 1024
 #: A dead letter is cut to fit under this, leaving room for its key and the batch framing.
 DEAD_LETTER_MAX_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16 * 1024
+#: Fetch sizes of the worker's consumer: per partition (about 3,800 events of 260 bytes) and
+#: per fetch. aiokafka holds whole fetch responses until they are consumed, and reading one
+#: briefly takes two or three times its size: with 8 and 64 MB a replay's worker peaked at
+#: 260-300 MB (RSS) against 235 with these, at the same rate (about 38k events/s, simple job).
+PARTITION_FETCH_MAX_BYTES = 1024 * 1024
+FETCH_MAX_BYTES = 16 * 1024 * 1024
 
 
 def security_kwargs(settings: Settings) -> dict[str, Any]:
@@ -64,8 +70,8 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=settings.batch_max_events,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         # Short group timeouts: a join waits up to about half the session timeout (Tansu).
         session_timeout_ms=settings.kafka_session_timeout_ms,
