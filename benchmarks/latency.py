@@ -21,6 +21,7 @@ from confluent_kafka import (
 )
 
 from benchmarks.workload import LiveEvent, LiveStream
+from streamscore.events.timefmt import parse_time_ms
 
 #: The producers' lingers the phase tries: a tracker SDK or collector flushing small batches
 #: (5 ms), and one batching for 100 ms. Latency is measured from the append, so the linger is not
@@ -60,10 +61,13 @@ class RateResult:
     scored_p50_ms: float
     scored_p99_ms: float
     scored_count: int
-    # The worker's own streamscore_handoff_visible_seconds over the same window.
+    # The worker's own streamscore_handoff_visible_seconds over the same window, and the same
+    # span as this consumer sees it: from the handoff's scored_at to reading it.
     visible_p50_ms: float
     visible_p99_ms: float
     visible_count: int
+    consumer_visible_p50_ms: float
+    consumer_visible_p99_ms: float
     cpu_cores: dict[str, float]  # CPU seconds per second while the input was paced
     events_per_apply: float  # worker metrics over the rate's window
     ms_per_apply: float
@@ -100,7 +104,7 @@ def scrape_worker_metrics(metrics_url: str) -> dict[str, float]:
     wanted = {
         "streamscore_batch_events_sum": "batch_events_sum",
         "streamscore_batch_events_count": "apply_calls",
-        'streamscore_redis_script_seconds_sum{script="apply_batch"}': "apply_seconds_sum",
+        'streamscore_redis_script_seconds_sum{script="commit"}': "apply_seconds_sum",
     }
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -164,6 +168,8 @@ class LatencyProbe:
         self.acks: dict[str, tuple[int, float]] = {}
         # (lead id, triggering event id, consumed wall-clock ms)
         self.handoffs: list[tuple[str, str, float]] = []
+        # consumed wall-clock ms minus the handoff's scored_at, by lead id
+        self.visible_ms: dict[str, float] = {}
         self.errors: list[str] = []
 
     def assign(self, partitions: int) -> None:
@@ -186,6 +192,7 @@ class LatencyProbe:
             seen_ms = time.time() * 1000.0
             body = orjson.loads(value)
             self.handoffs.append((body["lead_id"], body["triggering_event_id"], seen_ms))
+            self.visible_ms[body["lead_id"]] = seen_ms - parse_time_ms(body["scored_at"])
 
     def send_paced(self, events: Sequence[LiveEvent], rate: float) -> tuple[float, float]:
         """Send events at `rate` per second (each stamped with its send time); returns (s, rate)."""
@@ -288,6 +295,7 @@ def measure_rate(
         slices.setdefault(int((ack[1] - started_ms) / 1000.0 // DRIFT_SLICE_S), []).append(
             seen - ack[1]
         )
+    seen_after_scored = [probe.visible_ms[lead] for lead in arrived if lead in probe.visible_ms]
     scored_before, scored_after = before[SCORED_HISTOGRAM], after[SCORED_HISTOGRAM]
     visible_before, visible_after = before[VISIBLE_HISTOGRAM], after[VISIBLE_HISTOGRAM]
     inf = float("inf")
@@ -315,6 +323,8 @@ def measure_rate(
         visible_p50_ms=histogram_quantile(visible_before, visible_after, 0.50) * 1000.0,
         visible_p99_ms=histogram_quantile(visible_before, visible_after, 0.99) * 1000.0,
         visible_count=int(visible_after.get(inf, 0.0) - visible_before.get(inf, 0.0)),
+        consumer_visible_p50_ms=percentile(seen_after_scored, 50),
+        consumer_visible_p99_ms=percentile(seen_after_scored, 99),
         cpu_cores=cores,
         events_per_apply=applied / calls if calls else float("nan"),
         ms_per_apply=apply_s / calls * 1000.0 if calls else float("nan"),

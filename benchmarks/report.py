@@ -112,6 +112,8 @@ def latency_table(rates: Sequence[dict[str, Any]]) -> str:
             " / ".join(_fmt(x) for x in r["p50_by_slice_ms"]),
             r["visible_p50_ms"],
             r["visible_p99_ms"],
+            r.get("consumer_visible_p50_ms"),
+            r.get("consumer_visible_p99_ms"),
             r["p99_from_create_ms"],
             r["scored_p99_ms"],
             r["cpu_cores"].get("worker"),
@@ -136,6 +138,8 @@ def latency_table(rates: Sequence[dict[str, Any]]) -> str:
             "max ms",
             "p50 per 20 s",
             "worker's handoff_visible p50 ms",
+            "p99 ms",
+            "consumer's scored->read p50 ms",
             "p99 ms",
             "create->handoff p99 ms",
             "event->scored p99 ms",
@@ -347,8 +351,10 @@ def _latency(lat: dict[str, Any]) -> list[str]:
         "whose handoff was not read by the end (the wait after the input stops is bounded); "
         "wrong trigger: a handoff naming another event than the /pricing view that made the "
         "lead cross (in brackets: how many named the lead's identify instead). The worker's "
-        "streamscore_handoff_visible_seconds is read from /metrics over the same window, "
-        "beside the consumer's figure. create->handoff includes the producer's linger; "
+        "streamscore_handoff_visible_seconds (scored_at to the broker's ack) is read from /metrics "
+        "over the same window, beside the same span as the probe's consumer sees it (scored_at "
+        "in the handoff to reading it): they should agree within a fetch. create->handoff "
+        "includes the producer's linger; "
         "event->scored is the worker's own histogram.",
         "",
     ]

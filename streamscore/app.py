@@ -12,9 +12,9 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.app.base import BootStrategy
 from mode import Service
 
-from streamscore.agents import register_handoff_audit
 from streamscore.config import Settings
 from streamscore.errors import StreamscoreError
 from streamscore.events.schemas import compile_input_schemas
@@ -120,6 +120,18 @@ class ScoringAgent(Service):
             await worker.store.close()
 
 
+class _Boot(BootStrategy):
+    # The scoring loop consumes with aiokafka itself and the app has no agents: Faust's own
+    # consumer would join a group for no topic (aiokafka refuses that) and poll for nothing.
+    enable_kafka_consumer = False
+
+
+class StreamscoreApp(faust.App):
+    """Faust without its consumer: lifecycle, timers and the web server."""
+
+    BootStrategy = _Boot
+
+
 class ScoringProcess(faust.Worker):
     """The Faust worker, stopping the scoring agent first.
 
@@ -150,7 +162,7 @@ def create_app(
         sensor,
         RulesHolder(settings.rules_file, sensor, settings.dedup_window_s),
     )
-    app = faust.App(
+    app = StreamscoreApp(
         f"{settings.consumer_group}-app",
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(settings),
@@ -172,7 +184,7 @@ def create_app(
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_session_timeout_ms / 6000,
         broker_rebalance_timeout=settings.kafka_session_timeout_ms / 1000,
-        # The app's own consumer only feeds the handoff audit, which cares about new handoffs.
+        # The app has no agents of its own (the scoring loop consumes with aiokafka directly).
         consumer_auto_offset_reset="latest",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
@@ -208,7 +220,6 @@ def create_app(
         async def rules_watch() -> None:
             runtime.rules.reload_if_changed()
 
-    register_handoff_audit(app, settings, sensor)
     views.register(app, runtime)
     return app, ScoringAgent(runtime)
 

@@ -223,7 +223,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         handoff_visible_seconds=Histogram(
             "streamscore_handoff_visible_seconds",
-            "Time from a handoff being scored to it being read back from the handoff topic.",
+            "Time from a handoff being scored to the broker acknowledging it on the handoff topic "
+            "(readable by consumers from then on).",
             buckets=LATENCY_BUCKETS_S,
             registry=reg,
         ),

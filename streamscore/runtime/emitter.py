@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from streamscore.config import Settings
 from streamscore.events.outputs import format_output
+from streamscore.runtime.clock import now_ms
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.store.outbox import Record, ScoredOutput, decode_entry
@@ -94,14 +95,25 @@ class Emitter:
         futures = []
         for output in outputs:
             msg = format_output(output, self._rules.tier_rank)
-            topic = (
-                settings.topic_handoffs if msg.kind == "handoff" else settings.topic_tier_changes
-            )
-            futures.append(await self._producer.send(topic, msg.value, key=msg.key))
+            handoff = msg.kind == "handoff"
+            topic = settings.topic_handoffs if handoff else settings.topic_tier_changes
+            sent = await self._producer.send(topic, msg.value, key=msg.key)
+            if handoff:
+                sent.add_done_callback(partial(self._visible, output.scored_at))
+            futures.append(sent)
+            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
         for record in records:
             futures.append(await self._producer.send(record.topic, record.value, key=record.key))
-            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
         return futures
+
+    def _visible(self, scored_at_ms: int, sent: asyncio.Future[Any]) -> None:
+        # The broker's acknowledgement: from here on any consumer can read the handoff (it
+        # needs one fetch more). Measured here rather than by reading the topic back: a reader
+        # inside the worker saw handoffs up to its fetch wait late (Faust's consumer waits up
+        # to 1.5 s on a broker that answers a long poll only when it expires, as Tansu does),
+        # and competed with the scoring loop for its CPU.
+        if not sent.cancelled() and sent.exception() is None:
+            self._sensor.handoff_visible(max(now_ms() - scored_at_ms, 0) / 1000.0)
 
     async def _acknowledge(
         self, group: int, entry_id: str, acks: list[asyncio.Future[Any]]

@@ -27,7 +27,6 @@ FORBIDDEN = (
     "streamscore.store",
     "streamscore.runtime",
     "streamscore.app",
-    "streamscore.agents",
     "streamscore.views",
     "streamscore.metrics",
 )
