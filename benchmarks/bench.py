@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a streamscore setting for the (a) runs, e.g. dedup_window_s=0 (repeatable)",
+        help="a streamscore setting for the (a) runs and the latency phase's worker, e.g. "
+        "dedup_window_s=0 or align_grace_ms=100 (repeatable)",
     )
     p.add_argument(
         "--baseline-window",

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     fetch_timeout_ms: int = Field(default=5, ge=0, le=10_000)
     align_max_wait_ms: int = Field(default=200, ge=0, le=60_000)
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
+    align_grace_ms: int = Field(default=0, ge=0, le=60_000)
+    """Hold each record until this long after the earlier of its event time and its append, so
+    that a record appended a little later on another topic but earlier in event time (two
+    producers, or one whose batches for two topics left at different times) is applied first."""
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
     tier_index_max: int = Field(default=10_000, ge=10, le=10_000_000)

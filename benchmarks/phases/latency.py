@@ -71,7 +71,13 @@ def _run(
     tag = f"{session.suffix}-l{linger_ms}r{index}x{rep}"
     inputs = tuple(f"bench.{tag}.{name}" for _, name in INPUT_TOPICS)
     run = f"lat-l{linger_ms}r{index}x{rep}"
-    settings = session.settings(inputs, run, kafka_bootstrap=broker.bootstrap, decay_tick_s=1.0)
+    settings = session.settings(
+        inputs,
+        run,
+        kafka_bootstrap=broker.bootstrap,
+        decay_tick_s=1.0,
+        **args.worker_settings,
+    )
     worker: Child | None = None
     probe: LatencyProbe | None = None
     try:

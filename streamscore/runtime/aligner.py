@@ -26,11 +26,18 @@ class Aligner(Generic[P, T]):
     """Per-partition buffers released in merge order; pure, the caller passes `now_ms`."""
 
     def __init__(
-        self, key: Callable[[T], tuple[int, str]], offset: Callable[[T], int], max_wait_ms: int
+        self,
+        key: Callable[[T], tuple[int, str]],
+        offset: Callable[[T], int],
+        max_wait_ms: int,
+        not_before: Callable[[T], int] | None = None,
     ) -> None:
         self._key = key
         self._offset = offset
         self._max_wait_ms = max_wait_ms
+        #: When a record may go at the earliest (ms, same clock as now_ms); None: at once. The
+        #: merge stops at the first record that may not go yet, as at a partition to await.
+        self._not_before = not_before
         self._queues: dict[P, deque[T]] = {}
         self._rank: dict[P, int] = {}
         self._backlog: dict[P, int | None] = {}
@@ -89,7 +96,10 @@ class Aligner(Generic[P, T]):
         heap = [(self._key(q[0]), self._rank[p], p) for p, q in self._queues.items() if q]
         heapq.heapify(heap)
         out: list[tuple[P, T]] = []
+        not_before = self._not_before
         while heap and len(out) < limit:
+            if not_before is not None and not_before(self._queues[heap[0][2]][0]) > now_ms:
+                break
             _, rank, p = heapq.heappop(heap)
             queue = self._queues[p]
             out.append((p, queue.popleft()))

@@ -76,8 +76,12 @@ class ScoringWorker:
         self.kinds = settings.topic_kinds
         self.guard = RedisGuard(settings, sensor, on_health=self._report_readiness)
         self.partitions = Partitions(settings.input_topics, sensor)
+        grace = settings.align_grace_ms
         self.aligner: Aligner[TopicPartition, Pending] = Aligner(
-            _merge_key, _offset, settings.align_max_wait_ms
+            _merge_key,
+            _offset,
+            settings.align_max_wait_ms,
+            (lambda p: min(p.event.time_ms, p.append_ms) + grace) if grace else None,
         )
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)

@@ -265,3 +265,24 @@ def test_flow_control_bounds_every_buffer_and_keeps_the_exact_merge(
             break
     assert out == merged(parts)
     assert not paused
+
+
+@settings(max_examples=50, deadline=None)
+@given(parts=partitions(), grace=st.integers(1, 50), data=st.data())
+def test_a_grace_holds_the_merge_at_the_first_record_not_due(
+    parts: dict[str, list[Rec]], grace: int, data: st.DataObject
+) -> None:
+    """Records go in merge order, each once now >= its time + grace; the rest waits, in order."""
+    aligner: Aligner[str, Rec] = Aligner(key, offset, 200, lambda r: r.time_ms + grace)
+    aligner.assign(parts, T_ASSIGN)
+    push_all(aligner, parts)
+    for p in parts:
+        aligner.note_position(p, 0, T_ASSIGN)
+    full = merged(parts)
+    now = data.draw(st.integers(0, 20 + grace))
+    released = drain(aligner, now, [])
+    due = 0
+    while due < len(full) and full[due][1].time_ms + grace <= now:
+        due += 1
+    assert released == full[:due]
+    assert released + drain(aligner, 10**6, []) == full
