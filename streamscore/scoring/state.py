@@ -116,6 +116,8 @@ class LeadState:
     seen: dict[int, int] | None = None
     #: The lead's home input partition number, when the runtime records it.
     partition: int | None = None
+    #: Its last notable moments, [time, kind index, label, score in tenths] (scoring/story.py).
+    story: list[list[Any]] | None = None
     #: Stored fields this version does not know, kept as decoded so a round trip loses nothing.
     extra: dict[str, Any] | None = None
 
@@ -151,6 +153,7 @@ def clone(state: LeadState) -> LeadState:
         None if state.profile is None else dict(state.profile),
         None if state.seen is None else dict(state.seen),
         state.partition,
+        None if state.story is None else [list(item) for item in state.story],
         None if state.extra is None else dict(state.extra),
     )
 
