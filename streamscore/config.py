@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
+    lead_story_max: int = Field(default=12, ge=0, le=1000)
     tier_index_max: int = Field(default=10_000, ge=10, le=10_000_000)
     lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
 

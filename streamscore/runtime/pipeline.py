@@ -38,10 +38,12 @@ from streamscore.runtime.leads import (
 )
 from streamscore.runtime.ledger import Hold, OffsetLedger
 from streamscore.runtime.sensors import Sensor
+from streamscore.scoring import story
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-from streamscore.scoring.state import advance, apply_event
+from streamscore.scoring.state import LeadState, advance, apply_event, score_at
+from streamscore.scoring.story import StoryKind
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
@@ -51,6 +53,31 @@ from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
 RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+def tell(
+    state: LeadState,
+    rules: CompiledRules,
+    time_ms: int,
+    kind: StoryKind,
+    label: str,
+    outputs: list[Output],
+    first_output: int,
+    keep: int,
+) -> None:
+    """Record an applied record in the lead's story, then the outputs it caused."""
+    last = state.last_ms if state.last_ms is not None else time_ms
+    story.record(state, time_ms, kind, label, score_at(state, rules, last), keep)
+    tell_outputs(state, outputs, first_output, keep)
+
+
+def tell_outputs(state: LeadState, outputs: list[Output], first: int, keep: int) -> None:
+    """Record outputs[first:] (handoffs, tier changes, drops by decay) in the lead's story."""
+    for out in outputs[first:]:
+        kind: StoryKind = (
+            "handoff" if out.kind == "handoff" else "decay" if out.cause == "decay" else "tier"
+        )
+        story.record(state, out.time_ms, kind, out.new_tier, out.score, keep)
 
 
 class CommitConflict(Exception):
@@ -106,6 +133,7 @@ class Pipeline:
         sensor: Sensor,
         redis: RedisCall,
         dedup_window_ms: int,
+        story_keep: int = 0,
     ) -> None:
         self._keys = keys
         self._store = store
@@ -115,6 +143,7 @@ class Pipeline:
         self._sensor = sensor
         self._redis = redis
         self._dedup_ms = dedup_window_ms
+        self._story_keep = story_keep
         #: (key group, "topic:partition") -> the last offset applied, as Redis will hold it
         #: once the calls already packed have landed.
         self.recorded: dict[tuple[int, str], int] = {}
@@ -222,6 +251,7 @@ class Pipeline:
             times: dict[int, int] = {}
             recorded = self.recorded
             dedup_ms = self._dedup_ms
+            story_keep = self._story_keep
             for i, (tp, p) in enumerate(ready, 1):
                 ev = p.event
                 group, key = cache.ref(ev.lead_id)
@@ -237,10 +267,13 @@ class Pipeline:
                 lead = cache.get(key)
                 state = lead.state
                 state.partition = tp.partition
+                before = len(w.outputs)
                 fresh = apply_event(
                     state, rules, ev.event_id, ev.time_ms, decide(ev, rules), dedup_ms, w.outputs
                 )
                 w.leads[key] = lead
+                if fresh and story_keep:
+                    tell(state, rules, ev.time_ms, "event", ev.type, w.outputs, before, story_keep)
                 outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
                 if ev.time_ms > times.get(tp.partition, 0):
                     times[tp.partition] = ev.time_ms
@@ -286,13 +319,17 @@ class Pipeline:
                 return 0
             await self._cache.load(refs, self._redis)
             work: dict[int, GroupWork] = {}
+            story_keep = self._story_keep
             for group, key, _ in refs:
                 lead = self._cache.get(key)
                 w = work.get(group)
                 if w is None:
                     w = work[group] = GroupWork()
+                before = len(w.outputs)
                 advance(lead.state, rules, limits[key], w.outputs)
                 w.leads[key] = lead
+                if story_keep and len(w.outputs) > before:
+                    tell_outputs(lead.state, w.outputs, before, story_keep)
             batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {})
             await self._enqueue(batch)
             return len(refs)

@@ -85,7 +85,7 @@ class ScoringWorker:
         self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
         self.pipeline = Pipeline(
             store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
-            settings.dedup_window_s * 1000,
+            settings.dedup_window_s * 1000, settings.lead_story_max,
         )  # fmt: skip
         self.consumer: AIOKafkaConsumer | None = None
         #: Kafka commits, rewinds and partition changes never interleave.

@@ -280,7 +280,9 @@ def _story(value: Any, key: str) -> list[list[Any]] | None:
     for item in value:
         if not isinstance(item, list) or len(item) != 4:
             raise StateCodecError(f"{key}: expected [time, kind, label, score] items")
-        items.append([_int(item[0], key), _int(item[1], key), _str(item[2], key), _int(item[3], key)])
+        items.append(
+            [_int(item[0], key), _int(item[1], key), _str(item[2], key), _int(item[3], key)]
+        )
     return items or None
 
 
