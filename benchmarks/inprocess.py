@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 
+from streamscore.config import Settings
 from streamscore.events import Event
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import Pending
 from streamscore.runtime.leads import LeadCache
 from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.pipeline import Pipeline
+from streamscore.runtime.scorer import Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.rules import CompiledRules
 from streamscore.store.client import open_client
@@ -63,9 +65,10 @@ class InProcessPipeline:
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.cache = LeadCache(store.keys, store, 10_000_000)
         self.emitter = AckingEmitter(store)
+        defaults = Settings()
         self.pipeline = Pipeline(
             store.keys, store, self.cache, self.ledger, self.emitter, Sensor(), _direct,
-            dedup_window_s * 1000,
+            Scorer(dedup_window_s * 1000, defaults.lead_story_max, defaults.topic_sla_breaches),
         )  # fmt: skip
         self._offsets: dict[TopicPartition, int] = {}
 

@@ -124,6 +124,7 @@ def _python_stages_once(
             outputs: list[Output] = []
             for tp, p in ready:
                 ev = p.event
+                assert isinstance(ev, Event)  # the full job has no sales outcomes
                 key = key_of.get(ev.lead_id)
                 if key is None:
                     key = key_of[ev.lead_id] = keys.lead(keys.lead_ref(ev.lead_id))

@@ -21,28 +21,26 @@ import logging
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from operator import itemgetter
 from typing import Any
 
 from aiokafka import TopicPartition
 
+from streamscore.outcomes.events import Outcome
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
 from streamscore.runtime.leads import (
-    CachedLead,
     LeadCache,
     sets_a_lead_could_be_in,
     sorted_sets_of,
 )
 from streamscore.runtime.ledger import Hold, OffsetLedger
+from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.runtime.sensors import Sensor
-from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-from streamscore.scoring.state import advance, apply_event
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import SeenMemo, encode_lead
 from streamscore.store.commit import VALUE_PREFIX_BYTES, GroupCommit, LeadWrite, OffsetWrite
@@ -60,19 +58,6 @@ RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 class CommitConflict(Exception):
     """A commit call found a lead or an offset changed by another writer; nothing was written."""
-
-
-@dataclass(slots=True)
-class GroupWork:
-    """One key group's share of a batch while it is scored."""
-
-    leads: dict[str, CachedLead] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)
-    outputs: list[Output] = field(default_factory=list)
-    #: Messages for other topics, recorded in the outbox with the outputs.
-    records: list[Record] = field(default_factory=list)
-    #: KPI counter increments, applied in the same commit call.
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -96,6 +81,7 @@ class Batch:
     append_ms: list[int]
     events: int
     partition_times: dict[int, int]
+    facts: Facts
 
 
 class Pipeline:
@@ -110,7 +96,7 @@ class Pipeline:
         emitter: Emitter,
         sensor: Sensor,
         redis: RedisCall,
-        dedup_window_ms: int,
+        scorer: Scorer,
     ) -> None:
         self._keys = keys
         self._store = store
@@ -119,7 +105,7 @@ class Pipeline:
         self._emitter = emitter
         self._sensor = sensor
         self._redis = redis
-        self._dedup_ms = dedup_window_ms
+        self._scorer = scorer
         #: (key group, "topic:partition") -> the last offset applied, as Redis will hold it
         #: once the calls already packed have landed.
         self.recorded: dict[tuple[int, str], int] = {}
@@ -219,41 +205,53 @@ class Pipeline:
             generation = self._generation
             cache = self._cache
             await cache.load({p.event.lead_id for _, p in ready}, self._redis)
-            leads = cache.by_id
-            # Redelivered events (at or below an offset Redis recorded) can only be in a
+            leads = cache.by_id  # one lookup a record from here on
+            # Redelivered records (at or below an offset Redis recorded) can only be in a
             # partition whose recorded offset reaches the batch's first one: a replay after a
-            # rewind or a restart. Only those partitions are checked event by event.
+            # rewind or a restart. Only those partitions are checked record by record.
             suspect = self._redelivered(firsts)
-            outputs: list[Output] = []
-            duplicates: Tally[str] = Tally()
-            skipped: set[int] = set()
-            dedup_ms = self._dedup_ms
-            for start in range(0, len(ready), YIELD_EVERY):
-                if start:
+            work: dict[int, GroupWork] = {}
+            outcomes: Tally[tuple[str, str]] = Tally()
+            facts = Facts()
+            times: dict[int, int] = {}
+            committed_times = self.partition_time_ms
+            scorer = self._scorer
+            tp_name = self._tp_name
+            for i, (tp, p) in enumerate(ready, 1):
+                record = p.event
+                lead = leads[record.lead_id]
+                group = lead.group
+                if suspect and tp in suspect and self._applied(group, tp, p.offset):
+                    outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
+                    continue
+                w = work.get(group)
+                if w is None:
+                    w = work[group] = GroupWork()
+                w.offsets[tp_name(tp)] = p.offset
+                lead.state.partition = partition = tp.partition
+                w.leads[lead.key] = lead
+                # The partition's event time so far: the SLA clock (as the tick's while behind).
+                clock = times.get(partition, 0)
+                if record.time_ms > clock:
+                    clock = times[partition] = record.time_ms
+                clock = max(clock, committed_times.get(partition, 0))
+                if isinstance(record, Outcome):
+                    scorer.outcome(lead, record, clock, w, rules, facts)
+                    outcomes[(tp.topic, "scored")] += 1
+                else:
+                    fresh = scorer.event(lead, record, clock, w, rules, facts)
+                    outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
+                if i % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
-                for tp, p in ready[start : start + YIELD_EVERY]:
-                    ev = p.event
-                    lead = leads[ev.lead_id]
-                    if suspect and tp in suspect and self._applied(lead.group, tp, p.offset):
-                        duplicates[tp.topic] += 1  # redelivered: already in Redis
-                        skipped.add(id(p))
-                        continue
-                    state = lead.state
-                    state.partition = tp.partition
-                    if not apply_event(
-                        state, rules, ev.event_id, ev.time_ms, decide(ev, rules), dedup_ms, outputs
-                    ):
-                        duplicates[tp.topic] += 1
             batch = Batch(
                 generation,
                 hold,
-                self._pack(ready, skipped, outputs, rules),
-                _outcomes(ready, duplicates),
+                self._pack(work, rules),
+                outcomes,
                 [p.append_ms for _, p in ready],
                 len(ready),
-                # ready is in merge (event-time) order: the last event of each partition
-                # number is at or below the latest time applied for it, as ticks need.
-                {tp.partition: p.event.time_ms for tp, p in ready},
+                times,
+                facts,
             )
             await self._enqueue(batch)
 
@@ -261,11 +259,10 @@ class Pipeline:
         recorded = self.recorded
         if not recorded:
             return set()
-        groups = range(self._keys.groups)
         out = set()
         for tp, first in firsts.items():
             name = self._tp_name(tp)
-            for group in groups:
+            for group in range(self._keys.groups):
                 applied = recorded.get((group, name))
                 if applied is not None and applied >= first:
                     out.add(tp)
@@ -282,7 +279,7 @@ class Pipeline:
         limit: int,
         rules: CompiledRules,
     ) -> int:
-        """Apply the inactivity drops due in these partitions; returns the leads advanced.
+        """Apply the inactivity drops and SLA breaches due in these partitions; leads advanced.
 
         `until_ms(partition)` is how far to advance that partition's leads: now, or the event
         time applied for it while the worker is behind.
@@ -296,22 +293,24 @@ class Pipeline:
                 if until <= 0:
                     continue
                 for group in range(self._keys.groups):
-                    due = partial(self._store.due_keys, group, partition, until, limit)
-                    for key in await self._redis(due):
-                        refs.append((group, key))
-                        limits[key] = until
+                    for sla in (False, True):
+                        due = partial(self._store.due_keys, group, partition, until, limit, sla)
+                        for key in await self._redis(due):
+                            if key not in limits:
+                                refs.append((group, key))
+                                limits[key] = until
             if not refs:
                 return 0
             await self._cache.load_keys(refs, self._redis)
             work: dict[int, GroupWork] = {}
+            facts = Facts()
             for group, key in refs:
-                lead = self._cache.get(key)
                 w = work.get(group)
                 if w is None:
                     w = work[group] = GroupWork()
-                advance(lead.state, rules, limits[key], w.outputs)
-                w.leads[key] = lead
-            batch = Batch(generation, None, self._pack_groups(work, rules), Tally(), [], 0, {})
+                lead = w.leads[key] = self._cache.get(key)
+                self._scorer.tick(lead, limits[key], w, rules, facts)
+            batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {}, facts)
             await self._enqueue(batch)
             return len(refs)
 
@@ -339,35 +338,7 @@ class Pipeline:
             deciding.set_result(None)
             self._deciding = None
 
-    def _pack(
-        self,
-        ready: list[tuple[TopicPartition, Pending]],
-        skipped: set[int],
-        outputs: list[Output],
-        rules: CompiledRules,
-    ) -> list[GroupCall]:
-        """A scored batch's share of each key group: its leads, offsets and outputs."""
-        leads = self._cache.by_id
-        if skipped:  # redelivered events: their leads and offsets are Redis's already
-            ready = [(tp, p) for tp, p in ready if id(p) not in skipped]
-        work: dict[int, GroupWork] = {}
-        if self._keys.groups == 1:
-            # One group (the default): every lead and every partition's last offset is its.
-            w = work[0] = GroupWork(outputs=outputs)
-            w.leads = {lead.key: lead for lead in map(leads.__getitem__, _lead_ids(ready))}
-            lasts = {tp: p.offset for tp, p in ready}  # the last one of each partition wins
-            w.offsets = {self._tp_name(tp): offset for tp, offset in lasts.items()}
-        else:
-            for tp, p in ready:
-                lead = leads[p.event.lead_id]
-                w = work.get(lead.group) or work.setdefault(lead.group, GroupWork())
-                w.leads[lead.key] = lead
-                w.offsets[self._tp_name(tp)] = p.offset
-            for output in outputs:
-                work[leads[output.lead_id].group].outputs.append(output)
-        return self._pack_groups(work, rules)
-
-    def _pack_groups(self, work: dict[int, GroupWork], rules: CompiledRules) -> list[GroupCall]:
+    def _pack(self, work: dict[int, GroupWork], rules: CompiledRules) -> list[GroupCall]:
         keys = self._keys
         recorded = self.recorded
         calls = []
@@ -384,11 +355,11 @@ class Pipeline:
                 memo = lead.seen_memo
                 if memo is None and seen is not None and len(seen) >= MEMO_SEEN_IDS:
                     memo = lead.seen_memo = SeenMemo()
-                # Encoded once per lead and batch, however many of its events the batch holds.
+                # Encoded once per lead and batch, however many of its records the batch holds.
                 value = version.to_bytes(VALUE_PREFIX_BYTES, "big") + encode_lead(state, memo)
-                if state.tier == 0 and lead.sets == {}:
-                    # Most leads: in the first tier (no index, no drop ahead), and known to be
-                    # in no sorted set.
+                if state.tier == 0 and not state.funnel and lead.sets == {}:
+                    # Most leads: in the first tier (no index, no drop ahead), no funnel (no
+                    # SLA), and known to be in no sorted set.
                     writes.append(LeadWrite(key, lead.prefix, value))
                 else:
                     want = sorted_sets_of(state, group, keys, rules)
@@ -432,6 +403,9 @@ class Pipeline:
                 loop.call_soon(
                     self._sensor.batch_applied, batch.outcomes, batch.append_ms, now_ms()
                 )
+            facts = batch.facts
+            if facts.outcomes or facts.breaches:
+                self._sensor.funnel_facts(facts.outcomes, facts.breaches)
 
     async def _apply(self, batch: Batch) -> None:
         scored_at = now_ms()
@@ -445,22 +419,3 @@ class Pipeline:
             if result.outbox_entry:
                 scored = [ScoredOutput(o, scored_at) for o in call.outputs]
                 await self._emitter.emit(call.group, result.outbox_entry, scored, call.records)
-
-
-def _lead_ids(ready: list[tuple[TopicPartition, Pending]]) -> dict[str, None]:
-    """The batch's lead ids, each once, in order of first appearance (deterministic calls)."""
-    return dict.fromkeys(p.event.lead_id for _, p in ready)
-
-
-def _outcomes(
-    ready: list[tuple[TopicPartition, Pending]], duplicates: Tally[str]
-) -> Tally[tuple[str, str]]:
-    """Events by (topic, outcome): counted per topic in C, duplicates apart."""
-    per_tp = Tally(map(itemgetter(0), ready))
-    out: Tally[tuple[str, str]] = Tally()
-    for tp, n in per_tp.items():
-        out[(tp.topic, "scored")] += n
-    for topic, n in duplicates.items():
-        out[(topic, "scored")] -= n
-        out[(topic, "duplicate")] += n
-    return out

@@ -418,8 +418,8 @@ async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_
     keys = store.keys
     for tier_index, tier in enumerate(rules.tiers[1:], start=1):
         indexed = set()
-        for group in range(keys.groups):
-            indexed |= {k for k, _ in await store.tier_queue(group, tier.name, 100_000)}
+        for g in range(keys.groups):
+            indexed |= {k for k, _ in await store.tier_queue(g, tier.name, 100_000)}
         expected = {
             keys.lead(keys.lead_ref(lead)) for lead, s in ref.states.items() if s.tier == tier_index
         }
