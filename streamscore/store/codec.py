@@ -20,7 +20,8 @@ in, so the format is compact and cheap to produce:
 
 - Fields at their defaults (0, None, empty, armed) are left out: most leads have no penalties,
   flags, profile or caps.
-- Times other than lt (a, ra, dqt, a profile record's time) are stored as lt minus the time,
+- Times other than lt (a, ra, dqt, a profile record's and a story item's time) are stored as
+  lt minus the time,
   a small integer (lt is the lead's present: no time it holds is later); without lt, the base
   is 0.
 - Numbers are integers when integral (|x| < 2^53), else float64, -0.0 as 0: a point total of
@@ -247,7 +248,7 @@ def encode_lead(state: LeadState, memo: SeenMemo | None = None) -> bytes:
     if state.partition is not None:
         m["hp"] = state.partition
     if state.story:
-        m["st"] = [list(item) for item in state.story]
+        m["st"] = [[base - item[0], *item[1:]] for item in state.story]
     if state.rearm_below is not None:
         m["rb"] = _n(state.rearm_below)
     if state.funnel:
@@ -479,7 +480,7 @@ def _decode_current(m: dict[str, Any], hint: str | None) -> LeadState:
 
 
 #: Format 3 keys read as they are stored; its times (a, ra, dqt, P) and s are read apart.
-_FIELDS_V3 = {k: v for k, v in _FIELDS.items() if k not in ("a", "dqt", "P", "s")}
+_FIELDS_V3 = {k: v for k, v in _FIELDS.items() if k not in ("a", "dqt", "P", "s", "st")}
 
 
 def _decode_v3(m: dict[str, Any], hint: str | None) -> LeadState:
@@ -508,6 +509,9 @@ def _decode_v3(m: dict[str, Any], hint: str | None) -> LeadState:
         } or None
     if "s" in m:
         state.seen = _seen_v3(m["s"])
+    if "st" in m:
+        story = _story(m["st"], "st")
+        state.story = None if story is None else [[base - t, *rest] for t, *rest in story]
     if extra:
         state.extra = extra
     return state
