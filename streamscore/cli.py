@@ -252,22 +252,21 @@ def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
     """Validate rules files; print each error with its location."""
-    from streamscore.scoring.rules import load_rules
+    from streamscore.scoring.rules import check_lines
 
     failed = False
     for path in args.files:
         try:
-            rules = load_rules(Path(path))
-        except RulesError as exc:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
             failed = True
-            for problem in exc.problems:
-                print(f"{path}: {problem}", file=sys.stderr)
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
             continue
-        print(
-            f"{path}: OK (version {rules.version}, {len(rules.engagement)} engagement rules, "
-            f"{sum(len(a.fit_rules) for a in rules.attributes)} fit rules, "
-            f"tiers {'/'.join(t.name for t in rules.tiers)})"
-        )
+        # The same lines as the console's validation of a pasted candidate.
+        ok, lines = check_lines(text, path)
+        failed = failed or not ok
+        for line in lines:
+            print(line, file=sys.stdout if ok else sys.stderr)
     return 1 if failed else 0
 
 
