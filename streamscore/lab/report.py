@@ -268,8 +268,8 @@ def quality_table(quality: Sequence[ModelQuality]) -> str:
     return table_html("quality", headers, rows)
 
 
-def render_diff_html(diff: Diff, generated_at: datetime) -> str:
-    """The diff page: summary, transitions, changed handoffs, scores, outcomes if known."""
+def diff_summary_html(diff: Diff) -> str:
+    """Both models' score quantiles, and how many handoffs appear and disappear."""
     s = diff.scores
     quantile_rows = [
         [x.model, f"{x.count:,}", NONE if x.mean is None else f"{x.mean:.1f}"]
@@ -281,12 +281,37 @@ def render_diff_html(diff: Diff, generated_at: datetime) -> str:
         ["model", "leads", "mean", *(f"p{round(100 * q)}" for q in QUANTILES)],
         quantile_rows,
     )
-    body = [
-        _card(
-            summary + f'<p class="note">{len(diff.appeared):,} handoffs appear and '
-            f"{len(diff.disappeared):,} disappear under the candidate, among "
-            f"{diff.leads:,} leads.</p>"
+    return (
+        summary + f'<p class="note">{len(diff.appeared):,} handoffs appear and '
+        f"{len(diff.disappeared):,} disappear under the candidate, among "
+        f"{diff.leads:,} leads.</p>"
+    )
+
+
+def quality_charts(quality: tuple[ModelQuality, ModelQuality]) -> list[Chart]:
+    """Both models against the outcomes: precision and recall, tier conversion, gains."""
+    live_q, cand_q = quality
+    return [
+        precision_chart(quality),
+        tier_conversion_chart(quality),
+        *(
+            gains_chart(
+                f"gains-{t}",
+                f"Cumulative gains: {t}",
+                [
+                    (q.model, q.target(t).gains, colour)
+                    for q, colour in zip((live_q, cand_q), MODEL_COLOURS, strict=True)
+                ],
+            )
+            for t in TARGETS
         ),
+    ]
+
+
+def render_diff_html(diff: Diff, generated_at: datetime) -> str:
+    """The diff page: summary, transitions, changed handoffs, scores, outcomes if known."""
+    body = [
+        _card(diff_summary_html(diff)),
         _grid([transition_chart(diff), score_chart(diff)]),
         "<h2>Handoffs that appear</h2>",
         _card(
@@ -301,27 +326,10 @@ def render_diff_html(diff: Diff, generated_at: datetime) -> str:
         ),
     ]
     if diff.quality is not None:
-        live_q, cand_q = diff.quality
         body += [
             "<h2>Against the outcomes</h2>",
             _card(quality_table(diff.quality)),
-            _grid(
-                [
-                    precision_chart(diff.quality),
-                    tier_conversion_chart(diff.quality),
-                    *(
-                        gains_chart(
-                            f"gains-{t}",
-                            f"Cumulative gains: {t}",
-                            [
-                                (q.model, q.target(t).gains, colour)
-                                for q, colour in zip((live_q, cand_q), MODEL_COLOURS, strict=True)
-                            ],
-                        )
-                        for t in TARGETS
-                    ),
-                ]
-            ),
+            _grid(quality_charts(diff.quality)),
         ]
     return page(
         f"streamscore diff: {diff.live} → {diff.candidate}",
