@@ -46,10 +46,12 @@ def _js_string(literal: str) -> str:
     """The value of a JavaScript string literal (or a bare identifier key)."""
     if literal[0] not in "\"'":
         return literal
-    body = literal[1:-1]
-    if literal[0] == "'":
-        # As a JSON string: unescape \' and escape bare double quotes.
-        body = re.sub(r'\\\'|"', lambda m: "'" if m[0] == "\\'" else '\\"', body)
+    # As a JSON string: \' becomes ', other escapes stay, a bare " (single quotes) is escaped.
+    body = re.sub(
+        r'\\(.)|"',
+        lambda m: ("'" if m[1] == "'" else m[0]) if m[1] is not None else '\\"',
+        literal[1:-1],
+    )
     value: str = json.loads(f'"{body}"')
     return value
 

@@ -33,7 +33,7 @@ def session_valid(token: str, value: str | None, now_s: float) -> bool:
     if not value:
         return False
     expires, _, mac = value.partition(".")
-    if not expires.isdigit() or len(expires) > 12:
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         return False
     expires_s = int(expires)
     return expires_s > now_s and hmac.compare_digest(mac.encode(), _mac(token, expires_s).encode())
