@@ -46,6 +46,7 @@ from streamscore.lab.report import (
 from streamscore.outcomes.kpi import compute_kpis
 from streamscore.outcomes.report import (
     CHART_CONFIG,
+    NONE,
     Chart,
     cohort_charts,
     cohort_title,
@@ -73,23 +74,33 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: No inline script or style anywhere; data URIs only for images (plotly's PNG download).
-CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'"
-)
 SECURITY_HEADERS: Final = MappingProxyType(
     {
-        "Content-Security-Policy": CSP,
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        # Lead ids travel in URLs: never in a Referer to another site.
-        "Referrer-Policy": "no-referrer",
+        # Lead ids travel in URLs: never in a Referer to another site. (Not no-referrer: then a
+        # browser sends "Origin: null" on the console's own form posts.)
+        "Referrer-Policy": "same-origin",
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
     }
 )
+
+
+def content_security_policy(style_attribute_hashes: tuple[str, ...]) -> str:
+    """No inline script or style anywhere (but the style attributes of these hashes, which
+    plotly.js sets); data: URIs only for images (a heatmap's cells, plotly's PNG download)."""
+    style_attr = " ".join(("'unsafe-hashes'", *style_attribute_hashes))
+    if not style_attribute_hashes:
+        style_attr = "'none'"
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"style-src-attr {style_attr}; "
+        "img-src 'self' data:; connect-src 'self'; font-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
 PUBLIC_PATHS: Final = frozenset({"/login", "/healthz"})
 HEARTBEAT_S: Final = 15.0
 #: Characters a pasted rules file or event may have (a form post is bounded by aiohttp too).
@@ -122,6 +133,13 @@ def script_json(value: bytes | str) -> Markup:
     """JSON text made safe inside <script type="application/json">: no </script>, no <!--."""
     text = value.decode() if isinstance(value, bytes) else value
     return Markup(text.translate(_JSON_ESCAPES))
+
+
+def short_time(rfc3339: str | None) -> str:
+    """2026-11-20T09:15:02.123Z as people read it in a table: 2026-11-20 09:15:02."""
+    if not rfc3339:
+        return NONE
+    return rfc3339.replace("T", " ").split(".")[0].removesuffix("Z")
 
 
 def trusted(html: str) -> Markup:
@@ -179,6 +197,7 @@ class Console:
         self.rules.get()  # fails fast on a rules file that was never valid
         self.assets = Assets()
         self.static: dict[str, Asset] = {}
+        self.csp = content_security_policy(())
         self.feed = HandoffFeed(settings)
         self.limits = Limits.from_settings(settings)
         self._store: RedisStore | None = None
@@ -199,7 +218,8 @@ class Console:
         )
         self.templates.filters["points"] = lambda x: f"{x:+.1f}"
         self.templates.filters["score"] = lambda x: f"{x:.1f}"
-        self.templates.filters["time"] = format_time_ms
+        self.templates.filters["time"] = lambda ms: short_time(format_time_ms(ms))
+        self.templates.filters["short_time"] = short_time
 
     # ------------------------------------------------------------ life cycle
 
@@ -209,6 +229,7 @@ class Console:
         # plotly.js is ~5 MB to read and gzip: off the event loop.
         assets = await asyncio.to_thread(self.assets.all)
         self.static = {a.url: a for a in assets}
+        self.csp = content_security_policy(self.assets.style_hashes)
         client = await open_settings_client(s)
         self._store = RedisStore(client, KeySpace(s.redis_key_prefix, s.redis_key_groups))
         self.feed.start()
@@ -454,10 +475,21 @@ class Console:
                 if diff.quality is not None:
                     charts += quality_charts(diff.quality)
                 diff_charts = [from_chart(c) for c in charts]
+        # The form's defaults: a snapshot named live* as live, the next one as the candidate.
+        snapshots = files.snapshots
+        live_default = next((n for n in snapshots if n.startswith("live")), "")
+        live_default = chosen["live"] or live_default or (snapshots[0] if snapshots else "")
+        preselect = {
+            "live": live_default,
+            "candidate": chosen["candidate"]
+            or next((n for n in snapshots if n != live_default), ""),
+            "outcomes": chosen["outcomes"],
+        }
         return self.render(
             request,
             "models.html",
             status=status,
+            preselect=preselect,
             live=rules_file,
             lab_dir=lab_dir,
             files=files,
@@ -610,23 +642,17 @@ def is_https(request: web.Request) -> bool:
 def same_origin(request: web.Request) -> bool:
     """False for a browser's request sent by another site's page (a cross-site form post).
 
-    Browsers send Sec-Fetch-Site, and Origin on posts; a client without either (curl with a
-    bearer token) is not a browser tricked into posting. The session cookie is SameSite=Strict
-    as well, so this is a second line.
+    Browsers send Sec-Fetch-Site (older ones Origin, on posts); a client without either (curl
+    with a bearer token) is not a browser tricked into posting. The session cookie is
+    SameSite=Strict as well, so this is a second line.
     """
     site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("Origin")
-    if origin is not None and origin != "null":
-        return urlsplit(origin).netloc == request.host
-    return origin is None
-
-
-async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
-    # on_response_prepare: every response, streams and error pages included.
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.host
 
 
 _CONSOLE_KEY = web.AppKey("console", Console)
@@ -637,7 +663,14 @@ def create_app(settings: Settings, require_token: bool = True) -> web.Applicatio
     console = Console(settings, require_token)
     app = web.Application(middlewares=[console.guard], client_max_size=2 * MAX_PASTE_CHARS)
     app[_CONSOLE_KEY] = console
-    app.on_response_prepare.append(_security_headers)
+
+    async def security_headers(_: web.Request, response: web.StreamResponse) -> None:
+        # on_response_prepare: every response, streams and error pages included.
+        response.headers.setdefault("Content-Security-Policy", console.csp)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+
+    app.on_response_prepare.append(security_headers)
     r = app.router
     r.add_get("/", console.queue_page)
     r.add_get("/lead", console.lead_page)

@@ -7,11 +7,14 @@ plotly skips the injection when the page already has an element of that id marke
 `no-inline-styles`, so the console extracts the same rules from the bundle once and serves them
 as a stylesheet under that id (plotly_css). plotly.js also adds the stylesheet of its map
 traces unless an element of that stylesheet's id exists: the console's pages hold an empty one
-(style_guard_ids), since they draw no maps.
+(style_guard_ids), since they draw no maps. And it draws a heatmap's cells as an image with one
+fixed style attribute (pixelated scaling): the policy allows that one value by its hash
+(style_attribute_hashes), and no other style attribute.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -36,6 +39,10 @@ _ENTRY: Final = re.compile(rf"\s*({_STRING}|[A-Za-z_$][\w$]*)\s*:\s*({_STRING})\
 _GUARDED_STYLE: Final = re.compile(
     r'if\(!document\.getElementById\("([^"]+)"\)\)\{var [\w$]+=document\.createElement\("style"\)'
 )
+
+
+#: The image-rendering declarations plotly.js writes as a heatmap image's style attribute.
+_PIXELATED: Final = re.compile(r"CSS_DECLARATIONS=(\[\[[^;]*?\]\]);")
 
 
 class AssetError(Exception):
@@ -80,6 +87,18 @@ def plotly_css(bundle: str) -> str:
 def style_guard_ids(bundle: str) -> tuple[str, ...]:
     """Ids of the stylesheets plotly.js adds on load unless an element of that id exists."""
     return tuple(dict.fromkeys(_GUARDED_STYLE.findall(bundle)))
+
+
+def style_attribute_hashes(bundle: str) -> tuple[str, ...]:
+    """CSP hashes ('sha256-...') of the style attribute values plotly.js sets (heatmap cells)."""
+    found = _PIXELATED.search(bundle)
+    if found is None:
+        return ()
+    declarations = json.loads(found[1])
+    # plotly.js: CSS_DECLARATIONS.map(d => d.join(": ") + "; ").join("")
+    value = "".join(f"{name}: {setting}; " for name, setting in declarations)
+    digest = base64.b64encode(hashlib.sha256(value.encode()).digest()).decode()
+    return (f"'sha256-{digest}'",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +149,11 @@ class Assets:
         return style_guard_ids(self._bundle)
 
     @cached_property
+    def style_hashes(self) -> tuple[str, ...]:
+        """CSP hashes of the style attribute values plotly.js sets."""
+        return style_attribute_hashes(self._bundle)
+
+    @cached_property
     def console_css(self) -> Asset:
         """The outcomes report's styles, then the console's own."""
         own = (resources.files(__package__) / "static" / "console.css").read_text("utf-8")
@@ -142,5 +166,6 @@ class Assets:
         return _asset("console.js", "application/javascript", body)
 
     def all(self) -> list[Asset]:
-        """Every asset (builds them all)."""
+        """Every asset (builds them all, and what is derived from plotly.js)."""
+        _ = self.guard_ids, self.style_hashes
         return [self.plotly_js, self.plotly_css, self.console_css, self.console_js]
