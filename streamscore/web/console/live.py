@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: Handoffs a slow page may fall behind by before it misses some (it refreshes anyway).
 SUBSCRIBER_BUFFER: Final = 64
 RETRY_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: How long stop() lets the consumer finish connecting and close before cancelling it (a
+#: consumer cancelled while it connects leaves its connection open).
+STOP_WAIT_S: Final = 10.0
+POLL_MS: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class HandoffFeed:
         self.settings = settings
         self._subscribers: set[asyncio.Queue[Handoff | None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         #: True while the consumer is connected (shown on the queue page).
         self.connected = False
 
@@ -108,24 +113,29 @@ class HandoffFeed:
         for queue in self._subscribers:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-        if self._task is not None:
-            self._task.cancel()
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_WAIT_S)
+        except TimeoutError:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._tail()
-                return
             except (KafkaError, OSError) as exc:
                 self.connected = False
                 delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
                 attempt += 1
                 log.warning("console: handoff topic unavailable (%r); retry in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _tail(self) -> None:
         s = self.settings
@@ -136,11 +146,12 @@ class HandoffFeed:
             enable_auto_commit=False,
             **security_kwargs(s),
         )
-        await consumer.start()
         try:
+            # Inside the try: a stop that cancels the task while it connects still closes it.
+            await consumer.start()
             self.connected = True
-            while True:
-                batches = await consumer.getmany(timeout_ms=1000)
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(timeout_ms=POLL_MS)
                 for messages in batches.values():
                     for message in messages:
                         handoff = parse_handoff(message.value)
