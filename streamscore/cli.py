@@ -185,11 +185,10 @@ def cmd_console(args: argparse.Namespace) -> int:
     import logging.config
 
     from streamscore.logs import logging_config
-    from streamscore.web.console.app import console_url, run_console
+    from streamscore.web.console.app import run_console
 
     settings = _client_settings(args).settings
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
-    print(f"console url: {console_url(settings)}", flush=True)
     run_console(settings)
     return 0
 

@@ -63,3 +63,4 @@ def test_console_refuses_to_start_without_a_token() -> None:
     assert "console_token is not set" in result.stderr
     assert "STREAMSCORE_CONSOLE_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "console url" not in result.stdout

@@ -716,7 +716,8 @@ def console_url(settings: Settings) -> str:
 
 def run_console(settings: Settings) -> None:
     """Serve the console until SIGINT or SIGTERM (`streamscore console`)."""
-    app = create_app(settings)
+    app = create_app(settings)  # first: a missing token is refused before anything is printed
+    print(f"console url: {console_url(settings)}", flush=True)
     log.info("console listening on %s", console_url(settings))
     web.run_app(
         app,
