@@ -1,6 +1,7 @@
 """The console's application in-process (aiohttp's test server) on the session's broker and
 Redis: no token outside dev is refused, Redis failures are a 503 page, static files are cached
-and gzipped, the live stream ends when the console stops."""
+and gzipped, the live stream ends when the console stops, the rules page shows the promotion
+history and an invalid rules file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 import gzip
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -16,7 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from streamscore import dev
 from streamscore.config import Settings
 from streamscore.errors import ConfigError
+from streamscore.lab.promote import promote
 from streamscore.web.console.app import console_of, create_app
+from tests.conftest import RULES_FILE
 
 
 async def client_of(app: web.Application) -> TestClient[web.Request, web.Application]:
@@ -90,5 +95,34 @@ async def test_the_live_stream_ends_when_the_console_stops(
         async with asyncio.timeout(5):
             rest = await response.content.read()
         assert rest == b"\n"
+    finally:
+        await client.close()
+
+
+async def test_the_rules_page_shows_the_promotion_history_and_an_invalid_file(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    live = tmp_path / "rules.yaml"
+    text = RULES_FILE.read_text(encoding="utf-8")
+    live.write_text(text, encoding="utf-8")
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(text.replace("b2b-2026.11.1", "b2b-2026.12.0"), encoding="utf-8")
+    promote(candidate, live, datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
+    client = await client_of(create_app(settings_factory(rules_file=live), require_token=False))
+    try:
+        page = await (await client.get("/rules")).text()
+        assert '<strong id="live-version">b2b-2026.12.0</strong>' in page
+        history = page.split('id="history"', 1)[1].split("</section>", 1)[0]
+        cells = [c.split("</td>")[0] for c in history.split("<td")[1:]]
+        assert [c.split(">", 1)[1] for c in cells] == [
+            "2026-12-01T09:30:00+00:00", "promote", "b2b-2026.11.1", "b2b-2026.12.0",
+            "rules.b2b-2026.11.1.yaml",
+        ]  # fmt: skip
+        assert "Versions kept for rollback: b2b-2026.11.1." in history
+        # A broken edit: every page says so, and the rules in force stay the last valid ones.
+        live.write_text(text.replace("version:", "versio:"), encoding="utf-8")
+        page = await (await client.get("/models")).text()
+        assert 'id="rules-problems"' in page and "rules b2b-2026.12.0" in page
+        assert f"{live}: line " in page
     finally:
         await client.close()
