@@ -355,7 +355,9 @@ def log_in(driver: webdriver.Chrome, stack: Stack, path: str) -> None:
 
 
 def clean(driver: webdriver.Chrome) -> None:
-    """No script of an attacker ran, no alert is open, no CSP violation was reported."""
+    """No script of an attacker ran, no alert is open, no CSP violation was reported, nothing
+    came from another origin, and no two elements share an id (a chart drawn into the wrong
+    element)."""
     assert driver.execute_script("return window.__xss") is None
     with pytest.raises(NoAlertPresentException):
         driver.switch_to.alert.text  # noqa: B018 - raises when no alert is open
@@ -365,6 +367,8 @@ def clean(driver: webdriver.Chrome) -> None:
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert [url for url in fetched if not url.startswith(origin + "/")] == []
+    ids = driver.execute_script("return [...document.querySelectorAll('[id]')].map(e => e.id)")
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
 
 
 def wait_for_chart(driver: webdriver.Chrome, div_id: str) -> dict[str, Any]:
@@ -372,7 +376,8 @@ def wait_for_chart(driver: webdriver.Chrome, div_id: str) -> dict[str, Any]:
     WebDriverWait(driver, 60).until(
         lambda d: d.execute_script(
             "const g = document.getElementById(arguments[0]);"
-            "return !!(g && g._fullLayout && g.querySelector('svg.main-svg'))",
+            "return !!(g && g.matches('div.chart') && g._fullLayout"
+            " && g.querySelector('svg.main-svg'))",
             div_id,
         )
     )
@@ -510,7 +515,7 @@ def test_a_lead_id_that_is_html_is_shown_as_text_everywhere(
         td.text for td in browser.find_elements(By.CSS_SELECTOR, "#attributes [data-col=value]")
     ]
     assert XSS_TITLE.lower() in values
-    wait_for_chart(browser, "score-chart")
+    wait_for_chart(browser, "chart-score")
     clean(browser)
 
 
@@ -546,7 +551,7 @@ def test_a_lead_page_shows_its_chart_contributions_and_story(
     stack: Stack, browser: webdriver.Chrome
 ) -> None:
     browser.get(stack.url("/lead?id=ann"))
-    chart = wait_for_chart(browser, "score-chart")
+    chart = wait_for_chart(browser, "chart-score")
     assert chart["names"] == ["score", "score since (decay)", "engagement", "fit"]
     assert chart["drawn"] == 4
     assert chart["shapes"] == 4  # warm and hot, each entered at one score and left below another
@@ -628,7 +633,7 @@ def test_the_kpi_page_shows_the_stored_counters(stack: Stack, browser: webdriver
             assert cells[column] == want[column], column
     for index in range(len(expected)):
         for suffix in ("bands", "gains", "tiers", "sla", "touch", "reasons"):
-            info = wait_for_chart(browser, f"c{index}-{suffix}")
+            info = wait_for_chart(browser, f"chart-c{index}-{suffix}")
             assert info["drawn"] == len(info["names"]) >= 1, (suffix, info)
     clean(browser)
 
@@ -648,7 +653,7 @@ def test_the_models_page_lists_candidates_and_draws_the_labs_diff(
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "diff"))
     assert "candidate=candidate.jsonl" in browser.current_url
     for div_id in ("transitions", "scores", "precision", "tiers", "gains-opportunity", "gains-won"):
-        info = wait_for_chart(browser, div_id)
+        info = wait_for_chart(browser, f"chart-{div_id}")
         assert info["drawn"] >= 1, (div_id, info)
     appeared = browser.find_elements(By.CSS_SELECTOR, "#appeared tbody tr")
     assert appeared and "pricing_page +" in appeared[0].text

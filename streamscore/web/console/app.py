@@ -168,11 +168,15 @@ class ChartBlock:
     data: Markup
 
 
-def chart_block(div_id: str, what: str, figure: go.Figure) -> ChartBlock:
-    """A plotly figure as a chart block console.js draws."""
+def chart_block(name: str, what: str, figure: go.Figure) -> ChartBlock:
+    """A plotly figure as a chart block console.js draws, in the element `chart-<name>`.
+
+    The prefix keeps the reports' chart names ("tiers", "summary"...) from colliding with the
+    ids of a page's own elements.
+    """
     figure_json = pio.to_json(figure, validate=False, pretty=False)
     payload = f'{{"figure":{figure_json},"config":{orjson.dumps(CHART_CONFIG).decode()}}}'
-    return ChartBlock(div_id, what, script_json(payload))
+    return ChartBlock(f"chart-{name}", what, script_json(payload))
 
 
 def from_chart(chart: Chart) -> ChartBlock:
@@ -306,7 +310,7 @@ class Console:
             )
         try:
             return await handler(request)
-        except (web.HTTPException, asyncio.CancelledError):
+        except web.HTTPException:
             raise
         except Exception as exc:
             # The one broad handler: a Redis failure is a 503 page and one log line; anything
@@ -405,14 +409,12 @@ class Console:
             )
         view = lead_view(state, rules, now_ms())
         chart = chart_block(
-            "score-chart",
+            "score",
             "The score after each moment of the lead's story (markers), its decay since the "
             "last one, engagement and fit where they are known, and the tier thresholds.",
             view.chart,
         )
-        return self.render(
-            request, "lead.html", lead=view, chart=chart, tiers=rules.tiers, charts=True
-        )
+        return self.render(request, "lead.html", lead=view, chart=chart, charts=True)
 
     async def kpis_page(self, request: web.Request) -> web.StreamResponse:
         """The outcomes KPIs and charts per model and rules version, from the stored counters."""
