@@ -220,10 +220,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
             _dev_console(settings, args.console_port),
         ]
         if args.demo:
-            from streamscore.dev.demo import DemoTraffic, HandoffPrinter
+            from streamscore.dev.demo import DemoCrm, DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
-            services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+            print("demo: a CRM answers the handoffs; `streamscore report` draws its outcomes")
+            traffic = DemoTraffic(settings, rate_per_s=args.rate)
+            services += [HandoffPrinter(settings), traffic, DemoCrm(settings, traffic)]
         if settings.delivery_webhook_urls:
             from streamscore.delivery.runner import DeliveryAgent
 
@@ -338,26 +340,77 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the sales-outcomes report (HTML, and its figures as JSON) from KPI counters."""
-    import orjson
-
+    """Write the sales-outcomes report (HTML, and its figures as JSON) from the KPI counters."""
     from streamscore.outcomes.kpi import compute_kpis
     from streamscore.outcomes.report import render_report
 
-    try:
-        data = orjson.loads(args.from_json.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
-    # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
-    counters = data.get("counters", data) if isinstance(data, dict) else None
-    if not isinstance(counters, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
-    ):
-        raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
-    tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+    counters, tiers = _kpi_counters(args)
     html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
+
+
+def cmd_kpis(args: argparse.Namespace) -> int:
+    """Print the sales-outcome KPIs per model and rules version (or --json)."""
+    import orjson
+
+    from streamscore.outcomes.kpi import compute_kpis
+
+    counters, tiers = _kpi_counters(args)
+    kpis = compute_kpis(counters, tiers)
+    if args.json:
+        print(orjson.dumps(kpis.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not kpis.cohorts:
+        print("no handoffs counted yet")
+    for cohort in kpis.cohorts:
+        print(f"model {cohort.model}, rules {cohort.rules_version}")
+        print(f"  {'tier':<10}{'handoffs':>9}{'touched':>9}{'opport.':>9}{'won':>7}{'rejected':>9}"
+              f"{'SLA met':>9}")  # fmt: skip
+        for t in (*cohort.by_tier, cohort.total):
+            sla = t.sla.attainment.value
+            met = "-" if sla is None else f"{sla:.0%}"
+            print(f"  {t.tier:<10}{t.handoffs:>9}{t.touched.k:>9}{t.opportunity.k:>9}"
+                  f"{t.won.k:>7}{t.rejected.k:>9}{met:>9}")  # fmt: skip
+        print(f"  lead-to-opportunity {_rate(cohort.lead_to_opportunity.value)}, "
+              f"opportunity-to-won {_rate(cohort.opportunity_to_won.value)}")  # fmt: skip
+    print(f"unattributed: {sum(kpis.unattributed.values())}, duplicates: {kpis.duplicates}")
+    return 0
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _kpi_counters(args: argparse.Namespace) -> tuple[dict[str, int], tuple[str, ...]]:
+    """KPI counters from --from-json, else from the worker's Redis (and the rules' tiers)."""
+    import asyncio
+
+    import orjson
+
+    from streamscore.scoring.rules import load_rules
+
+    if getattr(args, "from_json", None) is not None:
+        try:
+            data = orjson.loads(args.from_json.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
+        # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
+        counters = data.get("counters", data) if isinstance(data, dict) else None
+        if not isinstance(counters, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
+        ):
+            raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
+        tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+        return counters, tuple(tiers)
+    located = _client_settings(args)
+
+    async def read() -> dict[str, int]:
+        async with _open_store(located) as store:
+            return await store.kpi_counters()
+
+    tiers = tuple(t.name for t in load_rules(located.settings.rules_file).tiers)
+    return asyncio.run(read()), tiers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,11 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help=cmd_report.__doc__)
     report.add_argument(
-        "--from-json", type=Path, required=True, metavar="KPIS.json",
-        help="KPI counters: a report's .json, {\"counters\": {...}} or a bare field -> count map",
+        "--from-json", type=Path, metavar="KPIS.json",
+        help="KPI counters from a file (a report's .json, {\"counters\": {...}} or a bare "
+        "field -> count map) instead of the worker's Redis",
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
     report.set_defaults(func=cmd_report)
+
+    kpis = sub.add_parser("kpis", help=cmd_kpis.__doc__)
+    kpis.add_argument("--json", action="store_true", help="every figure, as JSON")
+    kpis.add_argument("--from-json", type=Path, metavar="KPIS.json", help="as for report")
+    kpis.set_defaults(func=cmd_kpis)
 
     add_lab_commands(sub)
     return parser

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     topic_unsubscribes: str = "ss.v1.unsubscribes"
     topic_profiles: str = "ss.v1.profiles"
     topic_track: str = "ss.v1.track"
+    topic_outcomes: str = "ss.v1.outcomes"
+    topic_sla_breaches: str = "ss.v1.sla-breaches"
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
@@ -92,6 +94,7 @@ class Settings(BaseSettings):
     decay_tick_s: float = Field(default=1.0, gt=0)
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
+    kpi_refresh_s: float = Field(default=15.0, gt=0)
     watchdog_stall_s: float = Field(default=30.0, gt=0)
 
     # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
@@ -284,6 +287,7 @@ class Settings(BaseSettings):
             self.topic_unsubscribes,
             self.topic_profiles,
             self.topic_track,  # last, so the indexes of benchmarks/workload.py stay valid
+            self.topic_outcomes,
         )
 
     @property
@@ -295,6 +299,7 @@ class Settings(BaseSettings):
             self.topic_tier_changes,
             self.topic_dead_letter,
             self.topic_delivery_dead_letter,
+            self.topic_sla_breaches,
         )
 
     @property
