@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from streamscore.runtime.pipeline import tell
+from streamscore.events.envelope import Event
+from streamscore.runtime.leads import CachedLead
+from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.scoring import state
 from streamscore.scoring.engine import decide
-from streamscore.scoring.outputs import Output
 from streamscore.scoring.story import items
 from streamscore.web.console.lead import CURVE_POINTS, chart_time, lead_view, score_chart
 from tests.state_support import HOUR, MIN, RULES_1H, T0, Ev
@@ -22,13 +23,13 @@ EVENTS = [
 
 
 def told_lead() -> state.LeadState:
-    """A lead whose story is recorded as the worker records it (pipeline.tell)."""
-    lead = state.new_lead("<b>ann</b>")
+    """A lead scored, and its story told, by the worker's own per-record rules (Scorer)."""
+    scorer = Scorer(dedup_window_ms=0, story_keep=12, sla_topic="sla")
+    lead = CachedLead("key", 0, state.new_lead("<b>ann</b>"), 0, b"", None)
     for i, (t, ev) in enumerate(EVENTS):
-        outputs: list[Output] = []
-        state.apply_event(lead, RULES, f"e{i}", t, decide(ev, RULES), 0, outputs)
-        tell(lead, RULES, t, "event", ev.type, outputs, 0, 12)
-    return lead
+        event = Event(f"e{i}", "<b>ann</b>", ev.type, t, ev.properties, ev.context, ev.traits)
+        assert scorer.event(lead, event, t, GroupWork(), RULES, Facts())
+    return lead.state
 
 
 def test_the_chart_draws_the_story_and_the_exact_stretch_since() -> None:
