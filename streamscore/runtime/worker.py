@@ -25,7 +25,7 @@ from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.guard import RedisGuard
 from streamscore.runtime.intake import DeadLetterSender, Pending, Rejected, parse_fetched
 from streamscore.runtime.kafka import make_consumer
-from streamscore.runtime.leads import LeadCache
+from streamscore.runtime.lanes import build_lanes
 from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.partitions import Partitions
 from streamscore.runtime.pipeline import Pipeline
@@ -85,10 +85,11 @@ class ScoringWorker:
         )
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)
-        self.emitter = Emitter(settings, producer, store, rules, sensor, self.guard)
-        self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
+        self.emitter = Emitter(producer, sensor, self.guard)
+        self.lanes = build_lanes(settings, sensor, rules, store)
+        sensor.models(name for lane in self.lanes for name in lane.holders)
         self.pipeline = Pipeline(
-            store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
+            self.lanes, self.ledger, self.emitter, sensor, self.guard,
             Scorer(
                 settings.dedup_window_s * 1000, settings.lead_story_max,
                 settings.topic_sla_breaches,
@@ -182,7 +183,7 @@ class ScoringWorker:
         ready = [] if self._holding else self.aligner.pop_ready(now, settings.batch_max_events)
         self.partitions.flow_control(consumer, self.aligner, settings.align_max_buffered)
         if ready:
-            await self.pipeline.submit(ready, self.rules.rules)
+            await self.pipeline.submit(ready)
         if time.monotonic() >= self._next_tick:
             await self.tick()
         if time.monotonic() >= self._next_commit:
@@ -318,7 +319,7 @@ class ScoringWorker:
 
         owned = {tp.partition for tp in self.partitions.assigned}
         advanced = await self.pipeline.submit_tick(
-            sorted(owned), until, self.settings.decay_tick_max_leads, self.rules.rules
+            sorted(owned), until, self.settings.decay_tick_max_leads
         )
         due = await self.guard(partial(self.store.due_count, owned, now))
         self.sensor.decay_due(due)
@@ -327,20 +328,42 @@ class ScoringWorker:
     async def redrive_outbox(self) -> int:
         """Re-send outputs recorded in Redis whose send was never acknowledged (e.g. a crash)."""
         older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
-        return await self.emitter.redrive(older_than)
+        return await self.emitter.redrive(self.lanes, older_than)
+
+    def reload_rules(self) -> None:
+        """Re-read every rules file (live, A/B arms, shadows) that changed on disk."""
+        for lane in self.lanes:
+            lane.reload_rules()
+
+    def reload_all_rules(self) -> None:
+        """Re-read every rules file now (SIGHUP)."""
+        self.rules.reload()
+        for lane in self.lanes:
+            for holder in lane.holders.values():
+                if holder is not self.rules:
+                    holder.reload()
+
+    async def kpi_counters(self) -> dict[str, int]:
+        """The KPI counters of every lane (model names keep them apart), summed over groups."""
+        total: dict[str, int] = {}
+        for lane in self.lanes:
+            for name, n in (await self.guard(lane.store.kpi_counters)).items():
+                total[name] = total.get(name, 0) + n
+        return total
 
     async def refresh_kpis(self) -> None:
-        """Read the KPI counters (summed over key groups) and hand the KPIs to the sensor."""
-        counters = await self.guard(self.store.kpi_counters)
+        """Read the KPI counters of every lane and hand the KPIs to the sensor."""
         tiers = [t.name for t in self.rules.rules.tiers]
-        self.sensor.kpis(compute_kpis(counters, tiers))
+        self.sensor.kpis(compute_kpis(await self.kpi_counters(), tiers))
 
     async def maintain(self) -> None:
         """Periodic upkeep: keep each tier index (the console's queue) to its best leads."""
         keep = self.settings.tier_index_max
-        for group in range(self.store.keys.groups):
-            for tier in self.rules.rules.tiers[1:]:
-                await self.guard(partial(self.store.trim_tier_index, group, tier.name, keep))
+        for lane in self.lanes:
+            tiers = {t.name for model in lane.models for t in model.rules.tiers[1:]}
+            for group in range(lane.keys.groups):
+                for tier in sorted(tiers):
+                    await self.guard(partial(lane.store.trim_tier_index, group, tier, keep))
 
     def describe(self) -> dict[str, Any]:
         """State for /readyz."""
