@@ -445,17 +445,28 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt as exc:
         # Whatever had started was stopped on the way out (DevStack, the worker's finally).
-        print(f"streamscore: stopped by {exc or 'SIGINT'}", file=sys.stderr)
-        interrupts.clear()
-        interrupts.forget_unhandled_interrupt()
-        return 0
+        return _stopped(str(exc) or "SIGINT")
     except (ConfigError, RulesError) as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StreamscoreError as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return 1
+    except Exception:
+        signal_name = interrupts.pending()
+        if signal_name is None:
+            raise
+        # The interrupt arrived while a library ran code under a catch-all that wraps what it
+        # catches (pydantic builds the settings' validators so): it is still a stop.
+        return _stopped(signal_name)
     return code
+
+
+def _stopped(signal_name: str) -> int:
+    print(f"streamscore: stopped by {signal_name}", file=sys.stderr)
+    interrupts.clear()
+    interrupts.forget_unhandled_interrupt()
+    return 0
 
 
 if __name__ == "__main__":
