@@ -82,7 +82,9 @@ class Emitter:
         self, lane: Lane, outputs: Sequence[ScoredOutput], records: Sequence[Record] = ()
     ) -> list[asyncio.Future[Any]]:
         topics = lane.topics
-        futures = []
+        futures: list[asyncio.Future[Any]] = []
+        if topics is None:
+            return futures  # a replay without output topics: recorded, acknowledged, dropped
         for output in outputs:
             model = lane.model_for(output.output.lead_id)
             msg = format_output(output, lane.holders[model.name].tier_rank)

@@ -21,6 +21,7 @@ from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.rules import CompiledRules
 from streamscore.store.keys import KeySpace
+from streamscore.store.namespaces import shadow_namespace
 from streamscore.store.store import RedisStore
 
 #: The KPI model name of the live rules when no experiment splits them.
@@ -50,7 +51,8 @@ class Lane:
     keys: KeySpace
     store: RedisStore
     cache: LeadCache
-    topics: OutputTopics
+    #: None: the lane's outputs are recorded and dropped (a replay without output topics).
+    topics: OutputTopics | None
     #: Model name -> its rules (one entry, or one per A/B arm).
     holders: dict[str, RulesHolder]
     experiment: Experiment | None = None
@@ -87,11 +89,21 @@ class Lane:
 
 
 def build_lanes(
-    settings: Settings, sensor: Sensor, live_rules: RulesHolder, store: RedisStore
+    settings: Settings,
+    sensor: Sensor,
+    live_rules: RulesHolder,
+    store: RedisStore,
+    *,
+    emit: bool = True,
+    model: str = LIVE,
 ) -> list[Lane]:
-    """The live lane (split into A/B arms when an experiment is set), then any shadow lane."""
+    """The live lane (split into A/B arms when an experiment is set), then any shadow lane.
+
+    `emit=False` (a replay without output topics): outputs are not sent anywhere. `model`
+    names the live lane's rules in KPIs and funnels (a replay's name, in a replay).
+    """
     dedup = settings.dedup_window_s
-    holders = {LIVE: live_rules}
+    holders = {model: live_rules}
     experiment = None
     if settings.ab_experiment_file is not None:
         experiment = load_experiment(settings.ab_experiment_file)
@@ -106,14 +118,18 @@ def build_lanes(
         LeadCache(store.keys, store, settings.lead_cache_max),
         OutputTopics(
             settings.topic_handoffs, settings.topic_tier_changes, settings.topic_sla_breaches
-        ),
+        )
+        if emit
+        else None,
         holders,
         experiment,
     )
     lanes = [live]
     if settings.shadow_rules_file is not None:
         name = settings.shadow_model
-        keys = KeySpace(f"{settings.redis_key_prefix}:m:{name}", settings.redis_key_groups)
+        keys = KeySpace(
+            shadow_namespace(settings.redis_key_prefix, name).prefix, settings.redis_key_groups
+        )
         shadow_store = RedisStore(store.client, keys)
         lanes.append(
             Lane(

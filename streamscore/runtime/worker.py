@@ -25,11 +25,12 @@ from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.guard import RedisGuard
 from streamscore.runtime.intake import DeadLetterSender, Pending, Rejected, parse_fetched
 from streamscore.runtime.kafka import make_consumer
-from streamscore.runtime.lanes import build_lanes
+from streamscore.runtime.lanes import LIVE, build_lanes
 from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.partitions import Partitions
 from streamscore.runtime.pipeline import Pipeline
 from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.scope import ReplayScope
 from streamscore.runtime.scorer import Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.store.store import RedisStore
@@ -70,8 +71,11 @@ class ScoringWorker:
         rules: RulesHolder,
         store: RedisStore,
         producer: AIOKafkaProducer,
+        scope: ReplayScope | None = None,
     ) -> None:
         self.settings = settings
+        #: Set for a replay: the history it rescores; None live.
+        self.scope = scope
         self.sensor = sensor
         self.rules = rules
         self.store = store
@@ -79,14 +83,17 @@ class ScoringWorker:
         self.limits = Limits.from_settings(settings)
         self.kinds = settings.topic_kinds
         self.guard = RedisGuard(settings, sensor, on_health=self._report_readiness)
-        self.partitions = Partitions(settings.input_topics, sensor)
+        self.partitions = Partitions(settings.input_topics, sensor, scope)
         self.aligner: Aligner[TopicPartition, Pending] = Aligner(
             _merge_key, _offset, settings.align_max_wait_ms
         )
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)
         self.emitter = Emitter(producer, sensor, self.guard)
-        self.lanes = build_lanes(settings, sensor, rules, store)
+        self.lanes = build_lanes(
+            settings, sensor, rules, store,
+            emit=scope is None or scope.emit, model=LIVE if scope is None else scope.model,
+        )  # fmt: skip
         sensor.models(name for lane in self.lanes for name in lane.holders)
         self.pipeline = Pipeline(
             self.lanes, self.ledger, self.emitter, sensor, self.guard,
@@ -143,7 +150,7 @@ class ScoringWorker:
         await consumer.start()
         try:
             async with self.pipeline.running():
-                while not stopping.is_set():
+                while not stopping.is_set() and not self.finished():
                     self.pipeline.check()  # re-raises the apply stage's failure
                     await self.step(consumer)
                 await self.pipeline.drain()
@@ -158,6 +165,15 @@ class ScoringWorker:
                 await consumer.stop()
                 self.consumer = None
 
+    def finished(self) -> bool:
+        """A replay's history is scored (live, never)."""
+        return (
+            self.scope is not None
+            and self.scope.reached(self.partitions.positions)
+            and not self.aligner.buffered()
+            and self.pipeline.idle
+        )
+
     async def step(self, consumer: AIOKafkaConsumer) -> int:
         """One fetch; hand what the aligner releases to the pipeline; returns its size."""
         settings = self.settings
@@ -168,6 +184,9 @@ class ScoringWorker:
         records = await consumer.getmany(
             timeout_ms=settings.fetch_timeout_ms, max_records=settings.batch_max_events
         )
+        scope = self.scope
+        if scope is not None:
+            records = scope.clip(records)  # what arrived after the replay started is not its own
         now = now_ms()
         valid, rejected = await parse_fetched(records, self.kinds, self.limits, now)
         for tp, pending in valid:
@@ -175,9 +194,15 @@ class ScoringWorker:
                 position = records[tp][-1].offset + 1
                 self.partitions.positions[tp] = position
                 self.ledger.fetched(tp, position)
-                self.aligner.push(tp, pending)
+                if scope is not None:
+                    self.aligner.push(tp, [p for p in pending if scope.admits(p.event)])
+                else:
+                    self.aligner.push(tp, pending)
         if rejected:
-            await self._dead_letter(rejected, now)
+            if scope is None:
+                await self._dead_letter(rejected, now)
+            else:
+                scope.invalid += len(rejected)  # dead-lettered when the live worker met them
         for tp, position, highwater in await self.partitions.observe(consumer, self.aligner, now):
             await self.restart_partition(consumer, tp, position, highwater)
         ready = [] if self._holding else self.aligner.pop_ready(now, settings.batch_max_events)
@@ -311,7 +336,9 @@ class ScoringWorker:
         """
         self._next_tick = time.monotonic() + self.settings.decay_tick_s
         now = now_ms()
-        caught_up = self.aligner.caught_up() and self.pipeline.idle
+        # A replay never judges beyond its events' times: its state is history's, and two
+        # replays of the same history end in the same state.
+        caught_up = self.scope is None and self.aligner.caught_up() and self.pipeline.idle
         times = self.pipeline.partition_time_ms
 
         def until(partition: int) -> int:
