@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, deliver, dev, rules check, lead, report."""
+"""The `streamscore` command: worker, collector, deliver, console, dev, rules check, lead..."""
 
 from __future__ import annotations
 
@@ -180,6 +180,19 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """Serve the console (queue, leads, KPIs, models, rules) for sales and marketing ops."""
+    import logging.config
+
+    from streamscore.logs import logging_config
+    from streamscore.web.console.app import run_console
+
+    settings = _client_settings(args).settings
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    run_console(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.dev import DevStack, free_port
@@ -202,7 +215,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"redis url: {without_password(stack.redis_url)}", flush=True)
         print(f"metrics url: {web_url}/metrics", flush=True)
         print(f"rules: {base.rules_file} (lead state: {web_url}/leads/ID)")
-        services: list[Any] = [_dev_collector(settings, args.collector_port, args.kafka is None)]
+        services: list[Any] = [
+            _dev_collector(settings, args.collector_port, args.kafka is None),
+            _dev_console(settings, args.console_port),
+        ]
         if args.demo:
             from streamscore.dev.demo import DemoCrm, DemoTraffic, HandoffPrinter
 
@@ -252,24 +268,37 @@ def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
     return CollectorService(collector)
 
 
+def _dev_console(settings: Settings, port: int) -> Any:
+    """The console as a service of the dev process, on 127.0.0.1; prints its URL."""
+    from streamscore.dev import free_port
+    from streamscore.web.console.app import console_url
+    from streamscore.web.console.service import ConsoleService
+
+    console = settings.model_copy(
+        update={"console_host": "127.0.0.1", "console_port": port or free_port()}
+    )
+    access = "token: your console_token" if console.console_token else "no login: 127.0.0.1 only"
+    print(f"console url: {console_url(console)} ({access})", flush=True)
+    return ConsoleService(console)
+
+
 def cmd_rules_check(args: argparse.Namespace) -> int:
     """Validate rules files; print each error with its location."""
-    from streamscore.scoring.rules import load_rules
+    from streamscore.scoring.rules import check_lines
 
     failed = False
     for path in args.files:
         try:
-            rules = load_rules(Path(path))
-        except RulesError as exc:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
             failed = True
-            for problem in exc.problems:
-                print(f"{path}: {problem}", file=sys.stderr)
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
             continue
-        print(
-            f"{path}: OK (version {rules.version}, {len(rules.engagement)} engagement rules, "
-            f"{sum(len(a.fit_rules) for a in rules.attributes)} fit rules, "
-            f"tiers {'/'.join(t.name for t in rules.tiers)})"
-        )
+        # The same lines as the console's validation of a pasted candidate.
+        ok, lines = check_lines(text, path)
+        failed = failed or not ok
+        for line in lines:
+            print(line, file=sys.stdout if ok else sys.stderr)
     return 1 if failed else 0
 
 
@@ -406,7 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--web-port", type=int, default=0, help="HTTP port (default: a free one)")
     dev.add_argument("--rate", type=float, default=150.0, help="demo events per second")
     dev.add_argument("--collector-port", type=int, default=0, help="collector port (default: free)")
+    dev.add_argument("--console-port", type=int, default=0, help="console port (default: free)")
     dev.set_defaults(func=cmd_dev)
+
+    console = sub.add_parser("console", help=cmd_console.__doc__)
+    console.set_defaults(func=cmd_console)
 
     rules = sub.add_parser("rules", help="rules file tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)

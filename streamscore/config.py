@@ -18,7 +18,8 @@ from streamscore.events.types import TopicKind
 
 ENV_PREFIX = "STREAMSCORE_"
 CONFIG_FILE_ENV = "STREAMSCORE_CONFIG_FILE"
-#: A shorter signing secret is guessable offline from one signed request.
+#: A shorter signing secret is guessable offline from one signed request (and a shorter console
+#: token by trying the login form).
 MIN_SIGNING_SECRET_CHARS = 16
 
 
@@ -126,6 +127,16 @@ class Settings(BaseSettings):
     delivery_concurrency: int = Field(default=16, ge=1, le=1024)
     delivery_web_port: int = Field(default=6067, ge=0, le=65535)
 
+    # Console (`streamscore console`, and `streamscore dev`): pages for sales and marketing ops.
+    # It shows personal data, so outside `dev` it refuses to start without a token.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=6068, ge=0, le=65535)
+    console_token: SecretStr | None = None
+    console_session_s: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+    console_queue_size: int = Field(default=50, ge=1, le=1000)
+    console_refresh_s: float = Field(default=30.0, ge=1, le=3600)
+    console_lab_dir: Path | None = None
+
     # Web, logging
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -229,6 +240,14 @@ class Settings(BaseSettings):
     @field_validator("delivery_signing_secret")
     @classmethod
     def _signing_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
+        return value
+
+    @field_validator("console_token")
+    @classmethod
+    def _console_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # The token is the console's only credential and a login form can be tried at will.
         if value is not None and len(value.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:
             raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
         return value

@@ -214,6 +214,12 @@ def test_dev_demo_shows_a_handoff_and_leaves_no_process(
     with urllib.request.urlopen(metrics_url, timeout=5) as resp:
         body = resp.read().decode()
     assert "streamscore_handoffs_total" in body
+    # The console, open without a login on 127.0.0.1, lists the hot lead that was handed off.
+    console_url = process.wait_for(r"^console url: (http://127\.0\.0\.1:\d+/) \(no login").group(1)
+    with urllib.request.urlopen(console_url, timeout=10) as resp:
+        queue = resp.read().decode()
+    hot = queue.split('data-tier="hot"', 1)[1].split("</section>", 1)[0]
+    assert "<tr data-lead-id=" in hot and "handed off" in hot
     process.watch(0)
     assert len(process.seen) >= 2, "expected the broker and Valkey as children"
     code, _ = process.stop(stop_signal)
