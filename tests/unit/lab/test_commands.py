@@ -83,8 +83,8 @@ def test_diff_prints_tables_and_writes_the_page(
         write_lines(tmp_path / f"{name}.jsonl", rows)
     html = tmp_path / "diff.html"
     code = main(
-        ["diff", str(tmp_path / "live.jsonl"), str(tmp_path / "candidate.jsonl"), "--outcomes", str(tmp_path / "outcomes.jsonl"),
-         "--html", str(html)]
+        ["diff", str(tmp_path / "live.jsonl"), str(tmp_path / "candidate.jsonl"),
+         "--outcomes", str(tmp_path / "outcomes.jsonl"), "--html", str(html)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
