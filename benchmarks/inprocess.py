@@ -1,9 +1,9 @@
 """The worker's real scoring pipeline, driven in-process without Kafka (memory and stage phases).
 
-`InProcessPipeline` builds the runtime's own LeadCache, OffsetLedger and Pipeline on a Redis
-store, so lead values, due sets and offsets are written exactly as the worker writes them: one
-MGET per key group of misses, apply_event per event, one commit.lua call per key group and
-batch. Only the broker is missing: outbox entries are acknowledged as soon as they are recorded.
+`InProcessPipeline` builds the runtime's own LeadCache, live Lane, OffsetLedger and Pipeline on
+a Redis store, so lead values, due sets and offsets are written exactly as the worker writes
+them: one MGET per key group of misses, apply_event per event, one commit.lua call per key group
+and batch. Only the broker is missing: outbox entries are acknowledged as soon as recorded.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from streamscore.config import Settings
 from streamscore.events import Event
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import Pending
+from streamscore.runtime.lanes import LIVE, Lane
 from streamscore.runtime.leads import LeadCache
 from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.pipeline import Pipeline
+from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.scorer import Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.rules import CompiledRules
@@ -37,15 +39,27 @@ async def _direct(op: Callable[[], Awaitable[T]]) -> T:
     return await op()
 
 
+class FixedRules(RulesHolder):
+    """Rules already compiled, never reloaded: the lane's holder without a file."""
+
+    def __init__(self, rules: CompiledRules, dedup_window_s: int) -> None:  # no file to read
+        self._dedup_window_ms = dedup_window_s * 1000
+        self.rules = rules
+        self._derive(rules)
+
+    def reload_if_changed(self) -> bool:
+        return False
+
+
 class AckingEmitter(Emitter):
     """Counts outputs and deletes their outbox entry at once: there is no broker to send to."""
 
-    def __init__(self, store: RedisStore) -> None:  # no super(): nothing is produced
-        self._store = store
+    def __init__(self) -> None:  # no super(): nothing is produced
         self.outputs = 0
 
     async def emit(
         self,
+        lane: Lane,
         group: int,
         entry_id: str,
         outputs: Sequence[ScoredOutput],
@@ -53,7 +67,7 @@ class AckingEmitter(Emitter):
     ) -> None:
         self.outputs += len(outputs) + len(records)
         if entry_id:
-            await self._store.ack_outbox(group, [entry_id])
+            await lane.store.ack_outbox(group, [entry_id])
 
 
 class InProcessPipeline:
@@ -64,10 +78,13 @@ class InProcessPipeline:
         self.rules = rules
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.cache = LeadCache(store.keys, store, 10_000_000)
-        self.emitter = AckingEmitter(store)
+        self.lane = Lane(
+            LIVE, store.keys, store, self.cache, None, {LIVE: FixedRules(rules, dedup_window_s)}
+        )
+        self.emitter = AckingEmitter()
         defaults = Settings()
         self.pipeline = Pipeline(
-            store.keys, store, self.cache, self.ledger, self.emitter, Sensor(), _direct,
+            [self.lane], self.ledger, self.emitter, Sensor(), _direct,
             Scorer(dedup_window_s * 1000, defaults.lead_story_max, defaults.topic_sla_breaches),
         )  # fmt: skip
         self._offsets: dict[TopicPartition, int] = {}
@@ -97,7 +114,7 @@ class InProcessPipeline:
             offset = offsets.get(tp, 0)
             offsets[tp] = offset + 1
             ready.append((tp, Pending(ev, offset, 0)))
-        await self.pipeline.submit(ready, self.rules)
+        await self.pipeline.submit(ready)
 
     async def drain(self) -> None:
         """Wait until every submitted batch is committed."""
