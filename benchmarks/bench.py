@@ -60,7 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=4, help="partitions per input topic")
     p.add_argument("--batch", type=int, default=5000, help="batch_max_events of (a); (c)'s batch")
     p.add_argument(
-        "--runs", default="a,b,c,q", help="simple-job runs, of a,b,c,q (default: all four)"
+        "--runs",
+        default="a,b,c,q,r,s",
+        help="simple-job runs, of a,b,c,q,r,s (default: all six): r is `streamscore replay`, "
+        "s the worker with one shadow model",
     )
     p.add_argument(
         "--full-runs",

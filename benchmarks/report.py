@@ -14,7 +14,7 @@ TARGETS = (
     ("a_over_c", "a/c (streamscore over the minimal loop)", ">=", 0.5),
     ("cpu_a_over_c", "CPU per event, a over c", "<=", 2.0),
 )
-SIMPLE_ORDER = ("a", "b", "c", "q")
+SIMPLE_ORDER = ("a", "b", "c", "q", "r", "s")
 FULL_ORDER = ("a", "b")
 #: The full job's (a) on the Lua engine, 1M events, median of 3 (full-run-ff36c75.md, a loaded
 #: machine): what issue 16's "at least 1.5x today's (a)" refers to.
@@ -73,7 +73,8 @@ def throughput_table(runs: Sequence[dict[str, Any]], checks: dict[str, Any] | No
                 cpu.get("total"),
                 r["peak_rss_mb"],
                 r.get("others_cpu_s"),
-                check_summary(checks.get(r["name"]))
+                # (s) is checked in both its namespaces, live and shadow.
+                check_summary(checks.get(r["name"], []) + checks.get(f"{r['name']}:shadow", []))
                 if r["completed"] and checks is not None
                 else "-",
                 window + (f"; {r['note']}" if r.get("note") else ""),
@@ -235,6 +236,18 @@ def _simple(s: dict[str, Any], args: dict[str, Any]) -> list[str]:
             f"{label} = {_ratio(value)} (target {op} {bound:g}: {'met' if met else 'MISSED'})"
         )
     parts.append("; ".join(verdicts) + f"; a/b = {_ratio(ratios.get('a_over_b'))}.")
+    if "r" in runs:
+        parts.append(
+            f"(r) replay: r/a = {_ratio(ratios.get('r_over_a'))} of the worker's throughput "
+            "(the same worker, pointed at a replay namespace, its own group and topics)."
+        )
+    if "s" in runs:
+        parts.append(
+            f"(s) one shadow model: s/a = {_ratio(ratios.get('s_over_a'))} of (a)'s throughput; "
+            f"+{_fmt(ratios.get('shadow_cpu_us'))} us of CPU per event in all, "
+            f"+{_fmt(ratios.get('shadow_process_cpu_us'))} in the worker (s minus a, same run); "
+            "its check covers the live and the shadow namespace."
+        )
     for name, why in s.get("skipped", {}).items():
         parts.append(f"({name}) {why}.")
     repeat = args.get("repeat", 1)

@@ -1,8 +1,10 @@
 """Phase: throughput runs over a job's pre-produced topics, medians of --repeat, each checked.
 
-Simple job: (a) the streamscore worker, (b) a per-event Faust agent, (c) the minimal loop and
-(q) Quix Streams; every completed run is checked against the reference (same per-lead scores,
-same set of handoffs). Full job: (a) on the example rules (and, on request, (b)); completed
+Simple job: (a) the streamscore worker, (b) a per-event Faust agent, (c) the minimal loop,
+(q) Quix Streams, (r) `streamscore replay` of the same topics into a replay namespace and (s) the
+worker with one shadow model (the same rules under another version) beside the live one; every
+completed run is checked against the reference (same per-lead scores, same set of handoffs),
+(s) in both its namespaces. Full job: (a) on the example rules (and, on request, (b)); completed
 runs are compared with each other.
 """
 
@@ -25,6 +27,7 @@ from benchmarks.kafkaio import create_topics, read_topic, topic_records
 from benchmarks.latency import scrape_worker_metrics
 from benchmarks.measure import (
     RunResult,
+    applied_count,
     file_progress,
     measure,
     offsets_hash_progress,
@@ -33,6 +36,7 @@ from benchmarks.measure import (
 from benchmarks.memory import sample_workload
 from benchmarks.session import RULES_FILE, SIMPLE_RULES_FILE, JobData, Session, say
 from benchmarks.simple_reference import Expected
+from benchmarks.simple_reference import LeadScore as SimpleScore
 from benchmarks.simplecheck import (
     Check,
     RunOutcome,
@@ -44,10 +48,15 @@ from benchmarks.simplecheck import (
 )
 from benchmarks.statecheck import LeadScore, compare, read_scores
 from streamscore.config import Settings
+from streamscore.runtime.lanes import shadow_topics
+from streamscore.runtime.replay import replay_topics
 from streamscore.scoring.rules import CompiledRules, load_rules
 from streamscore.store.keys import KeySpace
+from streamscore.store.namespaces import replay_namespace, shadow_namespace
 
-Kind = Literal["worker", "faust", "minimal", "quix"]
+Kind = Literal["worker", "faust", "minimal", "quix", "replay", "shadow"]
+#: The runs that are streamscore (its rules file, its state check).
+STREAMSCORE_KINDS = ("worker", "faust", "replay", "shadow")
 R = TypeVar("R")
 
 #: Settings that make (a)'s merge exact on a replay (the aligner waits for every partition),
@@ -81,6 +90,8 @@ SIMPLE_RUNS = {
     "b": RunSpec("b", "per-event Faust agent", "faust"),
     "c": RunSpec("c", "minimal aiokafka loop, one Lua call per batch", "minimal"),
     "q": RunSpec("q", f"Quix Streams {quix_version()}", "quix"),
+    "r": RunSpec("r", "streamscore replay into a replay namespace", "replay"),
+    "s": RunSpec("s", "streamscore worker, one shadow model beside live", "shadow"),
 }
 FULL_RUNS = {
     "a": RunSpec("a", "streamscore worker", "worker"),
@@ -162,12 +173,12 @@ class ThroughputPhase:
         streamscore_rules: Path | None = RULES_FILE
         decay_penalties = True
         streamscore_note = ""
-        if job == "simple" and {"a", "b"} & set(wanted):
+        if job == "simple" and {"a", "b", "r", "s"} & set(wanted):
             streamscore_rules, decay_penalties, streamscore_note = streamscore_simple_rules(
                 self.session
             )
             if streamscore_rules is None:
-                for name in ("a", "b"):
+                for name in ("a", "b", "r", "s"):
                     if name in wanted:
                         skipped[name] = streamscore_note
                         say(f"({name}) {streamscore_note}")
@@ -179,7 +190,7 @@ class ThroughputPhase:
                 spec = specs[name]
                 if name in skipped:
                     continue
-                uses_streamscore = spec.kind in ("worker", "faust")
+                uses_streamscore = spec.kind in STREAMSCORE_KINDS
                 note = streamscore_note if uses_streamscore and job == "simple" else spec.note
                 expected = self.data.expected
                 if uses_streamscore and not decay_penalties:
@@ -189,8 +200,8 @@ class ThroughputPhase:
                         spec, rep, streamscore_rules, note, expected, scores
                     )
                     measured.setdefault(name, []).append(result)
-                    if found is not None:
-                        checks.setdefault(name, []).append(found.as_dict())
+                    for key, c in found.items():
+                        checks.setdefault(key, []).append(c.as_dict())
         finally:
             self.client.close()
         runs = {name: median_by(rs, lambda r: r.events_per_s) for name, rs in measured.items()}
@@ -215,10 +226,18 @@ class ThroughputPhase:
         note: str,
         expected: Expected | None,
         scores: dict[str, dict[str, LeadScore]],
-    ) -> tuple[RunResult, Check | None]:
+    ) -> tuple[RunResult, dict[str, Check]]:
+        """One measured run; its reference checks by name ((s): also `s:shadow`)."""
         session, data, args = self.session, self.data, self.args
         run = f"{data.job}-{spec.name}" + (f".r{rep}" if rep else "")
         outputs = session.output_topics(run)
+        # The namespaces and topics other than the run's own: (r) writes into a replay
+        # namespace and its topics, (s) into the live one and a shadow model's.
+        replay_name = f"bench-{session.suffix}-{spec.name}{rep}"
+        shadow_model = f"s{session.suffix}_{rep}"
+        if spec.kind == "replay":
+            outputs = replay_topics(replay_name)
+        extra_topics: list[str] = []
         create_topics(self.bootstrap, list(outputs.values()), args.partitions)
         # Every run starts on an empty server: with the earlier runs' keys left in place, Redis
         # CPU for the same work grew run after run (benchmarks/README.md).
@@ -230,22 +249,43 @@ class ThroughputPhase:
         )
         settings: Settings | None = None
         keyspace: KeySpace | None = None
+        shadow_keys: KeySpace | None = None
         state_dir = session.log_dir / f"{run}-state"
         scrape = None
-        if spec.kind in ("worker", "faust"):
+        if spec.kind in STREAMSCORE_KINDS:
             overrides: dict[str, Any] = {"rules_file": rules or RULES_FILE}
-            if spec.kind == "worker":
+            if spec.kind != "faust":
                 if data.job == "simple":
                     overrides.update(EXACT_REPLAY)
                 overrides.update(args.worker_settings)
+            if spec.kind == "shadow":
+                overrides["shadow_rules_file"] = shadow_rules(session.log_dir, rules or RULES_FILE)
+                overrides["shadow_model"] = shadow_model
             settings = session.settings(data.inputs, run, **overrides)
-            keyspace = KeySpace(settings.redis_key_prefix, settings.redis_key_groups)
+            groups = settings.redis_key_groups
+            keyspace = KeySpace(settings.redis_key_prefix, groups)
+            if spec.kind == "replay":
+                # The run's state is the replay namespace's; its own prefix stays empty.
+                keyspace = KeySpace(
+                    replay_namespace(settings.redis_key_prefix, replay_name).prefix, groups
+                )
             progress = redis_offsets_progress(self.client, keyspace)
+            if spec.kind == "shadow":
+                shadow_keys = KeySpace(
+                    shadow_namespace(settings.redis_key_prefix, shadow_model).prefix, groups
+                )
+                # Applied in both namespaces (the shadow lane commits after the live one).
+                progress = partial(_both_applied, self.client, keyspace, shadow_keys)
+                # The shadow's own topics (handoffs first), which the worker does not create.
+                extra_topics = list(shadow_topics(settings))
+                create_topics(self.bootstrap, extra_topics, args.partitions)
             module, child_args = {
                 "worker": ("streamscore.cli", ["worker"]),
+                "shadow": ("streamscore.cli", ["worker"]),
                 "faust": ("benchmarks.faust_baseline", []),
+                "replay": ("benchmarks.replay_child", ["--name", replay_name]),
             }[spec.kind]
-            if spec.kind == "worker":
+            if spec.kind in ("worker", "shadow"):
                 scrape = partial(
                     scrape_worker_metrics, f"http://127.0.0.1:{settings.web_port}/metrics"
                 )
@@ -285,6 +325,8 @@ class ThroughputPhase:
             )
             if result.completed:
                 self._wait_outputs(outputs["topic_handoffs"])
+                if shadow_keys is not None:
+                    self._wait_outputs(extra_topics[0])
         finally:
             exit_code = child.stop()
         result.exit_code = exit_code
@@ -301,9 +343,9 @@ class ThroughputPhase:
                 scores[run] = read_scores(self.client, keyspace, _rules_of(settings))
             if spec.name == "a" and session.workload_memory is None and keyspace is not None:
                 session.workload_memory = sample_workload(self.client, keyspace)
-            return result, None
+            return result, {}
         if not result.completed or expected is None:
-            return result, None
+            return result, {}
         if spec.kind == "minimal":
             lead_scores = minimal_loop_scores(self.client, prefix)
         elif spec.kind == "quix":
@@ -312,19 +354,38 @@ class ThroughputPhase:
         else:
             assert keyspace is not None
             lead_scores = worker_scores(self.client, keyspace, _rules_of(settings))
+        handoffs_topic = outputs["topic_handoffs"]
+        found = {spec.name: self._check(spec.name, expected, lead_scores, handoffs_topic)}
+        if shadow_keys is not None:
+            assert settings is not None and settings.shadow_rules_file is not None
+            shadow_scores = worker_scores(
+                self.client, shadow_keys, load_rules(settings.shadow_rules_file)
+            )
+            name = f"{spec.name}:shadow"
+            found[name] = self._check(name, expected, shadow_scores, extra_topics[0])
+        return result, found
+
+    def _check(
+        self,
+        name: str,
+        expected: Expected,
+        lead_scores: dict[str, SimpleScore],
+        handoffs_topic: str,
+    ) -> Check:
+        """One namespace's lead scores and one handoff topic against the reference."""
         handoffs, records = parse_handoffs(
-            read_topic(self.bootstrap, outputs["topic_handoffs"], args.partitions)
+            read_topic(self.bootstrap, handoffs_topic, self.args.partitions)
         )
-        found = check(spec.name, expected, RunOutcome(lead_scores, handoffs, records))
+        found = check(name, expected, RunOutcome(lead_scores, handoffs, records))
         say(
-            f"({spec.name}) reference check {'OK' if found.ok else 'MISMATCH'}: "
+            f"({name}) reference check {'OK' if found.ok else 'MISMATCH'}: "
             f"{found.leads_got:,}/{found.leads_expected:,} leads, {found.score_mismatches} score "
             f"and {found.time_mismatches} time mismatches (max rel diff "
             f"{found.max_rel_diff:.1e}); handoffs {found.handoffs_got:,}/"
             f"{found.handoffs_expected:,}, {found.missing_handoffs} missing, "
             f"{found.extra_handoffs} extra, {found.duplicate_handoffs} duplicate records"
         )
-        return result, found
+        return found
 
     def _wait_outputs(self, topic: str) -> None:
         """Let a run's last handoffs reach their topic (outside the measured window)."""
@@ -369,12 +430,45 @@ def simple_ratios(runs: dict[str, RunResult]) -> dict[str, float | None]:
     def ratio(x: float | None, y: float | None) -> float | None:
         return x / y if x and y else None
 
+    def minus(x: float | None, y: float | None) -> float | None:
+        return x - y if x is not None and y is not None else None
+
+    split = {k: cpu_us_per_event(v) for k, v in runs.items()}
     return {
         "a_over_q": ratio(rate.get("a"), rate.get("q")),
         "a_over_c": ratio(rate.get("a"), rate.get("c")),
         "a_over_b": ratio(rate.get("a"), rate.get("b")),
         "cpu_a_over_c": ratio(cpu.get("a"), cpu.get("c")),
+        "r_over_a": ratio(rate.get("r"), rate.get("a")),
+        "s_over_a": ratio(rate.get("s"), rate.get("a")),
+        # The shadow model's cost: (s)'s CPU per event over (a)'s, in all and in the worker.
+        "shadow_cpu_us": minus(cpu.get("s"), cpu.get("a")),
+        "shadow_process_cpu_us": minus(
+            split.get("s", {}).get("process"), split.get("a", {}).get("process")
+        ),
     }
+
+
+def shadow_rules(directory: Path, rules: Path) -> Path:
+    """(s)'s shadow rules, written to `directory`: the live rules under another version string
+    (so the same scores)."""
+    path = directory / f"shadow-{rules.name}"
+    if not path.exists():
+        live = load_rules(rules).version
+        text = rules.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if line.startswith("version:"):
+                lines[i] = f'version: "{live}-shadow"\n'
+                break
+        else:
+            raise RuntimeError(f"{rules}: no top-level `version:` line to rename")
+        path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def _both_applied(client: redis.Redis, live: KeySpace, shadow: KeySpace) -> int:
+    return min(applied_count(client, live), applied_count(client, shadow))
 
 
 def _rules_of(settings: Settings | None) -> CompiledRules:
