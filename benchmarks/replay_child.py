@@ -3,10 +3,10 @@
 It rescores the pre-produced input topics into the replay namespace `<prefix>:r:<name>` under
 the rules file of its STREAMSCORE_* settings, sending its outputs to the replay's own topics
 (`ss.v1.replay.<name>.*`), exactly as `streamscore replay --rules FILE --name NAME --outputs
-topics` does. The settings come from the environment only, never from a `streamscore dev`
-stack found on the machine (which the command would look for). Once the replay has finished, it
-prints its result as one JSON line and waits for SIGTERM, so that the benchmark measures it
-like any other run and stops it by its PID.
+topics` does, with the same garbage-collector settings. The settings come from the environment
+only, never from a `streamscore dev` stack found on the machine (which the command would look
+for). Once the replay has finished, it prints its result as one JSON line and waits for
+SIGTERM, so that the benchmark measures it like any other run and stops it by its PID.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 
 import orjson
 
+from streamscore.cli import tune_gc
 from streamscore.config import load_settings
 from streamscore.runtime.replay import ReplayRequest, run_replay
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--name", required=True, help="the replay's name (its namespace)")
     args = p.parse_args(argv)
+    tune_gc()  # as `streamscore replay` (and `streamscore worker`) do
     asyncio.run(_replay(args.name))
 
 

@@ -359,6 +359,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if (request.from_ms or 0) > (request.until_ms or sys.maxsize):
         raise ConfigError("--from is after --until")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from streamscore.cli import tune_gc
+
+    tune_gc()  # a replay is the worker's hot path: the same collector settings as `worker`
     bar = None if args.quiet else _progress_bar(f"replay:{name}")
     try:
         result = asyncio.run(run_replay(located.settings, request, bar))
