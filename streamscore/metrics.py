@@ -22,6 +22,16 @@ OUTCOMES = ("scored", "rejected", "duplicate")
 SCRIPTS = ("commit",)
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
 REDIS_FAILURES = ("transient", "backpressure")
+#: Custom track events at intake (runtime.tracking): scored, dropped, or dead-lettered.
+TRACK_OUTCOMES = ("accepted", "ignored", "dead_lettered")
+#: What became of an identity merge request (runtime.edges, scoring.identity).
+IDENTITY_RESULTS = (
+    "requested", "merged", "refused_known", "refused_taken", "refused_cycle", "refused_limit",
+)  # fmt: skip
+ACCOUNT_UPDATE_KINDS = ("member", "leave")
+ACCOUNT_UPDATE_RESULTS = ("applied", "stale")
+#: A forget request found the lead (forgotten), or it had been forgotten already.
+FORGET_RESULTS = ("forgotten", "already_forgotten")
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,13 @@ class Metrics:
     decay_due_leads: Gauge
     pipeline_stalled_seconds: Gauge
     handoff_visible_seconds: Histogram
+    track_events_total: Counter
+    identity_merges_total: Counter
+    identity_forwarded_total: Counter
+    account_updates_total: Counter
+    account_handoffs_total: Counter
+    forget_requests_total: Counter
+    forgotten_dropped_total: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None = None, *, process: bool = True) -> Metrics:
@@ -184,6 +201,51 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             buckets=LATENCY_BUCKETS_S,
             registry=reg,
         ),
+        track_events_total=Counter(
+            "streamscore_track_events_total",
+            "Custom track events at intake, by name (the names the rules give; any other is "
+            "`other`) and outcome (accepted for scoring, ignored, dead_lettered).",
+            ["event", "outcome"],
+            registry=reg,
+        ),
+        identity_merges_total=Counter(
+            "streamscore_identity_merges_total",
+            "Identity merges by step: requested (by the known lead's owner), merged (applied "
+            "once to the known lead), refused_* (known: the other lead is known; taken: it "
+            "was merged elsewhere; cycle; limit: identity_max_links).",
+            ["result"],
+            registry=reg,
+        ),
+        identity_forwarded_total=Counter(
+            "streamscore_identity_forwarded_total",
+            "Events of a merged id forwarded to the lead it was merged into.",
+            registry=reg,
+        ),
+        account_updates_total=Counter(
+            "streamscore_account_updates_total",
+            "Lead contributions applied by the account's owner, by kind (member, leave) and "
+            "result (applied, stale: an older or repeated contribution, ignored).",
+            ["kind", "result"],
+            registry=reg,
+        ),
+        account_handoffs_total=Counter(
+            "streamscore_account_handoffs_total",
+            "Account handoffs emitted, by account tier.",
+            ["tier"],
+            registry=reg,
+        ),
+        forget_requests_total=Counter(
+            "streamscore_forget_requests_total",
+            "Forget requests applied by the lead's owner, by result (forgotten, "
+            "already_forgotten).",
+            ["result"],
+            registry=reg,
+        ),
+        forgotten_dropped_total=Counter(
+            "streamscore_forgotten_dropped_total",
+            "Records dropped because their lead was forgotten (a replay, a late event).",
+            registry=reg,
+        ),
     )
 
 
@@ -209,6 +271,13 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_decay_due_leads",
     "streamscore_pipeline_stalled_seconds",
     "streamscore_handoff_visible_seconds",
+    "streamscore_track_events_total",
+    "streamscore_identity_merges_total",
+    "streamscore_identity_forwarded_total",
+    "streamscore_account_updates_total",
+    "streamscore_account_handoffs_total",
+    "streamscore_forget_requests_total",
+    "streamscore_forgotten_dropped_total",
 )
 
 

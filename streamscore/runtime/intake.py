@@ -22,6 +22,7 @@ from streamscore.events.deadletter import dead_letter_record
 from streamscore.events.types import TopicKind
 from streamscore.runtime.kafka import DEAD_LETTER_MAX_BYTES
 from streamscore.runtime.sensors import Sensor
+from streamscore.runtime.tracking import TrackScreen
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +56,32 @@ async def parse_fetched(
     kinds: Mapping[str, TopicKind],
     limits: Limits,
     now_ms: int,
+    track: TrackScreen | None = None,
 ) -> tuple[list[tuple[TopicPartition, list[Pending]]], list[Rejected]]:
-    """Parse every fetched message: valid ones per partition (in offset order), and rejects."""
+    """Parse every fetched message: valid ones per partition (in offset order), and rejects.
+
+    `track` judges the custom track topic's events by name: kept, dropped, or rejected.
+    """
     valid_by_tp: list[tuple[TopicPartition, list[Pending]]] = []
     rejected: list[Rejected] = []
     parsed = 0
     for tp, messages in records.items():
         kind = kinds[tp.topic]
+        screen = track if track is not None and tp.topic == track.topic else None
         valid = []
         for m in messages:
             try:
-                valid.append(
-                    Pending(parse_event(m.value, kind, now_ms, limits), m.offset, m.timestamp)
-                )
+                event = parse_event(m.value, kind, now_ms, limits)
+                if screen is None or screen.keep(event):
+                    valid.append(Pending(event, m.offset, m.timestamp))
             except InvalidEvent as exc:
                 rejected.append(Rejected(tp, m.offset, m.key, m.value, exc))
             parsed += 1
             if parsed % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         valid_by_tp.append((tp, valid))
+    if track is not None:
+        track.flush()
     return valid_by_tp, rejected
 
 

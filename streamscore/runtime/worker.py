@@ -30,6 +30,7 @@ from streamscore.runtime.partitions import Partitions
 from streamscore.runtime.pipeline import Pipeline
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import Sensor
+from streamscore.runtime.tracking import TrackScreen
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class ScoringWorker:
         )
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)
+        self.track = TrackScreen(settings.topic_track, settings.track_unknown, rules, sensor)
         self.emitter = Emitter(settings, producer, store, rules, sensor, self.guard)
         self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
         self.pipeline = Pipeline(
@@ -161,7 +163,7 @@ class ScoringWorker:
             timeout_ms=settings.fetch_timeout_ms, max_records=settings.batch_max_events
         )
         now = now_ms()
-        valid, rejected = await parse_fetched(records, self.kinds, self.limits, now)
+        valid, rejected = await parse_fetched(records, self.kinds, self.limits, now, self.track)
         for tp, pending in valid:
             if tp in self.partitions.assigned:  # not revoked while it was parsed
                 position = records[tp][-1].offset + 1

@@ -40,8 +40,14 @@ KNOWN_EVENT_TYPES = (
     "contact_request",
     "unsubscribe",
     "identify",
+    "alias",
+    "group",
+    "track",
 )
-FIELD_ROOTS = ("type", "properties", "context", "traits")
+#: `event` is a custom track event's name (the tracker's event name): only track events have one.
+FIELD_ROOTS = ("type", "event", "properties", "context", "traits")
+#: The event type whose events carry a name that rules can match with `event`.
+NAMED_EVENT_TYPE = "track"
 BANT_CRITERIA = ("budget", "authority", "need", "timeline")
 GRADES = ("A", "B", "C", "D")
 RULE_ID = r"^[a-z][a-z0-9_]{0,63}$"
@@ -139,6 +145,9 @@ class EngagementRuleSpec(_Strict):
         for path in value:
             if path.split(".", 1)[0] not in FIELD_ROOTS:
                 raise ValueError(f"field {path!r} must start with one of {', '.join(FIELD_ROOTS)}")
+        for path in value:
+            if path.startswith("event."):
+                raise ValueError(f"field {path!r}: `event` is the event's name, it has no fields")
         type_test = value.get("type")
         if type_test is not None:
             named = [type_test.equals] if "equals" in type_test.model_fields_set else []
@@ -147,6 +156,11 @@ class EngagementRuleSpec(_Strict):
             if unknown:
                 raise ValueError(
                     f"unknown event type(s) {unknown}; known: {', '.join(KNOWN_EVENT_TYPES)}"
+                )
+            if "event" in value and not _compile_matcher(type_test)(NAMED_EVENT_TYPE):
+                raise ValueError(
+                    "an `event` condition matches custom track events only: give the rule no "
+                    f"`type`, or type: {NAMED_EVENT_TYPE}"
                 )
         return value
 
@@ -410,6 +424,15 @@ class CompiledRules:
     outcomes: OutcomeRules
     #: Negative points decay with the half-life too (decay.penalties); else they never do.
     decay_penalties: bool = False
+    #: Track event names the rules name literally (`event: X` or `event: [X, Y]`): the label
+    #: values of the custom-event metric, every other name counting as `other`.
+    track_names: tuple[str, ...] = ()
+    #: Whether any rule's `event` condition accepts a name (rules.mentions_event).
+    event_tests: tuple[Predicate, ...] = ()
+
+    def mentions_event(self, name: str) -> bool:
+        """True when some rule's `event` condition accepts this track event name."""
+        return any(test(name) for test in self.event_tests)
 
     def script_config(self) -> dict[str, Any]:
         """The arithmetic parameters the Redis script needs, JSON-serialisable."""
@@ -448,6 +471,8 @@ def compile_getter(path: tuple[str, ...]) -> Getter:
     root, rest = path[0], path[1:]
     if root == "type":
         return attrgetter("type")
+    if root == "event":
+        return attrgetter("name")
     read_root = attrgetter(root)
     if len(rest) == 1:
         key = rest[0]
@@ -634,10 +659,29 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
             rearm_below,
         ),
         decay_penalties=spec.decay.penalties,
+        track_names=_track_names(spec),
+        event_tests=tuple(
+            _compile_matcher(r.when["event"]) for r in spec.engagement if "event" in r.when
+        ),
     )
 
 
+def _track_names(spec: RulesSpec) -> tuple[str, ...]:
+    """The names rules give literally in an `event` condition (equals or in), sorted."""
+    names: set[str] = set()
+    for rule in spec.engagement:
+        matcher = rule.when.get("event")
+        if matcher is None:
+            continue
+        if "equals" in matcher.model_fields_set and isinstance(matcher.equals, str):
+            names.add(matcher.equals)
+        names.update(n for n in matcher.in_ or () if isinstance(n, str))
+    return tuple(sorted(names))
+
+
 def _may_match_type(rule: EngagementRuleSpec, event_type: str) -> bool:
+    if "event" in rule.when and event_type != NAMED_EVENT_TYPE:
+        return False  # only track events have a name
     matcher = rule.when.get("type")
     if matcher is None:
         return True
