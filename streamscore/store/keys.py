@@ -67,3 +67,20 @@ class KeySpace:
     def outbox(self, group: int) -> str:
         """Stream of outputs recorded but not yet acknowledged by the broker."""
         return f"{self._tag(group)}:outbox"
+
+    def forgotten(self, group: int) -> str:
+        """Set of the digests of the group's forgotten leads: their records are dropped."""
+        return f"{self._tag(group)}:forgotten"
+
+    def account_ref(self, account_id: str) -> LeadRef:
+        """Hash an account id to its group and digest (accounts share the leads' groups)."""
+        head, digest = _digest(f"\x00account\x00{account_id}")
+        return LeadRef(head % self.groups, digest)
+
+    def account(self, ref: LeadRef) -> str:
+        """String with an account's state: its write version, then the encoded AccountState."""
+        return f"{self._tag(ref.group)}:acct:{ref.digest}"
+
+    def digest_of(self, lead_key: str) -> str:
+        """The digest at the end of a lead key (what the forgotten set holds)."""
+        return lead_key.rpartition(":")[2]

@@ -136,6 +136,22 @@ class RedisStore:
             key = self.keys.offsets(group)
             await self.client.execute("HDEL", key, tp, key=key)
 
+    async def forgotten_digests(self) -> set[str]:
+        """The digests of every forgotten lead, over all groups (SSCAN, so a big set is read in
+        pieces without blocking the server)."""
+        out: set[str] = set()
+        for group in range(self.keys.groups):
+            key = self.keys.forgotten(group)
+            cursor: Any = 0
+            while True:
+                cursor, members = await self.client.execute(
+                    "SSCAN", key, cursor, "COUNT", 1000, key=key
+                )
+                out.update(_text(m) for m in members)
+                if int(cursor) == 0:
+                    break
+        return out
+
     async def kpi_counters(self) -> dict[str, int]:
         """Every KPI counter, summed over the key groups."""
         totals: dict[str, int] = {}
