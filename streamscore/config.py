@@ -18,7 +18,8 @@ from streamscore.events.types import TopicKind
 
 ENV_PREFIX = "STREAMSCORE_"
 CONFIG_FILE_ENV = "STREAMSCORE_CONFIG_FILE"
-#: A shorter signing secret is guessable offline from one signed request.
+#: A shorter signing secret is guessable offline from one signed request (and a shorter console
+#: token by trying the login form).
 MIN_SIGNING_SECRET_CHARS = 16
 
 
@@ -49,6 +50,8 @@ class Settings(BaseSettings):
     topic_unsubscribes: str = "ss.v1.unsubscribes"
     topic_profiles: str = "ss.v1.profiles"
     topic_track: str = "ss.v1.track"
+    topic_outcomes: str = "ss.v1.outcomes"
+    topic_sla_breaches: str = "ss.v1.sla-breaches"
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
@@ -111,6 +114,7 @@ class Settings(BaseSettings):
     decay_tick_s: float = Field(default=1.0, gt=0)
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
+    kpi_refresh_s: float = Field(default=15.0, gt=0)
     watchdog_stall_s: float = Field(default=30.0, gt=0)
 
     # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
@@ -139,6 +143,16 @@ class Settings(BaseSettings):
     delivery_backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
     delivery_concurrency: int = Field(default=16, ge=1, le=1024)
     delivery_web_port: int = Field(default=6067, ge=0, le=65535)
+
+    # Console (`streamscore console`, and `streamscore dev`): pages for sales and marketing ops.
+    # It shows personal data, so outside `dev` it refuses to start without a token.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=6068, ge=0, le=65535)
+    console_token: SecretStr | None = None
+    console_session_s: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+    console_queue_size: int = Field(default=50, ge=1, le=1000)
+    console_refresh_s: float = Field(default=30.0, ge=1, le=3600)
+    console_lab_dir: Path | None = None
 
     # Web, logging
     web_host: str = "127.0.0.1"
@@ -241,6 +255,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
         return value
 
+    @field_validator("console_token")
+    @classmethod
+    def _console_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # The token is the console's only credential and a login form can be tried at will.
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
+        return value
+
     @model_validator(mode="after")
     def _delivery_complete(self) -> Settings:
         if self.delivery_webhook_urls and self.delivery_signing_secret is None:
@@ -285,6 +307,7 @@ class Settings(BaseSettings):
             self.topic_unsubscribes,
             self.topic_profiles,
             self.topic_track,  # last, so the indexes of benchmarks/workload.py stay valid
+            self.topic_outcomes,
         )
 
     @property
@@ -309,6 +332,7 @@ class Settings(BaseSettings):
             self.topic_delivery_dead_letter,
             self.topic_forgotten,
             self.topic_account_handoffs,
+            self.topic_sla_breaches,
         )
 
     @property

@@ -28,8 +28,7 @@ ENGAGEMENT = """  - {id: view, when: {type: page_view}, points: 3, cap: {points:
   - {id: unsub, when: {type: unsubscribe}, points: -15}
   - {id: bot, when: {context.user_agent: {contains: bot}}, disqualify: true}
   - {id: form, when: {event: Form Submitted, properties.form: contact-sales}, points: 20}
-  - {id: liked, when: {event: [LinkedIn Post Liked, Post Shared]}, points: 3,
-     cap: {points: 6, window: 1d}}
+  - {id: liked, when: {event: [Post Liked, Post Shared]}, points: 3, cap: {points: 6, window: 1d}}
   - {id: webinar_any, when: {event: {prefix: "Webinar "}}, points: 5}
 """
 
@@ -93,11 +92,11 @@ SHAPES: tuple[Ev, ...] = (
     # a name no rule mentions.
     Ev("track", {"form": "contact-sales"}, name="Form Submitted"),
     Ev("track", {"form": "newsletter"}, name="Form Submitted"),
-    Ev("track", name="LinkedIn Post Liked"),
+    Ev("track", name="Post Liked"),
     Ev("track", name="Post Shared"),
     Ev("track", name="Webinar Attended"),
     Ev("track", name="Order Completed"),
-    Ev("track", {"path": "/docs"}, {"user_agent": "a bot"}, name="LinkedIn Post Liked"),
+    Ev("track", {"path": "/docs"}, {"user_agent": "a bot"}, name="Post Liked"),
 )
 
 #: Gaps between steps (ms): bursts, hours, days and months, so spans reach years.

@@ -50,7 +50,7 @@ FORMAT = 2
 _KNOWN = frozenset(
     (
         "v", "id", "a", "ra", "e", "pen", "lt", "tier", "arm", "n", "dq", "dqt", "fit", "fdq",
-        "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp", "st",
+        "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp", "st", "rb", "fu",
     )
 )  # fmt: skip
 _LEGACY_CORE = frozenset(
@@ -131,6 +131,10 @@ def encode_lead(state: LeadState) -> bytes:
         m["hp"] = state.partition
     if state.story:
         m["st"] = [list(item) for item in state.story]
+    if state.rearm_below is not None:
+        m["rb"] = _f(state.rearm_below)
+    if state.funnel:
+        m["fu"] = state.funnel
     if state.extra:
         for key, value in sorted(state.extra.items()):
             if key in _KNOWN:
@@ -286,6 +290,17 @@ def _story(value: Any, key: str) -> list[list[Any]] | None:
     return items or None
 
 
+def _opt_float(value: Any, key: str) -> float | None:
+    return None if value is None else _float(value, key)
+
+
+def _funnel(value: Any, key: str) -> list[Any] | None:
+    # Kept in its wire form (outcomes/funnel.py decodes it where it is used): a list.
+    if not isinstance(value, list):
+        raise StateCodecError(f"{key}: expected a list, got {type(value).__name__}")
+    return value or None
+
+
 def _opt_str(value: Any, key: str) -> str | None:
     return None if value is None else _str(value, key)
 
@@ -317,6 +332,8 @@ _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "s": ("seen", _seen),
     "hp": ("partition", _opt_int),
     "st": ("story", _story),
+    "rb": ("rearm_below", _opt_float),
+    "fu": ("funnel", _funnel),
 }
 
 

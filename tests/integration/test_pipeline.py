@@ -180,6 +180,9 @@ async def test_a_threshold_crossing_hands_off_exactly_once(
     assert len(handoff["reasons"]) == 3
     changes = await read_topic(settings, settings.topic_tier_changes)
     assert [c["new_tier"] for c in changes if c["lead_id"] == "dana"][-1] == "hot"
+    _, body = worker.get("/metrics")
+    assert metric_total(body.decode(), "streamscore_handoffs_total", tier="hot") == 1
+    assert metric_total(body.decode(), "streamscore_tier_changes_total", direction="up") >= 1
 
 
 async def test_malformed_events_go_to_the_dead_letter_topic_and_scoring_goes_on(
