@@ -14,6 +14,8 @@ The format (key "v" = FORMAT):
     r    {rule id: positive points}       np   {rule id: penalties}
     c    {rule id: {window: points used}} P    {attribute: [time, value, fit, mask, dq, reasons]}
     s    {event id hash: event time}      hp   home input partition number
+    an   1 when anonymous (identity)      idn  [merged into or nil, {linked id: time},
+                                               {absorbed id: time}] (scoring/identity.py)
 
 Fields at their defaults (0, None, empty, armed) are left out: most leads have no penalties,
 flags, profile or caps, and every stored byte is written on every change. Maps are written in a
@@ -42,6 +44,7 @@ import msgpack
 
 from streamscore.errors import StreamscoreError
 from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, REQUALIFY
+from streamscore.scoring.identity import Identity
 from streamscore.scoring.state import CAP_WINDOWS_KEPT, LeadState, ProfileRecord
 
 #: Version of the format encode_lead writes; decode_lead reads it and the legacy Lua map.
@@ -51,6 +54,7 @@ _KNOWN = frozenset(
     (
         "v", "id", "a", "ra", "e", "pen", "lt", "tier", "arm", "n", "dq", "dqt", "fit", "fdq",
         "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp", "st", "rb", "fu",
+        "an", "idn",
     )
 )  # fmt: skip
 _LEGACY_CORE = frozenset(
@@ -135,6 +139,12 @@ def encode_lead(state: LeadState) -> bytes:
         m["rb"] = _f(state.rearm_below)
     if state.funnel:
         m["fu"] = state.funnel
+    if state.anonymous:
+        m["an"] = 1
+    if state.identity:
+        ident = state.identity
+        m["idn"] = [ident.merged_into, dict(sorted(ident.links.items())),
+                    dict(sorted(ident.merged.items()))]  # fmt: skip
     if state.extra:
         for key, value in sorted(state.extra.items()):
             if key in _KNOWN:
@@ -301,6 +311,18 @@ def _funnel(value: Any, key: str) -> list[Any] | None:
     return value or None
 
 
+def _identity(value: Any, key: str) -> Identity | None:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"{key} must be [merged into, links, merged], not {value!r}")
+    into, links, merged = value
+    ident = Identity(
+        _opt_str(into, key),
+        {_str(k, key): _int(t, key) for k, t in _map(links, key).items()},
+        {_str(k, key): _int(t, key) for k, t in _map(merged, key).items()},
+    )
+    return ident or None
+
+
 def _opt_str(value: Any, key: str) -> str | None:
     return None if value is None else _str(value, key)
 
@@ -334,6 +356,8 @@ _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "st": ("story", _story),
     "rb": ("rearm_below", _opt_float),
     "fu": ("funnel", _funnel),
+    "an": ("anonymous", _flag),
+    "idn": ("identity", _identity),
 }
 
 
