@@ -336,6 +336,12 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     print("  top contributing rules:")
     for c in info["contributions"][:5]:
         print(f"    {c['points']:+9.2f}  {c['rule']}")
+    identity = info["identity"]
+    if identity["merged_ids"]:
+        merged = ", ".join(f"{m['id']} ({m['linked_at']})" for m in identity["merged_ids"])
+        print(f"  merged ids: {merged}")
+    if identity["merged_into"] is not None:
+        print(f"  merged into {identity['merged_into']}: its events score there")
     return 0
 
 

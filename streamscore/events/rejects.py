@@ -42,6 +42,7 @@ RejectReason = Literal[
     "bad_lead_id",
     "bad_amount",  # outcomes only (streamscore.outcomes.events)
     "unknown_event",  # a custom track event no rule names, with track_unknown = dead_letter
+    "merge_refused",  # an identity merge the anonymous id's owner refused (scoring/identity.py)
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 

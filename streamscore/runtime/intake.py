@@ -19,6 +19,7 @@ from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Event, Limits, parse_event
 from streamscore.events.deadletter import dead_letter_record
+from streamscore.events.identity import IdentityRecord, parse_identity
 from streamscore.events.types import TopicKind
 from streamscore.outcomes.events import Outcome, parse_outcome
 from streamscore.runtime.kafka import DEAD_LETTER_MAX_BYTES
@@ -37,11 +38,12 @@ DEAD_LETTER_ATTEMPTS = 5
 class Pending(NamedTuple):
     """A valid record waiting in the aligner, with its source offset and broker append time.
 
-    A record is a scoring event or a sales outcome: both have their id, lead id, type and time
-    in their first four fields, which is all the aligner and the pipeline's dispatch read.
+    A record is a scoring event, a sales outcome or an identity record: all have their id,
+    lead id, type and time in their first four fields, which is all the aligner and the
+    pipeline's dispatch read.
     """
 
-    event: Event | Outcome
+    event: Event | Outcome | IdentityRecord
     offset: int
     append_ms: int
 
@@ -62,11 +64,13 @@ async def parse_fetched(
     limits: Limits,
     now_ms: int,
     track: TrackScreen | None = None,
+    identity_topic: str | None = None,
 ) -> tuple[list[tuple[TopicPartition, list[Pending]]], list[Rejected]]:
     """Parse every fetched message: valid ones per partition (in offset order), and rejects.
 
     A topic missing from `kinds` is the outcomes topic: its messages are sales outcomes.
     `track` judges the custom track topic's events by name: kept, dropped, or rejected.
+    `identity_topic`'s messages are identity merge records (events/identity.py).
     """
     valid_by_tp: list[tuple[TopicPartition, list[Pending]]] = []
     rejected: list[Rejected] = []
@@ -77,6 +81,9 @@ async def parse_fetched(
         valid = []
         for m in messages:
             try:
+                if tp.topic == identity_topic:
+                    valid.append(Pending(parse_identity(m.value), m.offset, m.timestamp))
+                    continue
                 if kind is None:
                     valid.append(
                         Pending(parse_outcome(m.value, now_ms, limits), m.offset, m.timestamp)

@@ -74,7 +74,8 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
         partition_assignment_strategy=(RangePartitionAssignor,),
         **security_kwargs(settings),
     )
-    consumer.subscribe(list(settings.input_topics), listener=listener)
+    # The identity topic is an input too: keyed by lead id and co-partitioned with the others.
+    consumer.subscribe([*settings.input_topics, settings.topic_identity], listener=listener)
     return consumer
 
 

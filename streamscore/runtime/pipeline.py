@@ -27,6 +27,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from streamscore.events.identity import IdentityRecord
 from streamscore.outcomes.events import Outcome
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
@@ -234,6 +235,10 @@ class Pipeline:
                 if isinstance(record, Outcome):
                     scorer.outcome(lead, record, clock, w, rules, facts)
                     outcomes[(tp.topic, "scored")] += 1
+                elif isinstance(record, IdentityRecord):
+                    source = (tp.topic, tp.partition, p.offset)
+                    scorer.identity(lead, record, source, clock, w, rules, facts)
+                    outcomes[(tp.topic, "scored")] += 1
                 else:
                     fresh = scorer.event(lead, record, clock, w, rules, facts)
                     outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
@@ -371,6 +376,8 @@ class Pipeline:
             facts = batch.facts
             if facts.outcomes or facts.breaches:
                 self._sensor.funnel_facts(facts.outcomes, facts.breaches)
+            if facts.edges:
+                self._sensor.edges_applied(facts.edges)
 
     async def _apply(self, batch: Batch) -> None:
         scored_at = now_ms()

@@ -10,14 +10,28 @@ A handoff also opens the lead's funnel (outcomes/funnel.py): its snapshot is wha
 outcomes are attributed to, and its tier's first-touch SLA starts. The SLA clock, like the decay
 tick's "now" while the worker is behind, is the event time applied in the lead's partition, so
 a replay breaches exactly what live processing did.
+
+Identity merges (scoring/identity.py) are records too: an alias, or an identify with both ids,
+makes the known lead send merge_into to the anonymous id's owner (the identity topic, keyed by
+that id), which detaches the id's contributions and sends them back as absorb; later events of
+a merged id are forwarded. Each is a Record in the commit's outbox entry, so it is sent exactly
+once in effect with the state change that caused it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
+from streamscore.events.deadletter import dead_letter_record
 from streamscore.events.envelope import Event
+from streamscore.events.identity import (
+    IdentityRecord,
+    absorb_message,
+    forward_message,
+    merge_into_message,
+)
 from streamscore.events.outputs import output_id
 from streamscore.outcomes.events import Outcome
 from streamscore.outcomes.funnel import (
@@ -37,6 +51,7 @@ from streamscore.outcomes.messages import sla_breach_message
 from streamscore.runtime.leads import CachedLead
 from streamscore.scoring import story
 from streamscore.scoring.engine import decide
+from streamscore.scoring.identity import absorb, detach, judge, note_event, request
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
 from streamscore.scoring.state import (
@@ -48,7 +63,10 @@ from streamscore.scoring.state import (
     score_at,
 )
 from streamscore.scoring.story import StoryKind
+from streamscore.store.codec import decode_lead, encode_lead
 from streamscore.store.outbox import Record
+
+log = logging.getLogger(__name__)
 
 #: The penalty rule a `subtract` recycle books its points under (shown in explanations).
 RECYCLE_RULE = "sales_rejected"
@@ -73,15 +91,30 @@ class Facts:
 
     outcomes: Tally[tuple[str, str]] = field(default_factory=Tally)  # (type, result)
     breaches: Tally[str] = field(default_factory=Tally)  # tier
+    #: Cross-lead work (Sensor.edges_applied): ("identity", result), ("forwarded", "").
+    edges: Tally[tuple[str, str]] = field(default_factory=Tally)
 
 
 class Scorer:
     """The per-record rules of the worker, shared by batches and ticks."""
 
-    def __init__(self, dedup_window_ms: int, story_keep: int, sla_topic: str) -> None:
+    def __init__(
+        self,
+        dedup_window_ms: int,
+        story_keep: int,
+        sla_topic: str,
+        identity_topic: str = "ss.v1.internal.identity",
+        dead_letter_topic: str = "ss.v1.dead-letter",
+        merge_known: bool = False,
+        max_links: int = 100,
+    ) -> None:
         self.dedup_ms = dedup_window_ms
         self.story_keep = story_keep
         self.sla_topic = sla_topic
+        self.identity_topic = identity_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.merge_known = merge_known
+        self.max_links = max_links
 
     def event(
         self,
@@ -92,8 +125,18 @@ class Scorer:
         rules: CompiledRules,
         facts: Facts,
     ) -> bool:
-        """Score one event; False when its id was seen within the dedup window."""
+        """Score one event; False when its id was seen within the dedup window.
+
+        An event of an id merged into another lead is forwarded there instead.
+        """
         state = lead.state
+        ident = state.identity
+        if ident is not None and ident.merged_into is not None:
+            key, value = forward_message(ident.merged_into, state.lead_id, ev)
+            w.records.append(Record(self.identity_topic, key, value))
+            facts.edges[("forwarded", "")] += 1
+            return True
+        note_event(state, ev.anonymous)
         first = len(w.outputs)
         fresh = apply_event(
             state, rules, ev.event_id, ev.time_ms, decide(ev, rules), self.dedup_ms, w.outputs
@@ -102,7 +145,102 @@ class Scorer:
             self._tell(state, rules, ev.time_ms, "event", ev.type)
             if len(w.outputs) > first:
                 self._after_outputs(lead, w, first, rules, clock_ms, facts)
+            link = ev.link
+            if link is not None and ev.type != "group" and link != state.lead_id:
+                self._link(state, link, ev, w, facts)
         return fresh
+
+    def identity(
+        self,
+        lead: CachedLead,
+        record: IdentityRecord,
+        source: tuple[str, int, int],
+        clock_ms: int,
+        w: GroupWork,
+        rules: CompiledRules,
+        facts: Facts,
+    ) -> None:
+        """Apply one identity record; `source` is its (topic, partition, offset)."""
+        if record.type == "event":
+            assert record.event is not None  # parse_identity builds it
+            self.event(lead, record.event, clock_ms, w, rules, facts)
+        elif record.type == "merge_into":
+            self._merge_into(lead, record, source, clock_ms, w, rules, facts)
+        else:
+            self._absorb(lead, record, clock_ms, w, rules, facts)
+
+    def _link(self, state: LeadState, other: str, ev: Event, w: GroupWork, facts: Facts) -> None:
+        """The known lead names another id: ask that id's owner to merge it, once."""
+        result = request(state, other, ev.time_ms, self.max_links)
+        if result == "linked":
+            return
+        facts.edges[("identity", result)] += 1
+        if result == "requested":
+            key, value = merge_into_message(other, state.lead_id, ev.event_id, ev.time_ms)
+            w.records.append(Record(self.identity_topic, key, value))
+        else:
+            log.warning(
+                "not merging %r into %r: the lead has identity_max_links (%d) ids already",
+                other, state.lead_id, self.max_links,
+            )  # fmt: skip
+
+    def _merge_into(
+        self,
+        lead: CachedLead,
+        record: IdentityRecord,
+        source: tuple[str, int, int],
+        clock_ms: int,
+        w: GroupWork,
+        rules: CompiledRules,
+        facts: Facts,
+    ) -> None:
+        """The id's owner: detach its contributions for the known lead, or refuse."""
+        state = lead.state
+        into = record.other
+        verdict = judge(state, into, self.merge_known)
+        if verdict == "duplicate":
+            return
+        if verdict == "merge":
+            taken = detach(state, into)
+            key, value = absorb_message(
+                into, state.lead_id, record.event_id, record.time_ms, encode_lead(taken)
+            )
+            w.records.append(Record(self.identity_topic, key, value))
+            self._tell(state, rules, record.time_ms, "merge", f"into {into}")
+            return
+        facts.edges[("identity", verdict)] += 1
+        why = {
+            "refused_known": "it is a known lead (it has been a userId) and "
+            "identity_merge_known is refuse",
+            "refused_taken": "it was merged into another lead already",
+            "refused_cycle": "the lead to merge into was merged into it",
+        }[verdict]
+        detail = f"{verdict}: not merging {state.lead_id!r} into {into!r}: {why}"
+        topic, partition, offset = source
+        log.warning("%s[%d]@%d: %s", topic, partition, offset, detail)
+        _, raw = merge_into_message(state.lead_id, into, record.event_id, record.time_ms)
+        value = dead_letter_record(raw, "merge_refused", detail, topic, partition, offset, clock_ms)
+        w.records.append(Record(self.dead_letter_topic, _lead_key(state.lead_id), value))
+
+    def _absorb(
+        self,
+        lead: CachedLead,
+        record: IdentityRecord,
+        clock_ms: int,
+        w: GroupWork,
+        rules: CompiledRules,
+        facts: Facts,
+    ) -> None:
+        """The known lead takes in a merged id's contributions, once."""
+        assert record.state is not None  # parse_identity requires it
+        state = lead.state
+        first = len(w.outputs)
+        other = decode_lead(record.state, record.other)
+        if absorb(state, other, record.other, rules, record.event_id, record.time_ms, w.outputs):
+            facts.edges[("identity", "merged")] += 1
+            self._tell(state, rules, record.time_ms, "merge", record.other)
+            if len(w.outputs) > first:
+                self._after_outputs(lead, w, first, rules, clock_ms, facts)
 
     def outcome(
         self,
@@ -248,6 +386,10 @@ class Scorer:
             score_at(state, rules, last), tier, rules.grade_of(state.fit), state.bant,
             rules.version, DEFAULT_MODEL,
         )  # fmt: skip
+
+
+def _lead_key(lead_id: str) -> bytes:
+    return lead_id.encode("utf-8", "surrogateescape")
 
 
 def _add(total: dict[str, int], deltas: dict[str, int]) -> None:

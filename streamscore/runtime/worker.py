@@ -93,7 +93,9 @@ class ScoringWorker:
             store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
             Scorer(
                 settings.dedup_window_s * 1000, settings.lead_story_max,
-                settings.topic_sla_breaches,
+                settings.topic_sla_breaches, settings.topic_identity,
+                settings.topic_dead_letter, settings.identity_merge_known == "merge",
+                settings.identity_max_links,
             ),
         )  # fmt: skip
         self.consumer: AIOKafkaConsumer | None = None
@@ -170,7 +172,9 @@ class ScoringWorker:
             timeout_ms=settings.fetch_timeout_ms, max_records=settings.batch_max_events
         )
         now = now_ms()
-        valid, rejected = await parse_fetched(records, self.kinds, self.limits, now, self.track)
+        valid, rejected = await parse_fetched(
+            records, self.kinds, self.limits, now, self.track, settings.topic_identity
+        )
         for tp, pending in valid:
             if tp in self.partitions.assigned:  # not revoked while it was parsed
                 position = records[tp][-1].offset + 1
