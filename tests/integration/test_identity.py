@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from streamscore.config import Settings
 from streamscore.events.timefmt import format_time_ms
+from tests.integration.conftest import ClusterUnderTest
 from tests.integration.harness import (
     WorkerProcess,
     bounded,
@@ -65,13 +67,26 @@ def lead(worker: WorkerProcess, lead_id: str) -> dict[str, Any]:
     return orjson.loads(body) if status == 200 else {}
 
 
+@pytest.fixture(params=["single", "cluster"])
+def redis_choice(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for the session's Redis, or for the 3-primary cluster with the leads' keys in
+    16 key groups (so the two leads of a merge are, all but surely, on different slots)."""
+    if request.param == "single":
+        return {}
+    cluster: ClusterUnderTest = request.getfixturevalue("redis_cluster")
+    return {"redis_url": cluster.url, "redis_cluster": "true", "redis_key_groups": 16}
+
+
 @bounded(180)
 async def test_the_probe_merges_once_and_survives_a_restart(
-    tmp_path: Path, settings_factory: Callable[..., Settings], unique: str
+    tmp_path: Path,
+    settings_factory: Callable[..., Settings],
+    unique: str,
+    redis_choice: dict[str, Any],
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    settings = settings_factory(rules_file=rules, dedup_window_s=86400)
+    settings = settings_factory(rules_file=rules, dedup_window_s=86400, **redis_choice)
     anon, user, other = f"anon-{unique}", f"user-{unique}", f"known-{unique}"
     now = int(time.time() * 1000) - 60_000
     worker = WorkerProcess(settings, tmp_path)
