@@ -137,7 +137,7 @@ async def test_the_probe_merges_once_and_survives_a_restart(
         )
 
         async def forwarded() -> bool:
-            return round(lead(worker, user).get("score", 0)) == 170
+            return bool(round(lead(worker, user).get("score", 0)) == 170)
 
         assert await wait_for(forwarded, 30), worker.log()
         assert lead(worker, anon)["score"] == 0
