@@ -508,7 +508,7 @@ async def test_hostile_input_is_dead_lettered_and_valid_input_scored(
     assert len(cases) - len(valid) >= 2000, expected
     # bad_amount is for the outcomes topic only, which this fuzz does not feed; unknown_event
     # only with track_unknown = dead_letter (tests/integration/test_edges_track.py);
-    # merge_refused only for an identity merge (tests/integration/test_identity.py).
+    # merge_refused only for an identity merge (tests/integration/test_identity_merge.py).
     drawable = {SCORED, *REJECT_REASONS} - {"bad_amount", "unknown_event", "merge_refused"}
     assert set(expected) == drawable, f"reasons never drawn: {expected}"
 

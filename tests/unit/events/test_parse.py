@@ -198,7 +198,7 @@ def test_rejects_with_reason(
 def test_every_reject_reason_is_exercised() -> None:
     # bad_amount is parse_outcome's only (tests/unit/outcomes/test_outcome_events.py exercises it).
     # bad_amount is the outcomes parser's, unknown_event the worker's (runtime.tracking),
-    # merge_refused the worker's too (runtime.scorer, tests/integration/test_identity.py).
+    # merge_refused the worker's too (runtime.scorer, tests/integration/test_identity_merge.py).
     assert {reason for reason, _, _ in REJECTS} == set(REJECT_REASONS) - {
         "bad_amount",
         "unknown_event",
