@@ -106,6 +106,7 @@ def populated_metrics_text() -> str:
         metrics.handoffs_total.labels(tier=tier).inc()
         metrics.sla_breaches_total.labels(tier=tier).inc()
         metrics.tier_changes_total.labels(direction="up", tier=tier).inc()
+        metrics.account_handoffs_total.labels(tier=tier).inc()
     metrics.tier_changes_total.labels(direction="down", tier="cold").inc()
     metrics.event_to_scored_seconds.observe(0.042)
     for script in SCRIPTS:
