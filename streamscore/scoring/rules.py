@@ -51,6 +51,8 @@ NAMED_EVENT_TYPE = "track"
 BANT_CRITERIA = ("budget", "authority", "need", "timeline")
 GRADES = ("A", "B", "C", "D")
 RULE_ID = r"^[a-z][a-z0-9_]{0,63}$"
+#: A path into an account's traits (a group call's traits).
+TRAIT_PATH = r"[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}"
 
 Predicate = Callable[[Any], bool]
 Getter = Callable[[Any], Any]
@@ -256,6 +258,67 @@ class ScoreSpec(_Strict):
     ceiling: float | None = None
 
 
+class AccountFitSpec(_Strict):
+    """Account fit points when every condition on the account's traits holds (a group call's
+    traits: firmographics); the conditions language of engagement rules, keyed by trait path."""
+
+    id: str = Field(pattern=RULE_ID)
+    description: str = ""
+    when: dict[str, Matcher]
+    points: float = 0.0
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("`when` needs at least one condition, e.g. {employees: {gte: 200}}")
+        for path in value:
+            if not isinstance(path, str) or not re.fullmatch(TRAIT_PATH, path):
+                raise ValueError(f"{path!r} is not a trait path like industry or address.country")
+        return {k: _as_matcher(v) for k, v in value.items()}
+
+
+class AccountDecaySpec(_Strict):
+    """How fast a member lead's engagement fades in its account's score."""
+
+    half_life: float
+
+    @field_validator("half_life", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration_s(value)
+
+
+class AccountHandoffSpec(_Strict):
+    """When an account is handed off (account-based marketing), and when it may be again."""
+
+    tier: str
+    rearm_below: float | None = None
+
+
+class AccountsSpec(_Strict):
+    """The optional `accounts:` section: the account roll-up (scoring/accounts.py)."""
+
+    #: The account's engagement: the sum of its best `top` members' engagement.
+    top: int = Field(default=3, ge=1, le=1000)
+    decay: AccountDecaySpec
+    fit: list[AccountFitSpec] = []
+    tiers: list[TierSpec] = Field(min_length=2)
+    handoff: AccountHandoffSpec
+    #: Derive a lead's account from its email domain when no group call gave one.
+    from_email: bool = True
+    #: Domains that name no company, added to the built-in free-mail list.
+    free_mail: list[str] = []
+
+    @field_validator("free_mail")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*(\.\*)?", domain):
+                raise ValueError(f"{domain!r} is not a lower-case domain (gmx.* for any suffix)")
+        return value
+
+
 class RulesSpec(_Strict):
     """The whole rules file."""
 
@@ -270,6 +333,7 @@ class RulesSpec(_Strict):
     tiers: list[TierSpec] = Field(min_length=2)
     handoff: HandoffSpec
     outcomes: OutcomesSpec | None = None
+    accounts: AccountsSpec | None = None
 
 
 Loc = tuple[str | int, ...]
@@ -299,7 +363,54 @@ def cross_check(spec: RulesSpec) -> list[tuple[Loc, str]]:
         spec.grades and not spec.grades["A"] >= spec.grades["B"] >= spec.grades["C"]
     ):
         problems.append((("grades",), "grades must set A >= B >= C (minimum fit points of each)"))
-    return problems + _check_tiers(spec) + _check_outcomes(spec)
+    return problems + _check_tiers(spec) + _check_outcomes(spec) + _check_accounts(spec)
+
+
+def _check_accounts(spec: RulesSpec) -> list[tuple[Loc, str]]:
+    accounts = spec.accounts
+    if accounts is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    ids = [r.id for r in accounts.fit]
+    for i, rule_id in enumerate(ids):
+        if rule_id in ids[:i]:
+            problems.append((("accounts", "fit", i, "id"), f"rule id {rule_id!r} is used twice"))
+    if accounts.decay.half_life <= 0:
+        problems.append((("accounts", "decay", "half_life"), "must be positive"))
+    first = accounts.tiers[0]
+    if first.enter is not None or first.exit is not None:
+        problems.append(
+            (("accounts", "tiers", 0), f"{first.name} is the floor tier: give it no enter/exit")
+        )
+    names = [t.name for t in accounts.tiers]
+    if len(set(names)) != len(names):
+        problems.append((("accounts", "tiers"), "tier names must be unique"))
+    prev_enter, prev_exit = -math.inf, -math.inf
+    for i, tier in enumerate(accounts.tiers[1:], start=1):
+        if tier.enter is None:
+            problems.append((("accounts", "tiers", i, "enter"), "enter is required"))
+            continue
+        exit_ = tier.enter if tier.exit is None else tier.exit
+        if tier.enter <= prev_enter:
+            problems.append((("accounts", "tiers", i, "enter"), "enter must rise tier by tier"))
+        if exit_ > tier.enter:
+            problems.append((("accounts", "tiers", i, "exit"), "exit must be <= enter"))
+        elif exit_ <= prev_exit:
+            problems.append((("accounts", "tiers", i, "exit"), "exit must rise tier by tier"))
+        prev_enter, prev_exit = tier.enter, exit_
+    handoff = accounts.handoff
+    if handoff.tier not in names[1:]:
+        problems.append(
+            (("accounts", "handoff", "tier"), f"{handoff.tier!r} must name a tier above the first")
+        )
+    else:
+        handoff_spec = accounts.tiers[names.index(handoff.tier)]
+        top = handoff_spec.enter if handoff_spec.exit is None else handoff_spec.exit
+        if handoff.rearm_below is not None and top is not None and handoff.rearm_below > top:
+            problems.append(
+                (("accounts", "handoff", "rearm_below"), "must be <= the handoff tier's exit")
+            )
+    return problems
 
 
 def _check_outcomes(spec: RulesSpec) -> list[tuple[Loc, str]]:
@@ -399,6 +510,31 @@ class Attribute:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountFitRule:
+    """A compiled account fit rule: every (trait reader, test) must hold."""
+
+    id: str
+    tests: tuple[tuple[Getter, Predicate], ...]
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRules:
+    """The compiled `accounts:` section."""
+
+    top: int
+    half_life_s: float
+    fit: tuple[AccountFitRule, ...]
+    tiers: tuple[Tier, ...]
+    handoff_tier: int
+    rearm_below: float
+    from_email: bool
+    #: Extra free-mail domains: exact ones, and prefixes of `name.*` ones ("gmx.").
+    free_mail: frozenset[str]
+    free_mail_prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRules:
     """Rules ready for evaluation; built once per rules version."""
 
@@ -429,6 +565,8 @@ class CompiledRules:
     track_names: tuple[str, ...] = ()
     #: Whether any rule's `event` condition accepts a name (rules.mentions_event).
     event_tests: tuple[Predicate, ...] = ()
+    #: The `accounts:` section; None when the rules roll nothing up to accounts.
+    accounts: AccountRules | None = None
 
     def mentions_event(self, name: str) -> bool:
         """True when some rule's `event` condition accepts this track event name."""
@@ -663,6 +801,51 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
         event_tests=tuple(
             _compile_matcher(r.when["event"]) for r in spec.engagement if "event" in r.when
         ),
+        accounts=None if spec.accounts is None else _compile_accounts(spec.accounts),
+    )
+
+
+def _trait_getter(path: tuple[str, ...]) -> Getter:
+    """A function reading `path` from a traits mapping; None when absent."""
+
+    def read(traits: Any) -> Any:
+        value = traits
+        for part in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    return read
+
+
+def _compile_accounts(spec: AccountsSpec) -> AccountRules:
+    tiers = [Tier(spec.tiers[0].name, -math.inf, -math.inf)]
+    for t in spec.tiers[1:]:
+        assert t.enter is not None  # checked by _check_accounts
+        tiers.append(Tier(t.name, t.enter, t.enter if t.exit is None else t.exit))
+    handoff_tier = [t.name for t in spec.tiers].index(spec.handoff.tier)
+    rearm = spec.handoff.rearm_below
+    return AccountRules(
+        top=spec.top,
+        half_life_s=spec.decay.half_life,
+        fit=tuple(
+            AccountFitRule(
+                r.id,
+                tuple(
+                    (_trait_getter(tuple(path.split("."))), _compile_matcher(m))
+                    for path, m in r.when.items()
+                ),
+                r.points,
+            )
+            for r in spec.fit
+        ),
+        tiers=tuple(tiers),
+        handoff_tier=handoff_tier,
+        rearm_below=tiers[handoff_tier].exit if rearm is None else rearm,
+        from_email=spec.from_email,
+        free_mail=frozenset(d for d in spec.free_mail if not d.endswith(".*")),
+        free_mail_prefixes=tuple(d[:-1] for d in spec.free_mail if d.endswith(".*")),
     )
 
 

@@ -130,6 +130,8 @@ class LeadState:
     anonymous: bool = False
     #: Its links to other ids (scoring/identity.py); None for a lead never merged or linked.
     identity: Identity | None = None
+    #: Its account (scoring/accounts.py): (account id, from a group call); None without one.
+    account: tuple[str, bool] | None = None
     #: Stored fields this version does not know, kept as decoded so a round trip loses nothing.
     extra: dict[str, Any] | None = None
 
@@ -170,6 +172,7 @@ def clone(state: LeadState) -> LeadState:
         None if state.funnel is None else list(state.funnel),
         state.anonymous,
         None if state.identity is None else state.identity.copy(),
+        state.account,
         None if state.extra is None else dict(state.extra),
     )
 

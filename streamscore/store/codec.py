@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 
 from streamscore.errors import StreamscoreError
+from streamscore.scoring.accounts import AccountState
 from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, REQUALIFY
 from streamscore.scoring.identity import Identity
 from streamscore.scoring.state import CAP_WINDOWS_KEPT, LeadState, ProfileRecord
@@ -54,7 +55,7 @@ _KNOWN = frozenset(
     (
         "v", "id", "a", "ra", "e", "pen", "lt", "tier", "arm", "n", "dq", "dqt", "fit", "fdq",
         "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp", "st", "rb", "fu",
-        "an", "idn",
+        "an", "idn", "acc",
     )
 )  # fmt: skip
 _LEGACY_CORE = frozenset(
@@ -145,6 +146,8 @@ def encode_lead(state: LeadState) -> bytes:
         ident = state.identity
         m["idn"] = [ident.merged_into, dict(sorted(ident.links.items())),
                     dict(sorted(ident.merged.items()))]  # fmt: skip
+    if state.account is not None:
+        m["acc"] = [state.account[0], 1 if state.account[1] else 0]
     if state.extra:
         for key, value in sorted(state.extra.items()):
             if key in _KNOWN:
@@ -331,6 +334,12 @@ def _opt_numbers(value: Any, key: str) -> dict[str, float] | None:
     return _numbers(value, key) or None
 
 
+def _account(value: Any, key: str) -> tuple[str, bool] | None:
+    if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
+        raise ValueError(f"{key} must be [account id, from group]")
+    return value[0], bool(value[1])
+
+
 #: Stored key -> (LeadState field, reader of the stored value). "v", "id" and "ra" are apart.
 _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "a": ("anchor_ms", _opt_int),
@@ -358,6 +367,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "fu": ("funnel", _funnel),
     "an": ("anonymous", _flag),
     "idn": ("identity", _identity),
+    "acc": ("account", _account),
 }
 
 
@@ -449,3 +459,47 @@ def _legacy_windows(value: Any, key: str) -> dict[int, float]:
         oldest = max(windows) - CAP_WINDOWS_KEPT
         windows = {w: used for w, used in windows.items() if w >= oldest}
     return windows
+
+
+# ------------------------------------------------------------------ accounts
+
+#: Version of the account format encode_account writes.
+ACCOUNT_FORMAT = 1
+
+
+def encode_account(state: AccountState) -> bytes:
+    """An account's state as MessagePack (members and traits in a fixed order)."""
+    m: dict[str, Any] = {"v": ACCOUNT_FORMAT, "id": state.account_id}
+    if state.members:
+        m["m"] = {lead: [_f(e), a] for lead, (e, a) in sorted(state.members.items())}
+    if state.traits:
+        m["tr"] = {k: [_canonical(v), t] for k, (v, t) in sorted(state.traits.items())}
+    if state.last_ms is not None:
+        m["lt"] = state.last_ms
+    if state.tier:
+        m["tier"] = state.tier
+    if not state.armed:
+        m["arm"] = 0
+    if state.seq:
+        m["n"] = state.seq
+    packed: bytes = msgpack.packb(m, use_bin_type=True, unicode_errors="surrogateescape")
+    return packed
+
+
+def decode_account(raw: bytes) -> AccountState:
+    """An account's state from encode_account's bytes."""
+    try:
+        m = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+        if not isinstance(m, dict) or m.get("v") != ACCOUNT_FORMAT:
+            raise ValueError(f"not an account state of format {ACCOUNT_FORMAT}")
+        return AccountState(
+            str(m["id"]),
+            {str(lead): (float(e), _int(a, "m")) for lead, (e, a) in m.get("m", {}).items()},
+            {str(k): (v, _int(t, "tr")) for k, (v, t) in m.get("tr", {}).items()},
+            _opt_int(m.get("lt"), "lt"),
+            _int(m.get("tier", 0), "tier"),
+            bool(m.get("arm", 1)),
+            _int(m.get("n", 0), "n"),
+        )
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise StateCodecError(f"account state is malformed: {exc}") from None
