@@ -67,6 +67,8 @@ def test_the_expected_schemas_exist() -> None:
         "sla-breach.v1.json",
         "delivery-dead-letter.v1.json",
         "identity.v1.json",
+        "account.v1.json",
+        "account-handoff.v1.json",
     }
 
 
