@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Event, Limits, parse_event
+from streamscore.events.accounts import AccountRecord, parse_account
 from streamscore.events.deadletter import dead_letter_record
 from streamscore.events.identity import IdentityRecord, parse_identity
 from streamscore.events.types import TopicKind
@@ -43,7 +44,7 @@ class Pending(NamedTuple):
     pipeline's dispatch read.
     """
 
-    event: Event | Outcome | IdentityRecord
+    event: Event | Outcome | IdentityRecord | AccountRecord
     offset: int
     append_ms: int
 
@@ -65,12 +66,14 @@ async def parse_fetched(
     now_ms: int,
     track: TrackScreen | None = None,
     identity_topic: str | None = None,
+    account_topic: str | None = None,
 ) -> tuple[list[tuple[TopicPartition, list[Pending]]], list[Rejected]]:
     """Parse every fetched message: valid ones per partition (in offset order), and rejects.
 
     A topic missing from `kinds` is the outcomes topic: its messages are sales outcomes.
     `track` judges the custom track topic's events by name: kept, dropped, or rejected.
-    `identity_topic`'s messages are identity merge records (events/identity.py).
+    `identity_topic`'s messages are identity merge records (events/identity.py), and
+    `account_topic`'s account contributions (events/accounts.py).
     """
     valid_by_tp: list[tuple[TopicPartition, list[Pending]]] = []
     rejected: list[Rejected] = []
@@ -83,6 +86,9 @@ async def parse_fetched(
             try:
                 if tp.topic == identity_topic:
                     valid.append(Pending(parse_identity(m.value), m.offset, m.timestamp))
+                    continue
+                if tp.topic == account_topic:
+                    valid.append(Pending(parse_account(m.value), m.offset, m.timestamp))
                     continue
                 if kind is None:
                     valid.append(

@@ -27,8 +27,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from streamscore.events.accounts import AccountRecord
 from streamscore.events.identity import IdentityRecord
 from streamscore.outcomes.events import Outcome
+from streamscore.runtime.accounts import AccountCache
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
@@ -43,13 +45,15 @@ from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
 from streamscore.store.client import PackedCall
-from streamscore.store.codec import encode_lead
+from streamscore.store.codec import encode_account, encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
 from streamscore.store.keys import KeySpace
 from streamscore.store.outbox import Record, ScoredOutput, encode_outputs
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
+#: Account states kept in memory (least recently used evicted).
+ACCOUNT_CACHE_MAX = 100_000
 RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -103,6 +107,8 @@ class Pipeline:
         self._sensor = sensor
         self._redis = redis
         self._scorer = scorer
+        #: Accounts (scoring/accounts.py) of the account records this worker applies.
+        self._accounts = AccountCache(keys, store, ACCOUNT_CACHE_MAX)
         #: (key group, "topic:partition") -> the last offset applied, as Redis will hold it
         #: once the calls already packed have landed.
         self.recorded: dict[tuple[int, str], int] = {}
@@ -164,6 +170,7 @@ class Pipeline:
         """Forget everything cached: batches in flight are void, Redis is read again."""
         self._generation += 1
         self._cache.clear()
+        self._accounts.clear()
         self.recorded.clear()
         self.conflict = None
 
@@ -179,6 +186,7 @@ class Pipeline:
         self.recorded = {k: v for k, v in self.recorded.items() if k[1] not in names}
         numbers = {tp.partition for tp in gone}
         self._cache.evict_partitions(numbers)
+        self._accounts.clear()  # read again from Redis when next needed
         for number in numbers:
             self.partition_time_ms.pop(number, None)
 
@@ -203,8 +211,17 @@ class Pipeline:
         async with self._stage_one():
             generation = self._generation
             cache = self._cache
-            refs = {(*cache.ref(p.event.lead_id), p.event.lead_id) for _, p in ready}
+            accounts = self._accounts
+            refs = set()
+            account_refs = set()
+            for _, p in ready:
+                if isinstance(p.event, AccountRecord):
+                    account_refs.add((*accounts.ref(p.event.account_id), p.event.account_id))
+                else:
+                    refs.add((*cache.ref(p.event.lead_id), p.event.lead_id))
             await cache.load(refs, self._redis)
+            if account_refs:
+                await accounts.load(account_refs, self._redis)
             work: dict[int, GroupWork] = {}
             outcomes: Tally[tuple[str, str]] = Tally()
             facts = Facts()
@@ -214,7 +231,10 @@ class Pipeline:
             scorer = self._scorer
             for i, (tp, p) in enumerate(ready, 1):
                 record = p.event
-                group, key = cache.ref(record.lead_id)
+                if isinstance(record, AccountRecord):
+                    group, key = accounts.ref(record.account_id)
+                else:
+                    group, key = cache.ref(record.lead_id)
                 name = self._tp_name(tp)
                 applied = recorded.get((group, name))
                 if applied is not None and p.offset <= applied:
@@ -224,8 +244,16 @@ class Pipeline:
                 if w is None:
                     w = work[group] = GroupWork()
                 w.offsets[name] = p.offset
+                partition = tp.partition
+                if isinstance(record, AccountRecord):
+                    account = w.accounts[key] = accounts.get(key)
+                    scorer.account(account, record, w, rules, facts)
+                    outcomes[(tp.topic, "scored")] += 1
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    continue
                 lead = cache.get(key)
-                lead.state.partition = partition = tp.partition
+                lead.state.partition = partition
                 w.leads[key] = lead
                 # The partition's event time so far: the SLA clock (as the tick's while behind).
                 clock = times.get(partition, 0)
@@ -341,6 +369,11 @@ class Pipeline:
                 adds, removes = lead.set_changes(want, could_be_in)
                 commit.leads.append(LeadWrite(key, lead.prefix, value, adds, removes))
                 lead.prefix = value[:8]
+            for key, account in w.accounts.items():
+                account.version += 1
+                value = versioned(account.version, encode_account(account.state))
+                commit.leads.append(LeadWrite(key, account.prefix, value))
+                account.prefix = value[:8]
             calls.append(GroupCall(group, commit.pack(keys), w.outputs, w.records))
         return calls
 

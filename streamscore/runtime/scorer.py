@@ -16,6 +16,12 @@ makes the known lead send merge_into to the anonymous id's owner (the identity t
 that id), which detaches the id's contributions and sends them back as absorb; later events of
 a merged id are forwarded. Each is a Record in the commit's outbox entry, so it is sent exactly
 once in effect with the state change that caused it.
+
+Accounts (scoring/accounts.py) work the same way when the rules have an `accounts:` section: a
+lead with an account whose engagement or account changed sends its contribution to the
+account's owner (the account topic, keyed by account id), which applies it to the account's
+own state in the same commit as its offset, and emits an account handoff through the outbox.
+Rules without the section cost one attribute test per event.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
+from streamscore.events.accounts import AccountRecord, account_handoff_message, account_message
 from streamscore.events.deadletter import dead_letter_record
 from streamscore.events.envelope import Event
 from streamscore.events.identity import (
@@ -48,17 +55,21 @@ from streamscore.outcomes.funnel import (
 )
 from streamscore.outcomes.kpi import DEFAULT_MODEL
 from streamscore.outcomes.messages import sla_breach_message
+from streamscore.runtime.accounts import CachedAccount
+from streamscore.runtime.clock import now_ms
 from streamscore.runtime.leads import CachedLead
+from streamscore.scoring import accounts as acct
 from streamscore.scoring import story
 from streamscore.scoring.engine import decide
 from streamscore.scoring.identity import absorb, detach, judge, note_event, request
 from streamscore.scoring.outputs import Output
-from streamscore.scoring.rules import CompiledRules
+from streamscore.scoring.rules import AccountRules, CompiledRules
 from streamscore.scoring.state import (
     LeadState,
     advance,
     apply_event,
     disarm,
+    engagement_at,
     penalize,
     score_at,
 )
@@ -77,6 +88,8 @@ class GroupWork:
     """One key group's share of a batch while it is scored."""
 
     leads: dict[str, CachedLead] = field(default_factory=dict)
+    #: Accounts written by this group's share (their own keys, in the same commit call).
+    accounts: dict[str, CachedAccount] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
     #: Messages for other topics, recorded in the outbox with the outputs.
@@ -107,6 +120,9 @@ class Scorer:
         dead_letter_topic: str = "ss.v1.dead-letter",
         merge_known: bool = False,
         max_links: int = 100,
+        account_topic: str = "ss.v1.internal.accounts",
+        account_handoff_topic: str = "ss.v1.account-handoffs",
+        account_members_max: int = 200,
     ) -> None:
         self.dedup_ms = dedup_window_ms
         self.story_keep = story_keep
@@ -115,6 +131,9 @@ class Scorer:
         self.dead_letter_topic = dead_letter_topic
         self.merge_known = merge_known
         self.max_links = max_links
+        self.account_topic = account_topic
+        self.account_handoff_topic = account_handoff_topic
+        self.account_members_max = account_members_max
 
     def event(
         self,
@@ -138,10 +157,15 @@ class Scorer:
             return True
         note_event(state, ev.anonymous)
         first = len(w.outputs)
+        accounts = rules.accounts
+        before = (state.anchor_ms, state.positive) if accounts is not None else None
         fresh = apply_event(
             state, rules, ev.event_id, ev.time_ms, decide(ev, rules), self.dedup_ms, w.outputs
         )
         if fresh:
+            if accounts is not None:
+                changed = before != (state.anchor_ms, state.positive)
+                self._contribute(state, rules, accounts, ev, changed, w)
             self._tell(state, rules, ev.time_ms, "event", ev.type)
             if len(w.outputs) > first:
                 self._after_outputs(lead, w, first, rules, clock_ms, facts)
@@ -238,9 +262,68 @@ class Scorer:
         other = decode_lead(record.state, record.other)
         if absorb(state, other, record.other, rules, record.event_id, record.time_ms, w.outputs):
             facts.edges[("identity", "merged")] += 1
+            if rules.accounts is not None and state.account is not None:
+                self._contribute(state, rules, rules.accounts, None, True, w)
             self._tell(state, rules, record.time_ms, "merge", record.other)
             if len(w.outputs) > first:
                 self._after_outputs(lead, w, first, rules, clock_ms, facts)
+
+    def _contribute(
+        self,
+        state: LeadState,
+        rules: CompiledRules,
+        accounts: AccountRules,
+        ev: Event | None,
+        changed: bool,
+        w: GroupWork,
+    ) -> None:
+        """Send the lead's contribution to its account when it or the account changed."""
+        current = state.account
+        traits = None
+        new = current
+        if ev is not None:
+            new = acct.account_for(current, ev.type, ev.link, ev.traits, accounts)
+            if ev.type == "group" and ev.traits:
+                traits = dict(ev.traits)
+        anchor = state.last_ms if state.last_ms is not None else 0
+        if new != current:
+            if current is not None and (new is None or new[0] != current[0]):
+                leave = acct.Contribution(current[0], state.lead_id, acct.LEFT, anchor)
+                w.records.append(Record(self.account_topic, *account_message(leave)))
+            state.account = new
+            changed = True
+        if new is None or not (changed or traits):
+            return
+        engagement = engagement_at(state, rules, anchor)
+        update = acct.Contribution(new[0], state.lead_id, engagement, anchor, traits)
+        w.records.append(Record(self.account_topic, *account_message(update)))
+
+    def account(
+        self,
+        account: CachedAccount,
+        record: AccountRecord,
+        w: GroupWork,
+        rules: CompiledRules,
+        facts: Facts,
+    ) -> None:
+        """Apply one lead's contribution to its account, once; hand the account off."""
+        kind = "account_leave" if record.type == "leave" else "account_member"
+        accounts = rules.accounts
+        if accounts is None:
+            facts.edges[(kind, "ignored")] += 1
+            return
+        handoffs: list[acct.AccountHandoff] = []
+        result = acct.apply(
+            account.state, record.contribution, accounts, self.account_members_max, handoffs
+        )
+        facts.edges[(kind, result)] += 1
+        if handoffs:
+            traits = acct.traits_of(account.state)
+            scored = now_ms()
+            for h in handoffs:
+                key, value = account_handoff_message(h, traits, rules.version, scored)
+                w.records.append(Record(self.account_handoff_topic, key, value))
+                facts.edges[("account_handoff", h.tier)] += 1
 
     def outcome(
         self,

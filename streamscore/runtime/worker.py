@@ -95,7 +95,8 @@ class ScoringWorker:
                 settings.dedup_window_s * 1000, settings.lead_story_max,
                 settings.topic_sla_breaches, settings.topic_identity,
                 settings.topic_dead_letter, settings.identity_merge_known == "merge",
-                settings.identity_max_links,
+                settings.identity_max_links, settings.topic_account_updates,
+                settings.topic_account_handoffs, settings.account_members_max,
             ),
         )  # fmt: skip
         self.consumer: AIOKafkaConsumer | None = None
@@ -173,7 +174,13 @@ class ScoringWorker:
         )
         now = now_ms()
         valid, rejected = await parse_fetched(
-            records, self.kinds, self.limits, now, self.track, settings.topic_identity
+            records,
+            self.kinds,
+            self.limits,
+            now,
+            self.track,
+            settings.topic_identity,
+            settings.topic_account_updates,
         )
         for tp, pending in valid:
             if tp in self.partitions.assigned:  # not revoked while it was parsed

@@ -57,6 +57,9 @@ def describe_lead(state: LeadState, rules: CompiledRules, now_ms: int) -> dict[s
             for name, record in sorted((judged.profile or {}).items())
         },
         "identity": _identity(state),
+        "account": None
+        if state.account is None
+        else {"id": state.account[0], "from": "group" if state.account[1] else "email"},
         "story": [
             {"time": format_time_ms(i.time_ms), "kind": i.kind, "label": i.label, "score": i.score}
             for i in story_items(state)
