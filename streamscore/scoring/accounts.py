@@ -15,9 +15,10 @@ the larger value in a fixed order), so the aggregate is a join of what arrived: 
 whatever the order, and a contribution applied twice is applied once.
 
 The account is judged at its present (the latest anchor or trait time it has seen): its tier
-with hysteresis, and a handoff when it reaches the handoff tier while armed; it re-arms below
-`rearm_below`. Ranking by value decayed to any common time is one order (a common half-life),
-so the best members do not depend on when they are judged.
+with hysteresis, and a handoff when it reaches the handoff tier while armed and some member has
+engagement (fit alone hands off no one); it re-arms below `rearm_below`. Ranking by value
+decayed to any common time is one order (a common half-life), so the best members do not depend
+on when they are judged.
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def evaluate(state: AccountState, rules: AccountRules, out: list[AccountHandoff]
     state.tier = tier
     if not state.armed and score < rules.rearm_below:
         state.armed = True
-    if state.armed and tier >= rules.handoff_tier:
+    if state.armed and tier >= rules.handoff_tier and best:  # fit alone names no lead
         state.armed = False
         state.seq += 1
         out.append(

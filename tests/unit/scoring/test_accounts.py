@@ -170,6 +170,16 @@ def test_fit_from_group_traits_and_rearm() -> None:
     assert len(out) == 2 and out[1].seq == 2
 
 
+def test_fit_alone_hands_off_no_one() -> None:
+    rich = _accounts(ACCOUNTS.replace("points: 20", "points: 120"))
+    state = AccountState("acct-42")
+    out: list[AccountHandoff] = []
+    apply(state, Contribution("acct-42", "ann", 0.0, 1, {"employees": 900}), rich, 200, out)
+    assert state.tier == 2 and state.armed and out == []
+    apply(state, Contribution("acct-42", "ann", 1.0, 2), rich, 200, out)
+    assert [h.leads for h in out] == [(("ann", 1.0),)]
+
+
 def test_a_leave_takes_the_member_out_even_at_the_same_anchor() -> None:
     state = AccountState("acme.com")
     out: list[AccountHandoff] = []
