@@ -342,6 +342,9 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
         print(f"  merged ids: {merged}")
     if identity["merged_into"] is not None:
         print(f"  merged into {identity['merged_into']}: its events score there")
+    account = info.get("account")
+    if account:
+        print(f"  account {account['id']} (from its {account['from']})")
     return 0
 
 

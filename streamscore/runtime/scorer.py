@@ -104,7 +104,8 @@ class Facts:
 
     outcomes: Tally[tuple[str, str]] = field(default_factory=Tally)  # (type, result)
     breaches: Tally[str] = field(default_factory=Tally)  # tier
-    #: Cross-lead work (Sensor.edges_applied): ("identity", result), ("forwarded", "").
+    #: Cross-lead work (Sensor.edges_applied): ("identity", result), ("forwarded", ""),
+    #: ("account_member" | "account_leave", result), ("account_handoff", tier).
     edges: Tally[tuple[str, str]] = field(default_factory=Tally)
 
 
