@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    #: Where the forgotten sets live when not under redis_key_prefix: a replay into its own
+    #: prefix names the live one here, so that the leads forgotten there stay forgotten (same
+    #: redis_key_groups needed). Empty: redis_key_prefix.
+    redis_forgotten_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9_.:-]{1,64})?$")
     redis_cluster: Literal["auto", "true", "false"] = "auto"
     """Redis Cluster client or not; auto asks the server once at start (INFO cluster)."""
     redis_ssl_ca_certs: Path | None = None

@@ -44,6 +44,7 @@ from streamscore.scoring.rules import CompiledRules
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
+from streamscore.store.forgotten import ForgottenLeads
 from streamscore.store.keys import KeySpace
 from streamscore.store.outbox import Record, ScoredOutput, encode_outputs
 from streamscore.store.store import RedisStore
@@ -109,6 +110,9 @@ class Pipeline:
         self.partition_time_ms: dict[int, int] = {}
         #: Set by stage two when a commit conflicts; the worker rewinds, then calls reset().
         self.conflict: str | None = None
+        #: The forgotten sets as last read (None: read them before scoring). Every commit call
+        #: is fenced on its group's size, so a forget since then voids the batch (a conflict).
+        self.forgotten: ForgottenLeads | None = None
         self._generation = 0
         #: When stage two last finished a batch, or the pipeline was last seen empty.
         self._progress_s = time.monotonic()
@@ -165,6 +169,7 @@ class Pipeline:
         self._cache.clear()
         self.recorded.clear()
         self.conflict = None
+        self.forgotten = None
 
     async def load_offsets(self, partitions: Iterable[TopicPartition]) -> None:
         """Read the applied offsets of newly owned partitions from Redis."""
@@ -202,8 +207,10 @@ class Pipeline:
         async with self._stage_one():
             generation = self._generation
             cache = self._cache
+            forgotten = await self._forgotten()
             refs = {(*cache.ref(p.event.lead_id), p.event.lead_id) for _, p in ready}
             await cache.load(refs, self._redis)
+            digest_of = self._keys.digest_of
             work: dict[int, GroupWork] = {}
             outcomes: Tally[tuple[str, str]] = Tally()
             facts = Facts()
@@ -218,6 +225,11 @@ class Pipeline:
                 applied = recorded.get((group, name))
                 if applied is not None and p.offset <= applied:
                     outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
+                    continue
+                if forgotten and forgotten.blocks(digest_of(key), record.time_ms):
+                    # A forgotten lead's record from before the forget (late, redelivered or
+                    # replayed): dropped, so it cannot bring the lead back.
+                    outcomes[(tp.topic, "forgotten")] += 1
                     continue
                 w = work.get(group)
                 if w is None:
@@ -265,6 +277,7 @@ class Pipeline:
         """
         async with self._stage_one():
             generation = self._generation
+            await self._forgotten()
             refs: list[tuple[int, str, str | None]] = []
             limits: dict[str, int] = {}
             for partition in partitions:
@@ -284,6 +297,8 @@ class Pipeline:
             work: dict[int, GroupWork] = {}
             facts = Facts()
             for group, key, _ in refs:
+                if key not in self._cache:
+                    continue  # forgotten between reading the due set and loading it
                 w = work.get(group)
                 if w is None:
                     w = work[group] = GroupWork()
@@ -292,6 +307,13 @@ class Pipeline:
             batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {}, facts)
             await self._enqueue(batch)
             return len(refs)
+
+    async def _forgotten(self) -> ForgottenLeads:
+        """The forgotten sets, read once after a start or a reset (a forget since then makes a
+        commit conflict, which resets)."""
+        if self.forgotten is None:
+            self.forgotten = await self._redis(self._store.forgotten_leads)
+        return self.forgotten
 
     async def _enqueue(self, batch: Batch) -> None:
         """Hand a batch to stage two; raise stage two's error if it has died meanwhile.
@@ -319,9 +341,12 @@ class Pipeline:
 
     def _pack(self, work: dict[int, GroupWork], rules: CompiledRules) -> list[GroupCall]:
         keys = self._keys
+        forgotten = self.forgotten
         calls = []
         for group, w in work.items():
             commit = GroupCommit(group, counters=w.counters)
+            # Fenced on the forgotten set read before scoring: a forget since voids the batch.
+            commit.forgotten_size = None if forgotten is None else forgotten.size(group)
             for name, new in w.offsets.items():
                 commit.offsets.append(OffsetWrite(name, self.recorded.get((group, name)), new))
                 self.recorded[(group, name)] = new
@@ -368,6 +393,11 @@ class Pipeline:
                 loop.call_soon(
                     self._sensor.batch_applied, batch.outcomes, batch.append_ms, now_ms()
                 )
+                dropped = sum(
+                    n for (_, outcome), n in batch.outcomes.items() if outcome == "forgotten"
+                )
+                if dropped:
+                    self._sensor.edges_applied({("forgotten_dropped", ""): dropped})
             facts = batch.facts
             if facts.outcomes or facts.breaches:
                 self._sensor.funnel_facts(facts.outcomes, facts.breaches)

@@ -66,6 +66,7 @@ def test_the_expected_schemas_exist() -> None:
         "outcomes.v1.json",
         "sla-breach.v1.json",
         "delivery-dead-letter.v1.json",
+        "forgotten.v1.json",
     }
 
 
