@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, deliver, console, dev, rules check, lead..."""
+"""The `streamscore` command: worker, collector, deliver, console, dev, lead, forget..."""
 
 from __future__ import annotations
 
@@ -344,6 +344,83 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Forget a lead: its state, de-duplication ids, sorted-set memberships and pending outputs
+    are deleted, its records up to now dropped from then on, and a tombstone is emitted."""
+    import asyncio
+
+    located = _client_settings(args)
+    return asyncio.run(_forget_lead(located, args.lead_id, args.reason, args.json))
+
+
+#: How long `streamscore forget` waits for the broker to take the tombstone.
+TOMBSTONE_TIMEOUT_S = 20.0
+
+
+async def _forget_lead(
+    located: ClientSettings, lead_id: str, reason: str | None, as_json: bool
+) -> int:
+    import asyncio
+
+    import orjson
+    from aiokafka.errors import KafkaError
+
+    from streamscore.events.timefmt import format_time_ms
+    from streamscore.runtime.clock import now_ms
+    from streamscore.runtime.forget import forget_lead, send_tombstone
+    from streamscore.runtime.kafka import ensure_topics, make_producer
+    from streamscore.scoring.rules import load_rules
+
+    settings = located.settings
+    tiers = [t.name for t in load_rules(settings.rules_file).tiers]
+    async with _open_store(located) as store:
+        forgotten = await forget_lead(
+            store,
+            lead_id,
+            topic=settings.topic_forgotten,
+            tier_names=tiers,
+            forget_ms=now_ms(),
+            reason=reason,
+        )
+        sent = True
+        producer = make_producer(settings)
+        try:
+            async with asyncio.timeout(TOMBSTONE_TIMEOUT_S):
+                await ensure_topics(settings)
+                await producer.start()
+                await send_tombstone(store, producer, forgotten)
+        except (TimeoutError, KafkaError) as exc:
+            sent = False
+            print(
+                f"streamscore: the broker at {settings.kafka_bootstrap} did not take the "
+                f"tombstone ({type(exc).__name__}); it waits in the outbox, and a running "
+                "worker sends it (set STREAMSCORE_KAFKA_BOOTSTRAP if the broker is elsewhere)",
+                file=sys.stderr,
+            )
+        finally:
+            await producer.stop()
+    if as_json:
+        print(
+            orjson.dumps(
+                orjson.loads(forgotten.tombstone.value), option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+        return 0
+    what = {
+        "forgotten": "its state is deleted",
+        "already_forgotten": "it had no state (forgotten before)",
+        "not_found": "it had no state (unknown so far)",
+    }[forgotten.result]
+    print(f"forgot lead {lead_id}: {what}; {forgotten.withdrawn} pending outputs withdrawn")
+    print(
+        f"  its records up to {format_time_ms(forgotten.forget_ms)} are dropped from now on; "
+        "later ones start a new lead"
+    )
+    where = "sent to" if sent else "waiting in the outbox for"
+    print(f"  tombstone {where} {forgotten.tombstone.topic}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the sales-outcomes report (HTML, and its figures as JSON) from the KPI counters."""
     from streamscore.outcomes.kpi import compute_kpis
@@ -456,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("lead_id")
     lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
     lead.set_defaults(func=cmd_lead)
+
+    forget = sub.add_parser("forget", help=cmd_forget.__doc__)
+    forget.add_argument("lead_id")
+    forget.add_argument("--reason", help="free text carried by the tombstone (max 512 chars)")
+    forget.add_argument("--json", action="store_true", help="print the tombstone as JSON")
+    forget.set_defaults(func=cmd_forget)
 
     report = sub.add_parser("report", help=cmd_report.__doc__)
     report.add_argument(
