@@ -13,21 +13,30 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from jsonschema import Draft202012Validator
 
 from streamscore import dev
 from streamscore.config import Settings
+from streamscore.runtime.forget import forget_lead
 from streamscore.scoring.explain import describe_lead
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import load_rules
-from streamscore.store.commit import GroupCommit
+from streamscore.scoring.state import new_lead
+from streamscore.store.client import open_client
+from streamscore.store.codec import encode_lead
+from streamscore.store.commit import GroupCommit, LeadWrite, versioned
+from streamscore.store.forgotten import member
+from streamscore.store.keys import KeySpace
 from streamscore.store.outbox import decode_entry, encode_outputs
 from streamscore.store.store import RedisStore
 from tests.conftest import REPO_ROOT, RULES_FILE
+from tests.integration.conftest import ClusterUnderTest
 from tests.integration.faults_support import QUIET
 from tests.integration.harness import (
     WorkerProcess,
@@ -213,3 +222,117 @@ async def test_delete_forgets_the_lead_and_nothing_brings_it_back(
         assert again.terminate() == 0
     finally:
         await store.close()
+
+
+# --------------------------------------------------------------------------- the store part
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def any_store(
+    request: pytest.FixtureRequest, redis_url: str, redis_cluster: ClusterUnderTest
+) -> AsyncIterator[RedisStore]:
+    """A store with its own key prefix, on the session's server or on the 3-primary cluster."""
+    cluster = request.param == "cluster"
+    client = await open_client(redis_cluster.url if cluster else redis_url, cluster=cluster)
+    store = RedisStore(client, KeySpace(f"fg:{uuid.uuid4().hex[:8]}", groups=3 if cluster else 1))
+    yield store
+    await store.close()
+
+
+async def write_lead(store: RedisStore, lead_id: str, version: int, expected: bytes) -> bytes:
+    """Store a warm lead of partition 1 (due set and tier index), fenced on `expected`."""
+    keys = store.keys
+    ref = keys.lead_ref(lead_id)
+    state = new_lead(lead_id)
+    state.partition = 1
+    value = versioned(version, encode_lead(state))
+    sets = ((keys.due(ref.group, 1), 5_000.0), (keys.tier_index(ref.group, "warm"), 50.0))
+    commit = GroupCommit(ref.group)
+    commit.leads.append(LeadWrite(keys.lead(ref), expected, value, sets))
+    assert (await store.commit(commit.pack(keys), encode_outputs([OUTPUT], 1))).ok
+    return value[:8]
+
+
+async def test_forget_lead_deletes_withdraws_and_fences_later_commits(
+    any_store: RedisStore,
+) -> None:
+    store, keys = any_store, any_store.keys
+    ref = keys.lead_ref("alice")
+    g = ref.group
+    await write_lead(store, "alice", 1, b"")
+    done = await forget_lead(
+        store, "alice", topic="t.forgotten", tier_names=TIERS, forget_ms=1_000, reason=None
+    )
+    assert (done.result, done.withdrawn, done.group) == ("forgotten", 1, g)
+    assert await store.lead_state("alice") is None
+    assert await store.due_keys(g, 1, 10_000, 10) == []
+    assert await store.tier_queue(g, "warm", 10) == []
+    assert await store.forgotten_members(g) == [member(ref.digest, 1_000)]
+    [(entry, value)] = await store.outbox_entries(g)  # only the tombstone is pending
+    assert entry == done.outbox_entry and decode_entry(value)[1] == [done.tombstone]
+
+    # A commit decided before the forget (it knew an empty set) writes nothing; one that has
+    # read the set again does; an unchecked one (forgotten_size None) is not fenced.
+    stale = GroupCommit(g, forgotten_size=0)
+    stale.leads.append(LeadWrite(keys.lead(ref), b"", versioned(9, b"x")))
+    result = await store.commit(stale.pack(keys), b"")
+    assert not result.ok and result.conflict.startswith("forgotten ")
+    assert await store.read_lead("alice") is None
+    stale.forgotten_size = 1
+    assert (await store.commit(stale.pack(keys), b"")).ok
+
+    again = await forget_lead(
+        store, "bob", topic="t.forgotten", tier_names=TIERS, forget_ms=2_000, reason="x"
+    )
+    assert again.result == "not_found"
+    await store.client.execute("DEL", keys.lead(ref), key=keys.lead(ref))
+    third = await forget_lead(
+        store, "alice", topic="t.forgotten", tier_names=TIERS, forget_ms=3_000, reason=None
+    )
+    assert third.result == "already_forgotten"
+    known = await store.forgotten_leads()
+    assert known.until_ms(ref.digest) == 3_000 and known.blocks(ref.digest, 2_999)
+
+
+async def test_a_forget_racing_a_write_tries_again_and_wins(
+    any_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = any_store
+    prefix = await write_lead(store, "alice", 1, b"")
+    reads = store.outbox_entries
+    raced: list[int] = []
+
+    async def racing_read(group: int) -> list[tuple[str, bytes]]:
+        # The worker commits the lead between the forget's read of it and its commit call.
+        if not raced:
+            raced.append(group)
+            await write_lead(store, "alice", 2, prefix)
+        return await reads(group)
+
+    monkeypatch.setattr(store, "outbox_entries", racing_read)
+    done = await forget_lead(
+        store, "alice", topic="t.forgotten", tier_names=TIERS, forget_ms=1_000, reason=None
+    )
+    assert raced and done.result == "forgotten" and done.withdrawn == 2
+    assert await store.lead_state("alice") is None
+
+
+async def test_a_replay_prefix_shares_the_forgotten_sets_on_one_slot(
+    any_store: RedisStore,
+) -> None:
+    live = any_store
+    replay = RedisStore(
+        live.client, KeySpace(f"{live.keys.prefix}-replay", live.keys.groups, live.keys.prefix)
+    )
+    await forget_lead(
+        live, "alice", topic="t.forgotten", tier_names=TIERS, forget_ms=1_000, reason=None
+    )
+    ref = replay.keys.lead_ref("alice")
+    assert (await replay.forgotten_leads()).blocks(ref.digest, 1_000)
+    # One call with the replay's lead key and the live forgotten set: legal on a cluster.
+    commit = GroupCommit(ref.group, forgotten_size=0)
+    commit.leads.append(LeadWrite(replay.keys.lead(ref), b"", versioned(1, b"x")))
+    result = await replay.commit(commit.pack(replay.keys), b"")
+    assert not result.ok and result.conflict.startswith("forgotten ")
+    commit.forgotten_size = 1
+    assert (await replay.commit(commit.pack(replay.keys), b"")).ok
