@@ -22,7 +22,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from streamscore import dev
-from streamscore.config import Settings
+from streamscore.config import Settings, settings_env
+from streamscore.dev.state import remove_state, write_state
 from streamscore.runtime.forget import forget_lead
 from streamscore.scoring.explain import describe_lead
 from streamscore.scoring.outputs import Output
@@ -35,7 +36,7 @@ from streamscore.store.forgotten import member
 from streamscore.store.keys import KeySpace
 from streamscore.store.outbox import decode_entry, encode_outputs
 from streamscore.store.store import RedisStore
-from tests.conftest import REPO_ROOT, RULES_FILE
+from tests.conftest import REPO_ROOT, RULES_FILE, run_cli
 from tests.integration.conftest import ClusterUnderTest
 from tests.integration.faults_support import QUIET
 from tests.integration.harness import (
@@ -336,3 +337,102 @@ async def test_a_replay_prefix_shares_the_forgotten_sets_on_one_slot(
     assert not result.ok and result.conflict.startswith("forgotten ")
     commit.forgotten_size = 1
     assert (await replay.commit(commit.pack(replay.keys), b"")).ok
+
+
+# --------------------------------------------------------------------------- races, the CLI
+
+
+@bounded(180)
+async def test_a_forget_amid_a_stream_of_the_leads_events_is_not_undone(
+    settings_factory: Callable[..., Settings], workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """The worker commits the lead again and again while it is forgotten; every event predates
+    the forget, so once all are handled the lead must be absent, whichever commit came first."""
+    settings = settings_factory(web_token=TOKEN, commit_interval_s=0.1, **QUIET)
+    worker = WorkerProcess(settings, tmp_path)
+    workers.append(worker)
+    await worker.wait_ready()
+    start = int(time.time() * 1000) - 120_000
+    total, chunk = 400, 20
+
+    def batch(i: int) -> list[tuple[str, bytes, bytes]]:
+        return [
+            (settings.topic_page_views, b"carol",
+             event("carol", "page_view", f"c-{j}", start + j, properties={"path": "/demo"}))
+            for j in range(i, i + chunk)
+        ]  # fmt: skip
+
+    async def stream() -> None:
+        for i in range(0, total, chunk):
+            await produce(settings, batch(i))
+            await asyncio.sleep(0.05)
+
+    producing = asyncio.create_task(stream())
+    try:
+        await wait_counted(worker, 3 * chunk)
+        status, body = await asyncio.to_thread(request, worker, "DELETE", "/leads/carol", TOKEN)
+        assert status == 200 and body["result"] == "forgotten", body
+    finally:
+        await producing
+    await wait_counted(worker, total)
+    store = await open_test_store(settings)
+    try:
+        assert await store.lead_state("carol") is None
+    finally:
+        await store.close()
+    dropped = await metric(worker, "streamscore_forgotten_dropped_total")
+    assert 0 < dropped <= total - 3 * chunk
+    assert worker.terminate() == 0
+
+
+def cli_env(runtime_dir: Path, **settings: str) -> dict[str, str]:
+    return {"XDG_RUNTIME_DIR": str(runtime_dir), **settings}
+
+
+@bounded(120)
+async def test_the_cli_forgets_through_a_running_dev_stack_or_says_what_to_set(
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_factory()
+    store = await open_test_store(settings)
+    try:
+        await write_lead(store, "dana", 1, b"")
+        # A running `streamscore dev` as other commands see it: its state file (this process
+        # stands in for it, so its PID is alive).
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+        path = write_state(settings, "http://127.0.0.1:1")
+        assert path is not None
+        found = await asyncio.to_thread(
+            run_cli, "forget", "dana", "--reason", "erasure request", env=cli_env(tmp_path)
+        )
+        assert found.returncode == 0, found.stderr
+        assert "using `streamscore dev`" in found.stderr
+        assert "forgot lead dana: its state is deleted" in found.stdout
+        assert await store.lead_state("dana") is None
+        [tombstone] = await read_topic(settings, settings.topic_forgotten)
+        assert tombstone["lead_id"] == "dana" and tombstone["reason"] == "erasure request"
+        assert not [e.message for e in SCHEMA.iter_errors(tombstone)]
+        remove_state(path)
+
+        # No stack and nothing set: one line naming the setting, no traceback.
+        env = cli_env(tmp_path, STREAMSCORE_REDIS_URL="redis://127.0.0.1:1/0")
+        lost = await asyncio.to_thread(run_cli, "forget", "dana", env=env)
+        assert lost.returncode == 1
+        assert "STREAMSCORE_REDIS_URL" in lost.stderr and "Traceback" not in lost.stderr
+
+        # Redis there, the broker not: forgotten all the same, the tombstone waits in the
+        # outbox for a worker's re-drive, and the message says which setting to check.
+        env = {k: v for k, v in settings_env(settings).items() if "TOPIC" in k or "REDIS" in k}
+        env = cli_env(tmp_path, **env, STREAMSCORE_KAFKA_BOOTSTRAP="127.0.0.1:1")
+        await write_lead(store, "erin", 1, b"")
+        queued = await asyncio.to_thread(run_cli, "forget", "erin", "--json", env=env)
+        assert queued.returncode == 0, queued.stderr
+        assert "STREAMSCORE_KAFKA_BOOTSTRAP" in queued.stderr
+        assert json.loads(queued.stdout)["lead_id"] == "erin"
+        group = store.keys.lead_ref("erin").group
+        waiting = [decode_entry(v)[1] for _, v in await store.outbox_entries(group)]
+        assert any(r.topic == settings.topic_forgotten for rs in waiting for r in rs)
+    finally:
+        await store.close()
