@@ -54,7 +54,7 @@ async def _read(runtime: Runtime, what: str, op: Callable[[], Awaitable[T]]) -> 
         # one-line log, never a traceback page; anything else is a bug and re-raised.
         if not isinstance(exc, TimeoutError) and classify(exc) is None:
             raise
-        log.warning("GET %s: Redis failed: %r", what, exc)
+        log.warning("%s: Redis failed: %r", what, exc)
         raise _RedisUnavailable from exc
 
 
@@ -91,7 +91,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
         if worker is None:
             return view.json({"error": "not started"}, status=503)
         try:
-            counters = await _read(runtime, "/kpis", worker.store.kpi_counters)
+            counters = await _read(runtime, "GET /kpis", worker.store.kpi_counters)
         except _RedisUnavailable:
             return view.json({"error": "redis unavailable"}, status=503)
         tiers = [t.name for t in runtime.rules.rules.tiers]
@@ -110,7 +110,8 @@ def register(app: faust.App, runtime: Runtime) -> None:
             if worker is None:
                 return self.json({"error": "not started"}, status=503)
             try:
-                state = await _read(runtime, "/leads", partial(worker.store.lead_state, lead_id))
+                read = partial(worker.store.lead_state, lead_id)
+                state = await _read(runtime, "GET /leads", read)
             except _RedisUnavailable as exc:
                 failure = {"error": "redis unavailable", "detail": type(exc.__cause__).__name__}
                 return self.json(failure, status=503)
@@ -141,7 +142,7 @@ async def _forget(
     try:
         forgotten = await _read(
             runtime,
-            "/leads (DELETE)",
+            "DELETE /leads",
             partial(
                 forget_lead,
                 worker.store,
