@@ -60,7 +60,7 @@ OUTPUT = Output(
 )  # fmt: skip
 
 
-def request(worker: WorkerProcess, method: str, path: str, token: str | None) -> tuple[int, Any]:
+def call(worker: WorkerProcess, method: str, path: str, token: str | None) -> tuple[int, Any]:
     req = urllib.request.Request(worker.url(path), method=method)
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
@@ -145,10 +145,10 @@ async def test_delete_forgets_the_lead_and_nothing_brings_it_back(
         )
         assert pending.ok
 
-        assert request(worker, "DELETE", "/leads/alice", None)[0] == 401
-        assert request(worker, "DELETE", "/leads/alice", "wrong-token-wrong-token")[0] == 401
+        assert call(worker, "DELETE", "/leads/alice", None)[0] == 401
+        assert call(worker, "DELETE", "/leads/alice", "wrong-token-wrong-token")[0] == 401
         assert await store.lead_state("alice") is not None
-        status, body = request(worker, "DELETE", "/leads/alice?reason=ticket%2042", TOKEN)
+        status, body = call(worker, "DELETE", "/leads/alice?reason=ticket%2042", TOKEN)
         assert status == 200, body
         assert body["result"] == "forgotten" and body["tombstone"]["sent"] is True
         assert body["outputs_withdrawn"] >= 1
@@ -160,7 +160,7 @@ async def test_delete_forgets_the_lead_and_nothing_brings_it_back(
         left = [decode_entry(v)[0] for _, v in await store.outbox_entries(group)]
         assert [o.output.lead_id for entry in left for o in entry] == ["bob"]
         assert await store.lead_state("bob") is not None
-        assert request(worker, "GET", "/leads/alice", TOKEN)[0] == 404
+        assert call(worker, "GET", "/leads/alice", TOKEN)[0] == 404
 
         [tombstone] = [
             m for m in await read_topic(settings, settings.topic_forgotten)
@@ -342,13 +342,23 @@ async def test_a_replay_prefix_shares_the_forgotten_sets_on_one_slot(
 # --------------------------------------------------------------------------- races, the CLI
 
 
+@pytest.mark.parametrize("backend", ["single", "cluster"])
 @bounded(180)
 async def test_a_forget_amid_a_stream_of_the_leads_events_is_not_undone(
-    settings_factory: Callable[..., Settings], workers: list[WorkerProcess], tmp_path: Path
+    settings_factory: Callable[..., Settings],
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
     """The worker commits the lead again and again while it is forgotten; every event predates
-    the forget, so once all are handled the lead must be absent, whichever commit came first."""
-    settings = settings_factory(web_token=TOKEN, commit_interval_s=0.1, **QUIET)
+    the forget, so once all are handled the lead must be absent, whichever commit came first.
+    On one server, and on the Redis Cluster with three key groups."""
+    extra: dict[str, Any] = {}
+    if backend == "cluster":
+        cluster: ClusterUnderTest = request.getfixturevalue("redis_cluster")
+        extra = {"redis_url": cluster.url, "redis_cluster": "true", "redis_key_groups": 3}
+    settings = settings_factory(web_token=TOKEN, commit_interval_s=0.1, **QUIET, **extra)
     worker = WorkerProcess(settings, tmp_path)
     workers.append(worker)
     await worker.wait_ready()
@@ -370,7 +380,7 @@ async def test_a_forget_amid_a_stream_of_the_leads_events_is_not_undone(
     producing = asyncio.create_task(stream())
     try:
         await wait_counted(worker, 3 * chunk)
-        status, body = await asyncio.to_thread(request, worker, "DELETE", "/leads/carol", TOKEN)
+        status, body = await asyncio.to_thread(call, worker, "DELETE", "/leads/carol", TOKEN)
         assert status == 200 and body["result"] == "forgotten", body
     finally:
         await producing
