@@ -368,7 +368,7 @@ async def _forget_lead(
     from streamscore.events.timefmt import format_time_ms
     from streamscore.runtime.clock import now_ms
     from streamscore.runtime.forget import forget_lead, send_tombstone
-    from streamscore.runtime.kafka import ensure_topics, make_producer
+    from streamscore.runtime.kafka import make_producer
     from streamscore.scoring.rules import load_rules
 
     settings = located.settings
@@ -386,7 +386,8 @@ async def _forget_lead(
         producer = make_producer(settings)
         try:
             async with asyncio.timeout(TOMBSTONE_TIMEOUT_S):
-                await ensure_topics(settings)
+                # Not ensure_topics: a command must not create the worker's topics with its
+                # own partition count; a missing topic leaves the tombstone to the re-drive.
                 await producer.start()
                 await send_tombstone(store, producer, forgotten)
         except (TimeoutError, KafkaError) as exc:
