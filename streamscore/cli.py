@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamscore import interrupts
+from streamscore.connect import located_settings, open_store
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
 from streamscore.lab.commands import add_lab_commands
 
 if TYPE_CHECKING:
     from streamscore.config import Settings
     from streamscore.dev.state import ClientSettings
-    from streamscore.store.store import RedisStore
 
 # Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
 # installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
@@ -31,80 +29,6 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     from streamscore.config import load_settings
 
     return load_settings(args.config, **overrides)
-
-
-def _client_settings(args: argparse.Namespace) -> ClientSettings:
-    """Settings for a command that reads a stack: what the user left unset, from `streamscore dev`.
-
-    Every command but `worker` and `dev` (which run a stack rather than find one) takes its
-    settings from here.
-    """
-    from streamscore.dev.state import client_settings, without_password
-
-    located = client_settings(args.config)
-    if located.stack is not None:
-        settings = located.settings
-        found = [f"PID {located.stack.pid}"]
-        if "redis_url" in located.from_stack:
-            found.append(f"redis {without_password(settings.redis_url.get_secret_value())}")
-        if "kafka_bootstrap" in located.from_stack:
-            found.append(f"kafka {settings.kafka_bootstrap}")
-        print(f"streamscore: using `streamscore dev` ({', '.join(found)})", file=sys.stderr)
-    return located
-
-
-@contextlib.asynccontextmanager
-async def _open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
-    """The store of `located`, checked with one PING; a failure is one line, and not retried."""
-    from redis.exceptions import AuthenticationError
-
-    from streamscore.dev.state import without_password
-    from streamscore.errors import FatalStoreError, StoreUnreachable, TransientRedisError
-    from streamscore.store.client import open_settings_client
-    from streamscore.store.keys import KeySpace
-    from streamscore.store.store import RedisStore
-
-    settings = located.settings
-    shown = without_password(settings.redis_url.get_secret_value())
-    if located.stack is not None and "redis_url" in located.from_stack:
-        where = f"{shown} (of `streamscore dev`, PID {located.stack.pid})"
-        hint = "Has it stopped? Else set STREAMSCORE_REDIS_URL to your Redis."
-    elif "redis_url" in settings.model_fields_set:
-        where = f"{shown} (from STREAMSCORE_REDIS_URL or the settings file)"
-        hint = "Check STREAMSCORE_REDIS_URL."
-    else:
-        where = f"{shown} (the default; no `streamscore dev` is running)"
-        hint = "Start `streamscore dev`, or set STREAMSCORE_REDIS_URL to your Redis."
-
-    @contextlib.contextmanager
-    def one_line_errors() -> Iterator[None]:
-        # store.client makes one attempt per call and raises TransientRedisError for a
-        # connection that fails; a refused password comes through as redis-py's own error.
-        try:
-            yield
-        except AuthenticationError as exc:
-            raise FatalStoreError(
-                f"Redis at {where}: authentication failed ({exc}). Set STREAMSCORE_REDIS_URL "
-                "with its password: redis://:PASSWORD@HOST:PORT/DB."
-            ) from None
-        except TransientRedisError as exc:
-            detail = str(exc).rstrip(".")
-            raise StoreUnreachable(f"cannot reach Redis at {where}: {detail}. {hint}") from None
-
-    with one_line_errors():
-        client = await open_settings_client(settings)
-    store = RedisStore(
-        client,
-        KeySpace(
-            settings.redis_key_prefix, settings.redis_key_groups, settings.redis_forgotten_prefix
-        ),
-    )
-    try:
-        with one_line_errors():
-            await store.ping()
-            yield store
-    finally:
-        await store.close()
 
 
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
@@ -192,7 +116,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from streamscore.logs import logging_config
     from streamscore.web.console.app import run_console
 
-    settings = _client_settings(args).settings
+    settings = located_settings(args.config).settings
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
     run_console(settings)
     return 0
@@ -311,7 +235,7 @@ def cmd_lead(args: argparse.Namespace) -> int:
     """Print one lead's score, tier, grade, BANT and top contributing rules."""
     import asyncio
 
-    located = _client_settings(args)
+    located = located_settings(args.config)
     return asyncio.run(_show_lead(located, args.lead_id, args.json))
 
 
@@ -322,7 +246,7 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     from streamscore.scoring.explain import describe_lead
     from streamscore.scoring.rules import load_rules
 
-    async with _open_store(located) as store:
+    async with open_store(located) as store:
         state = await store.lead_state(lead_id)
     if state is None:
         print(f"unknown lead: {lead_id}", file=sys.stderr)
@@ -349,7 +273,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     are deleted, its records up to now dropped from then on, and a tombstone is emitted."""
     import asyncio
 
-    located = _client_settings(args)
+    located = located_settings(args.config)
     return asyncio.run(_forget_lead(located, args.lead_id, args.reason, args.json))
 
 
@@ -373,7 +297,7 @@ async def _forget_lead(
 
     settings = located.settings
     tiers = [t.name for t in load_rules(settings.rules_file).tiers]
-    async with _open_store(located) as store:
+    async with open_store(located) as store:
         forgotten = await forget_lead(
             store,
             lead_id,
@@ -486,10 +410,10 @@ def _kpi_counters(args: argparse.Namespace) -> tuple[dict[str, int], tuple[str, 
             raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
         tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
         return counters, tuple(tiers)
-    located = _client_settings(args)
+    located = located_settings(args.config)
 
     async def read() -> dict[str, int]:
-        async with _open_store(located) as store:
+        async with open_store(located) as store:
             return await store.kpi_counters()
 
     tiers = tuple(t.name for t in load_rules(located.settings.rules_file).tiers)
@@ -567,17 +491,28 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt as exc:
         # Whatever had started was stopped on the way out (DevStack, the worker's finally).
-        print(f"streamscore: stopped by {exc or 'SIGINT'}", file=sys.stderr)
-        interrupts.clear()
-        interrupts.forget_unhandled_interrupt()
-        return 0
+        return _stopped(str(exc) or "SIGINT")
     except (ConfigError, RulesError) as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StreamscoreError as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return 1
+    except Exception:
+        signal_name = interrupts.pending()
+        if signal_name is None:
+            raise
+        # The interrupt arrived while a library ran code under a catch-all that wraps what it
+        # catches (pydantic builds the settings' validators so): it is still a stop.
+        return _stopped(signal_name)
     return code
+
+
+def _stopped(signal_name: str) -> int:
+    print(f"streamscore: stopped by {signal_name}", file=sys.stderr)
+    interrupts.clear()
+    interrupts.forget_unhandled_interrupt()
+    return 0
 
 
 if __name__ == "__main__":

@@ -81,8 +81,11 @@ class Settings(BaseSettings):
     redis_retry_max_s: float = Field(default=120.0, gt=0)
     redis_timeout_s: float = Field(default=5.0, gt=0)
 
-    # Rules
+    # Rules and models
     rules_file: Path = Path("examples/rules.yaml")
+    shadow_rules_file: Path | None = None
+    shadow_model: str = Field(default="shadow", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    ab_experiment_file: Path | None = None
     rules_poll_s: float = Field(default=2.0, ge=0)
 
     # Hot path
@@ -197,6 +200,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "collector_max_message_bytes must not exceed collector_max_request_bytes"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _model_names_are_distinct(self) -> Settings:
+        if self.shadow_model == "live":
+            raise ValueError("shadow_model cannot be `live`: that is the live rules' name")
         return self
 
     @model_validator(mode="after")

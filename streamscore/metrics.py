@@ -101,8 +101,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         handoffs_total=Counter(
             "streamscore_handoffs_total",
-            "Handoff events emitted, by tier handed off.",
-            ["tier"],
+            "Handoff events emitted, by tier handed off and model (live, an A/B arm, a shadow).",
+            ["tier", "model"],
             registry=reg,
         ),
         outcomes_total=Counter(
@@ -147,8 +147,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         tier_changes_total=Counter(
             "streamscore_tier_changes_total",
-            "Tier changes emitted, by direction (up, down) and new tier.",
-            ["direction", "tier"],
+            "Tier changes emitted, by direction (up, down), new tier and model.",
+            ["direction", "tier", "model"],
             registry=reg,
         ),
         event_to_scored_seconds=Histogram(

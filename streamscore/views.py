@@ -91,7 +91,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
         if worker is None:
             return view.json({"error": "not started"}, status=503)
         try:
-            counters = await _read(runtime, "GET /kpis", worker.store.kpi_counters)
+            counters = await _read(runtime, "GET /kpis", worker.kpi_counters)
         except _RedisUnavailable:
             return view.json({"error": "redis unavailable"}, status=503)
         tiers = [t.name for t in runtime.rules.rules.tiers]

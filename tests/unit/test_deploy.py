@@ -103,10 +103,10 @@ def populated_metrics_text() -> str:
     for reason in REJECT_REASONS:
         metrics.dead_letter_total.labels(reason=reason).inc()
     for tier in ("warm", "hot"):
-        metrics.handoffs_total.labels(tier=tier).inc()
+        metrics.handoffs_total.labels(tier=tier, model="live").inc()
         metrics.sla_breaches_total.labels(tier=tier).inc()
-        metrics.tier_changes_total.labels(direction="up", tier=tier).inc()
-    metrics.tier_changes_total.labels(direction="down", tier="cold").inc()
+        metrics.tier_changes_total.labels(direction="up", tier=tier, model="live").inc()
+    metrics.tier_changes_total.labels(direction="down", tier="cold", model="live").inc()
     metrics.event_to_scored_seconds.observe(0.042)
     for script in SCRIPTS:
         metrics.redis_script_seconds.labels(script=script).observe(0.0012)
