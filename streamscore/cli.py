@@ -16,6 +16,7 @@ from streamscore.lab.commands import add_lab_commands
 if TYPE_CHECKING:
     from streamscore.config import Settings
     from streamscore.dev.state import ClientSettings
+    from streamscore.outcomes.kpi import Kpis
 
 # Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
 # installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
@@ -352,7 +353,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from streamscore.outcomes.report import render_report
 
     counters, tiers = _kpi_counters(args)
-    html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
+    kpis = compute_kpis(counters, tiers)
+    notes = _ab_statements(kpis, args.control)
+    html_path, json_path = render_report(kpis, args.out, tiers=tiers, notes=notes)
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
 
@@ -382,7 +385,23 @@ def cmd_kpis(args: argparse.Namespace) -> int:
         print(f"  lead-to-opportunity {_rate(cohort.lead_to_opportunity.value)}, "
               f"opportunity-to-won {_rate(cohort.opportunity_to_won.value)}")  # fmt: skip
     print(f"unattributed: {sum(kpis.unattributed.values())}, duplicates: {kpis.duplicates}")
+    comparisons = _ab_statements(kpis, args.control)
+    if comparisons:
+        print(
+            "A/B, each arm against the control (confidence intervals and tests as in the report):"
+        )
+        for line in comparisons:
+            print(f"  {line}")
     return 0
+
+
+def _ab_statements(kpis: Kpis, control: str | None) -> list[str]:
+    from streamscore.lab.stats import ab_statements
+
+    try:
+        return ab_statements(kpis, control)
+    except ValueError as exc:
+        raise ConfigError(f"--control: {exc}") from None
 
 
 def _rate(value: float | None) -> str:
@@ -472,11 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
         "field -> count map) instead of the worker's Redis",
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.add_argument(
+        "--control", metavar="ARM", help="A/B control arm (default: live, or first)"
+    )
     report.set_defaults(func=cmd_report)
 
     kpis = sub.add_parser("kpis", help=cmd_kpis.__doc__)
     kpis.add_argument("--json", action="store_true", help="every figure, as JSON")
     kpis.add_argument("--from-json", type=Path, metavar="KPIS.json", help="as for report")
+    kpis.add_argument("--control", metavar="ARM", help="A/B control (default: live, or first)")
     kpis.set_defaults(func=cmd_kpis)
 
     add_lab_commands(sub)
