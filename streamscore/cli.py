@@ -387,9 +387,7 @@ def cmd_kpis(args: argparse.Namespace) -> int:
     print(f"unattributed: {sum(kpis.unattributed.values())}, duplicates: {kpis.duplicates}")
     comparisons = _ab_statements(kpis, args.control)
     if comparisons:
-        print(
-            "A/B, each arm against the control (confidence intervals and tests as in the report):"
-        )
+        print("A/B, each arm against the control (Wilson intervals, z or Fisher test):")
         for line in comparisons:
             print(f"  {line}")
     return 0
