@@ -35,6 +35,7 @@ from tests.integration.faults_support import (
     assert_all_seen,
     assert_states_match,
     check_outputs,
+    fast_decay_rules,
     high_watermarks,
     make_single_topic_traffic,
     make_traffic,
@@ -336,14 +337,6 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_before_its_comm
 # --------------------------------------------------------------------------- groups of workers
 
 
-def fast_decay_rules(tmp_path: Path) -> Path:
-    """The example rules with a one-day half-life: a month-old history has decayed for good."""
-    text = RULES_FILE.read_text(encoding="utf-8").replace("half_life: 14d", "half_life: 1d")
-    path = tmp_path / "rules-1d.yaml"
-    path.write_text(text.replace('version: "b2b-2026.11.1"', 'version: "b2b-1d"'))
-    return path
-
-
 @bounded(280)
 @pytest.mark.parametrize("group_size", [2, 3])
 async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_the_reference(
@@ -418,8 +411,8 @@ async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_
     keys = store.keys
     for tier_index, tier in enumerate(rules.tiers[1:], start=1):
         indexed = set()
-        for group in range(keys.groups):
-            indexed |= {k for k, _ in await store.tier_queue(group, tier.name, 100_000)}
+        for key_group in range(keys.groups):
+            indexed |= {k for k, _ in await store.tier_queue(key_group, tier.name, 100_000)}
         expected = {
             keys.lead(keys.lead_ref(lead)) for lead, s in ref.states.items() if s.tier == tier_index
         }
