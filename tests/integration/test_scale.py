@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from streamscore.config import ENV_PREFIX, Settings, settings_env
+from streamscore.dev import free_port
 from streamscore.scoring import reference as ref_model
 from streamscore.scoring.rules import load_rules
 from streamscore.store.client import ClusterClient
@@ -52,6 +53,7 @@ from tests.integration.harness import (
     bounded,
     open_test_store,
     produce_positions,
+    read_topic,
     wait_for,
 )
 
@@ -370,3 +372,68 @@ async def test_a_slot_migration_mid_stream_is_followed_without_loss(
         await store.close()
         if admin.owner(slot).node_id != source.node_id:
             await asyncio.to_thread(admin.move_slot, slot, source)
+
+
+# --------------------------------------------------------------------------- exact replays
+
+
+async def handoffs_on(settings: Settings) -> dict[str, tuple[str, str | None, float]]:
+    """The handoffs on the settings' handoff topic: id -> (lead, triggering event, score)."""
+    found = await asyncio.wait_for(read_topic(settings, settings.topic_handoffs, timeout_s=20), 60)
+    return {
+        m["handoff_id"]: (m["lead_id"], m["triggering_event_id"], round(m["score"], 6))
+        for m in found
+    }
+
+
+@bounded(300)
+async def test_replays_of_one_backlog_with_default_settings_hand_off_the_same_leads(
+    settings_factory: Callable[..., Settings],
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+    unique: str,
+) -> None:
+    """One backlog over 5 topics x 4 partitions (a lead's events on several topics), replayed
+    three times from the start by a fresh consumer group on a fresh key prefix, every setting
+    at its default: the same handoffs (ids, triggering events, scores) each time, and the
+    reference's. Only the output topics differ between replays, to tell their outputs apart."""
+    rng = random.Random(1800)
+    base = settings_factory()
+    now = int(time.time() * 1000)
+    sent = make_traffic(rng, unique, 800, 20_000, now - 6 * HOUR_MS, now - HOUR_MS)
+    landed = await produce_positions(base, messages_for(base, sent))
+    ref = reference(sent, base.dedup_window_s)
+    leads = {s.lead_id for s in sent}
+    want = {
+        oid: (o.lead_id, o.event_id, round(o.score, 6))
+        for oid, o in ref.outputs.items()
+        if o.kind == "handoff"
+    }
+    assert len(want) >= 50, f"too few handoffs to compare replays ({len(want)})"
+    replays = []
+    for run in range(3):
+        settings = base.model_copy(
+            update={
+                "consumer_group": f"{base.consumer_group}-replay{run}",
+                "redis_key_prefix": f"{base.redis_key_prefix}:r{run}",
+                "topic_handoffs": f"{base.topic_handoffs}-r{run}",
+                "topic_tier_changes": f"{base.topic_tier_changes}-r{run}",
+                "web_port": free_port(),
+            }
+        )
+        store = await open_test_store(settings)
+        try:
+            worker = WorkerProcess(settings, tmp_path, name=f"replay{run}")
+            workers.append(worker)
+            await worker.wait_ready()
+            await wait_applied(store, high_watermarks(landed), worker, timeout_s=180)
+            assert worker.terminate() == 0, worker.log()
+            await assert_states_match(store, ref, leads)
+        finally:
+            await store.close()
+        await check_outputs(settings, ref, leads)
+        replays.append(await handoffs_on(settings))
+    for run, got in enumerate(replays):
+        assert got == want, (
+            f"replay {run}: {len(set(got) ^ set(want))} handoffs differ from the reference's"
+        )
