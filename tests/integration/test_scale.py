@@ -18,7 +18,6 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from streamscore.config import ENV_PREFIX, Settings, settings_env
 from streamscore.dev import free_port
 from streamscore.scoring import reference as ref_model
-from streamscore.scoring.rules import load_rules
+from streamscore.scoring.rules import CompiledRules, load_rules
 from streamscore.store.client import ClusterClient
 from streamscore.store.store import RedisStore
 from tests.conftest import REPO_ROOT
@@ -82,7 +81,7 @@ def group_owners(admin: ClusterAdmin, groups: int) -> dict[int, NodeRow]:
     return {g: admin.owner(admin.keyslot(f"{{g{g}}}")) for g in range(groups)}
 
 
-async def leads_per_primary(store: RedisStore, admin: ClusterAdmin) -> dict[str, int]:
+def leads_per_primary(store: RedisStore, admin: ClusterAdmin) -> dict[str, int]:
     """How many lead keys of the test's prefix each primary holds, counted on the primary."""
     counts: dict[str, int] = {}
     for group, owner in group_owners(admin, store.keys.groups).items():
@@ -101,7 +100,9 @@ async def wait_ticked(store: RedisStore, partitions: int, worker: WorkerProcess)
     assert await wait_for(ticked, 30), worker.log()
 
 
-def check_view(worker: WorkerProcess, lead_id: str, want: ref_model.LeadState, rules: Any) -> None:
+def check_view(
+    worker: WorkerProcess, lead_id: str, want: ref_model.LeadState, rules: CompiledRules
+) -> None:
     """/leads/{id} on the worker shows the reference's tier and score (as of now)."""
     status, body = worker.get("/leads/" + urllib.parse.quote(lead_id, safe=""))
     assert status == 200, (lead_id, status, body)
@@ -167,7 +168,7 @@ async def test_a_worker_on_redis_cluster_scores_hands_off_and_ticks_as_the_refer
     decays = sum(1 for o in ref.outputs.values() if o.cause == "decay")
     assert decays >= 20, f"the history should decay many leads out of their tiers ({decays})"
     # The leads are spread over every primary, each group on the primary of its slot.
-    spread = await leads_per_primary(cluster_store, redis_cluster.admin)
+    spread = leads_per_primary(cluster_store, redis_cluster.admin)
     assert len(spread) == 3 and all(n > 0 for n in spread.values()), spread
     assert sum(spread.values()) == len(leads)
 
