@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rates = [int(r) for r in args.rates.split(",")]
     if args.report_from is not None:
-        runs, load = load_runs(args.report_from)
-        print(report(runs, rates, load))
+        earlier, load_then = load_runs(args.report_from)
+        print(report(earlier, rates, load_then))
         return 0
     rules = args.rules or [p for p in (EXAMPLE_RULES, SIMPLE_RULES) if p.exists()]
     if not args.rules and not SIMPLE_RULES.exists():
