@@ -190,6 +190,16 @@ def create_app(
             # away); a timer that raised would take the app down with a traceback instead.
             log.warning("outbox re-drive failed, will try again: %r", exc)
 
+    @app.timer(interval=settings.kpi_refresh_s)
+    async def kpis() -> None:
+        worker = runtime.worker
+        if worker is None or worker.consumer is None:
+            return
+        try:
+            await worker.refresh_kpis()
+        except StreamscoreError as exc:
+            log.warning("KPI refresh failed, will try again: %r", exc)
+
     @app.timer(interval=WATCHDOG_EVERY_S)
     async def watchdog() -> None:
         worker = runtime.worker

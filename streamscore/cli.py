@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, deliver, dev, rules check, lead, report."""
+"""The `streamscore` command: worker, collector, deliver, console, dev, rules check, lead..."""
 
 from __future__ import annotations
 
@@ -180,6 +180,19 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """Serve the console (queue, leads, KPIs, models, rules) for sales and marketing ops."""
+    import logging.config
+
+    from streamscore.logs import logging_config
+    from streamscore.web.console.app import run_console
+
+    settings = _client_settings(args).settings
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    run_console(settings)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the embedded broker and Valkey (unless given), then the worker; stop all on exit."""
     from streamscore.dev import DevStack, free_port
@@ -202,12 +215,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"redis url: {without_password(stack.redis_url)}", flush=True)
         print(f"metrics url: {web_url}/metrics", flush=True)
         print(f"rules: {base.rules_file} (lead state: {web_url}/leads/ID)")
-        services: list[Any] = [_dev_collector(settings, args.collector_port, args.kafka is None)]
+        services: list[Any] = [
+            _dev_collector(settings, args.collector_port, args.kafka is None),
+            _dev_console(settings, args.console_port),
+        ]
         if args.demo:
-            from streamscore.dev.demo import DemoTraffic, HandoffPrinter
+            from streamscore.dev.demo import DemoCrm, DemoTraffic, HandoffPrinter
 
             print("demo: producing synthetic traffic; handoffs appear below as they happen")
-            services += [HandoffPrinter(settings), DemoTraffic(settings, rate_per_s=args.rate)]
+            print("demo: a CRM answers the handoffs; `streamscore report` draws its outcomes")
+            traffic = DemoTraffic(settings, rate_per_s=args.rate)
+            services += [HandoffPrinter(settings), traffic, DemoCrm(settings, traffic)]
         if settings.delivery_webhook_urls:
             from streamscore.delivery.runner import DeliveryAgent
 
@@ -250,24 +268,37 @@ def _dev_collector(settings: Settings, port: int, tansu: bool) -> Any:
     return CollectorService(collector)
 
 
+def _dev_console(settings: Settings, port: int) -> Any:
+    """The console as a service of the dev process, on 127.0.0.1; prints its URL."""
+    from streamscore.dev import free_port
+    from streamscore.web.console.app import console_url
+    from streamscore.web.console.service import ConsoleService
+
+    console = settings.model_copy(
+        update={"console_host": "127.0.0.1", "console_port": port or free_port()}
+    )
+    access = "token: your console_token" if console.console_token else "no login: 127.0.0.1 only"
+    print(f"console url: {console_url(console)} ({access})", flush=True)
+    return ConsoleService(console)
+
+
 def cmd_rules_check(args: argparse.Namespace) -> int:
     """Validate rules files; print each error with its location."""
-    from streamscore.scoring.rules import load_rules
+    from streamscore.scoring.rules import check_lines
 
     failed = False
     for path in args.files:
         try:
-            rules = load_rules(Path(path))
-        except RulesError as exc:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
             failed = True
-            for problem in exc.problems:
-                print(f"{path}: {problem}", file=sys.stderr)
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
             continue
-        print(
-            f"{path}: OK (version {rules.version}, {len(rules.engagement)} engagement rules, "
-            f"{sum(len(a.fit_rules) for a in rules.attributes)} fit rules, "
-            f"tiers {'/'.join(t.name for t in rules.tiers)})"
-        )
+        # The same lines as the console's validation of a pasted candidate.
+        ok, lines = check_lines(text, path)
+        failed = failed or not ok
+        for line in lines:
+            print(line, file=sys.stdout if ok else sys.stderr)
     return 1 if failed else 0
 
 
@@ -309,26 +340,77 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the sales-outcomes report (HTML, and its figures as JSON) from KPI counters."""
-    import orjson
-
+    """Write the sales-outcomes report (HTML, and its figures as JSON) from the KPI counters."""
     from streamscore.outcomes.kpi import compute_kpis
     from streamscore.outcomes.report import render_report
 
-    try:
-        data = orjson.loads(args.from_json.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
-    # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
-    counters = data.get("counters", data) if isinstance(data, dict) else None
-    if not isinstance(counters, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
-    ):
-        raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
-    tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+    counters, tiers = _kpi_counters(args)
     html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
+
+
+def cmd_kpis(args: argparse.Namespace) -> int:
+    """Print the sales-outcome KPIs per model and rules version (or --json)."""
+    import orjson
+
+    from streamscore.outcomes.kpi import compute_kpis
+
+    counters, tiers = _kpi_counters(args)
+    kpis = compute_kpis(counters, tiers)
+    if args.json:
+        print(orjson.dumps(kpis.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not kpis.cohorts:
+        print("no handoffs counted yet")
+    for cohort in kpis.cohorts:
+        print(f"model {cohort.model}, rules {cohort.rules_version}")
+        print(f"  {'tier':<10}{'handoffs':>9}{'touched':>9}{'opport.':>9}{'won':>7}{'rejected':>9}"
+              f"{'SLA met':>9}")  # fmt: skip
+        for t in (*cohort.by_tier, cohort.total):
+            sla = t.sla.attainment.value
+            met = "-" if sla is None else f"{sla:.0%}"
+            print(f"  {t.tier:<10}{t.handoffs:>9}{t.touched.k:>9}{t.opportunity.k:>9}"
+                  f"{t.won.k:>7}{t.rejected.k:>9}{met:>9}")  # fmt: skip
+        print(f"  lead-to-opportunity {_rate(cohort.lead_to_opportunity.value)}, "
+              f"opportunity-to-won {_rate(cohort.opportunity_to_won.value)}")  # fmt: skip
+    print(f"unattributed: {sum(kpis.unattributed.values())}, duplicates: {kpis.duplicates}")
+    return 0
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _kpi_counters(args: argparse.Namespace) -> tuple[dict[str, int], tuple[str, ...]]:
+    """KPI counters from --from-json, else from the worker's Redis (and the rules' tiers)."""
+    import asyncio
+
+    import orjson
+
+    from streamscore.scoring.rules import load_rules
+
+    if getattr(args, "from_json", None) is not None:
+        try:
+            data = orjson.loads(args.from_json.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"{args.from_json}: cannot read KPI counters: {exc}") from None
+        # A report's own JSON (or {"counters": {...}}) or a bare map of counter field -> integer.
+        counters = data.get("counters", data) if isinstance(data, dict) else None
+        if not isinstance(counters, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
+        ):
+            raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
+        tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
+        return counters, tuple(tiers)
+    located = _client_settings(args)
+
+    async def read() -> dict[str, int]:
+        async with _open_store(located) as store:
+            return await store.kpi_counters()
+
+    tiers = tuple(t.name for t in load_rules(located.settings.rules_file).tiers)
+    return asyncio.run(read()), tiers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,7 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--web-port", type=int, default=0, help="HTTP port (default: a free one)")
     dev.add_argument("--rate", type=float, default=150.0, help="demo events per second")
     dev.add_argument("--collector-port", type=int, default=0, help="collector port (default: free)")
+    dev.add_argument("--console-port", type=int, default=0, help="console port (default: free)")
     dev.set_defaults(func=cmd_dev)
+
+    console = sub.add_parser("console", help=cmd_console.__doc__)
+    console.set_defaults(func=cmd_console)
 
     rules = sub.add_parser("rules", help="rules file tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -368,11 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help=cmd_report.__doc__)
     report.add_argument(
-        "--from-json", type=Path, required=True, metavar="KPIS.json",
-        help="KPI counters: a report's .json, {\"counters\": {...}} or a bare field -> count map",
+        "--from-json", type=Path, metavar="KPIS.json",
+        help="KPI counters from a file (a report's .json, {\"counters\": {...}} or a bare "
+        "field -> count map) instead of the worker's Redis",
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
     report.set_defaults(func=cmd_report)
+
+    kpis = sub.add_parser("kpis", help=cmd_kpis.__doc__)
+    kpis.add_argument("--json", action="store_true", help="every figure, as JSON")
+    kpis.add_argument("--from-json", type=Path, metavar="KPIS.json", help="as for report")
+    kpis.set_defaults(func=cmd_kpis)
 
     add_lab_commands(sub)
     return parser

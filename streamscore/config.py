@@ -18,7 +18,8 @@ from streamscore.events.types import TopicKind
 
 ENV_PREFIX = "STREAMSCORE_"
 CONFIG_FILE_ENV = "STREAMSCORE_CONFIG_FILE"
-#: A shorter signing secret is guessable offline from one signed request.
+#: A shorter signing secret is guessable offline from one signed request (and a shorter console
+#: token by trying the login form).
 MIN_SIGNING_SECRET_CHARS = 16
 
 
@@ -49,6 +50,8 @@ class Settings(BaseSettings):
     topic_unsubscribes: str = "ss.v1.unsubscribes"
     topic_profiles: str = "ss.v1.profiles"
     topic_track: str = "ss.v1.track"
+    topic_outcomes: str = "ss.v1.outcomes"
+    topic_sla_breaches: str = "ss.v1.sla-breaches"
     topic_handoffs: str = "ss.v1.handoffs"
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
@@ -77,6 +80,7 @@ class Settings(BaseSettings):
     align_max_buffered: int = Field(default=5000, ge=2, le=1_000_000)
     commit_interval_s: float = Field(default=1.0, gt=0)
     dedup_window_s: int = Field(default=7 * 86400, ge=0)
+    lead_story_max: int = Field(default=12, ge=0, le=1000)
     tier_index_max: int = Field(default=10_000, ge=10, le=10_000_000)
     lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
 
@@ -90,6 +94,7 @@ class Settings(BaseSettings):
     decay_tick_s: float = Field(default=1.0, gt=0)
     decay_tick_max_leads: int = Field(default=500, ge=1)
     outbox_redrive_s: float = Field(default=5.0, gt=0)
+    kpi_refresh_s: float = Field(default=15.0, gt=0)
     watchdog_stall_s: float = Field(default=30.0, gt=0)
 
     # Collector: the Segment/RudderStack-compatible HTTP ingest (`streamscore collector`)
@@ -118,6 +123,16 @@ class Settings(BaseSettings):
     delivery_backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
     delivery_concurrency: int = Field(default=16, ge=1, le=1024)
     delivery_web_port: int = Field(default=6067, ge=0, le=65535)
+
+    # Console (`streamscore console`, and `streamscore dev`): pages for sales and marketing ops.
+    # It shows personal data, so outside `dev` it refuses to start without a token.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=6068, ge=0, le=65535)
+    console_token: SecretStr | None = None
+    console_session_s: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+    console_queue_size: int = Field(default=50, ge=1, le=1000)
+    console_refresh_s: float = Field(default=30.0, ge=1, le=3600)
+    console_lab_dir: Path | None = None
 
     # Web, logging
     web_host: str = "127.0.0.1"
@@ -220,6 +235,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
         return value
 
+    @field_validator("console_token")
+    @classmethod
+    def _console_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # The token is the console's only credential and a login form can be tried at will.
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SIGNING_SECRET_CHARS} characters")
+        return value
+
     @model_validator(mode="after")
     def _delivery_complete(self) -> Settings:
         if self.delivery_webhook_urls and self.delivery_signing_secret is None:
@@ -264,6 +287,7 @@ class Settings(BaseSettings):
             self.topic_unsubscribes,
             self.topic_profiles,
             self.topic_track,  # last, so the indexes of benchmarks/workload.py stay valid
+            self.topic_outcomes,
         )
 
     @property
@@ -275,6 +299,7 @@ class Settings(BaseSettings):
             self.topic_tier_changes,
             self.topic_dead_letter,
             self.topic_delivery_dead_letter,
+            self.topic_sla_breaches,
         )
 
     @property

@@ -22,6 +22,7 @@ OUTCOMES = ("scored", "rejected", "duplicate")
 SCRIPTS = ("commit",)
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
 REDIS_FAILURES = ("transient", "backpressure")
+OUTCOME_RESULTS = ("applied", "duplicate", "overflow")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class Metrics:
     events_total: Counter
     dead_letter_total: Counter
     handoffs_total: Counter
+    outcomes_total: Counter
+    sla_breaches_total: Counter
+    kpi_handoffs: Gauge
+    kpi_conversion_ratio: Gauge
+    kpi_sla_attainment_ratio: Gauge
+    kpi_time_to_touch_seconds: Gauge
     tier_changes_total: Counter
     event_to_scored_seconds: Histogram
     redis_script_seconds: Histogram
@@ -77,6 +84,46 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             "streamscore_handoffs_total",
             "Handoff events emitted, by tier handed off.",
             ["tier"],
+            registry=reg,
+        ),
+        outcomes_total=Counter(
+            "streamscore_outcomes_total",
+            "Sales outcomes committed, by type and result (applied, duplicate: an outcome id "
+            "already seen, overflow: past the per-lead limit).",
+            ["type", "result"],
+            registry=reg,
+        ),
+        sla_breaches_total=Counter(
+            "streamscore_sla_breaches_total",
+            "Handoffs whose first-touch deadline passed with no touch, by tier at handoff.",
+            ["tier"],
+            registry=reg,
+        ),
+        kpi_handoffs=Gauge(
+            "streamscore_kpi_handoffs",
+            "Handoffs counted in the sales-outcome KPIs, by model, rules version and tier at "
+            "handoff (read from the stored counters every kpi_refresh_s).",
+            ["model", "rules_version", "tier"],
+            registry=reg,
+        ),
+        kpi_conversion_ratio=Gauge(
+            "streamscore_kpi_conversion_ratio",
+            "Share of handoffs whose lead reached the stage (accepted, rejected, touched, "
+            "opportunity, won, lost), by model, rules version and tier at handoff.",
+            ["model", "rules_version", "tier", "stage"],
+            registry=reg,
+        ),
+        kpi_sla_attainment_ratio=Gauge(
+            "streamscore_kpi_sla_attainment_ratio",
+            "Share of settled first-touch deadlines that were met, by model, rules version, tier.",
+            ["model", "rules_version", "tier"],
+            registry=reg,
+        ),
+        kpi_time_to_touch_seconds=Gauge(
+            "streamscore_kpi_time_to_touch_seconds",
+            "Time from handoff to first touch (interpolated from buckets), by model, rules "
+            "version, tier and percentile (50, 90).",
+            ["model", "rules_version", "tier", "percentile"],
             registry=reg,
         ),
         tier_changes_total=Counter(
@@ -192,6 +239,12 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_dead_letter_total",
     "streamscore_handoffs_total",
     "streamscore_tier_changes_total",
+    "streamscore_outcomes_total",
+    "streamscore_sla_breaches_total",
+    "streamscore_kpi_handoffs",
+    "streamscore_kpi_conversion_ratio",
+    "streamscore_kpi_sla_attainment_ratio",
+    "streamscore_kpi_time_to_touch_seconds",
     "streamscore_event_to_scored_seconds",
     "streamscore_redis_script_seconds",
     "streamscore_batch_events",

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
 RULES_FILE = REPO_ROOT / "examples" / "rules.yaml"
 
 
-def run_cli(*args: str, cwd: Path = REPO_ROOT, **env: str) -> subprocess.CompletedProcess[str]:
-    """`streamscore ARGS` in a child process, with only the STREAMSCORE_* variables in `env`."""
+def run_cli(
+    *args: str, cwd: Path = REPO_ROOT, env: Mapping[str, str] | None = None, **more: str
+) -> subprocess.CompletedProcess[str]:
+    """`streamscore ARGS` in a child process, with only the STREAMSCORE_* variables given."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     return subprocess.run(
         [sys.executable, "-m", "streamscore.cli", *args],
         cwd=cwd,
-        env={**clean, **env},
+        env={**clean, **(env or {}), **more},
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,5 @@
-"""Synthetic website traffic for `streamscore dev --demo`, and a live view of the handoffs."""
+"""Synthetic website traffic for `streamscore dev --demo`, a CRM that answers its handoffs, and
+a live view of the handoffs."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class DemoTraffic(Service):
         self.settings = settings
         self.rate_per_s = rate_per_s
         self.rng = random.Random(seed)
+        #: Each lead's hidden intent to buy, 0 to 1: it drives the lead's activity, and the demo
+        #: CRM's odds of touching, accepting and winning it (so the report shows a real curve).
+        self.intent: dict[str, float] = {}
         self.producer: AIOKafkaProducer | None = None
         self._seq = 0
 
@@ -76,17 +80,18 @@ class DemoTraffic(Service):
         n_leads = 400
         # Zipf-like activity: lead i is picked with weight 1/(i+1).
         weights = [1.0 / (i + 1) for i in range(n_leads)]
-        prospects = set(self.rng.sample(range(n_leads), 12))
+        prospects = set(self.rng.sample(range(n_leads), 40))
         for i in range(n_leads):
             lead = f"lead-{i:04d}"
             traits = self.rng.choice(PROSPECT_TRAITS if i in prospects else BROWSER_TRAITS)
+            self.intent[lead] = self.rng.random() if i in prospects else 0.05 * self.rng.random()
             await self._send(s.topic_profiles, lead, "identify", traits=traits)
         interval = 1.0 / self.rate_per_s
         while not self.should_stop:
             i = self.rng.choices(range(n_leads), weights)[0]
             lead = f"lead-{i:04d}"
             roll = self.rng.random()
-            if i in prospects and roll < 0.25:
+            if i in prospects and roll < 0.05 + 0.35 * self.intent[lead]:
                 path = self.rng.choice(["/pricing", "/demo", "/pricing/enterprise"])
                 await self._send(s.topic_page_views, lead, "page_view", properties={"path": path})
             elif roll < 0.6:
@@ -110,6 +115,96 @@ class DemoTraffic(Service):
             else:
                 await self._send(s.topic_page_views, lead, "page_view", properties=["bad"])
             await asyncio.sleep(interval)
+
+
+class DemoCrm(Service):
+    """Plays a CRM: answers each handoff with sales outcomes, as a sales team would.
+
+    A rep touches most handed-off leads within seconds (demo time is compressed), accepts or
+    rejects them, and opens and wins deals with odds that grow with the lead's hidden intent,
+    which its score only estimates: `streamscore report` on a demo that has run a few minutes
+    shows conversion rising with the score.
+    """
+
+    def __init__(self, settings: Settings, traffic: DemoTraffic, seed: int = 11) -> None:
+        super().__init__()
+        self.settings = settings
+        self.traffic = traffic
+        self.rng = random.Random(seed)
+        self.producer: AIOKafkaProducer | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def on_start(self) -> None:
+        self.producer = make_producer(self.settings, linger_ms=5)
+        await self.producer.start()
+
+    async def on_stop(self) -> None:
+        for task in self._pending:
+            task.cancel()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    @Service.task
+    async def _answer(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.topic_handoffs,
+            bootstrap_servers=s.kafka_bootstrap,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+            **security_kwargs(s),
+        )
+        await consumer.start()
+        try:
+            while not self.should_stop:
+                batches = await consumer.getmany(timeout_ms=500)
+                for messages in batches.values():
+                    for m in messages:
+                        doc = orjson.loads(m.value)
+                        task = asyncio.create_task(
+                            self._follow_up(doc["lead_id"], doc["handoff_id"])
+                        )
+                        self._pending.add(task)
+                        task.add_done_callback(self._pending.discard)
+        finally:
+            await consumer.stop()
+
+    async def _follow_up(self, lead: str, handoff_id: str) -> None:
+        """The steps a sales team takes with one handed-off lead, a few seconds apart."""
+        rng = self.rng
+        intent = self.traffic.intent.get(lead, 0.05)
+        if rng.random() < 0.1:
+            return  # dropped on the floor: no touch at all
+        await self._step(lead, handoff_id, "first_touch", rng.uniform(1, 8),
+                         channel=rng.choice(["call", "email", "meeting"]))  # fmt: skip
+        if rng.random() > 0.35 + 0.6 * intent:
+            reason = rng.choice(["not a fit", "no budget", "bad timing", "student"])
+            await self._step(lead, handoff_id, "sales_rejected", rng.uniform(1, 5), reason=reason)
+            return
+        await self._step(lead, handoff_id, "sales_accepted", rng.uniform(1, 5))
+        if rng.random() < intent:
+            amount = round(rng.uniform(5_000, 80_000), -2)
+            await self._step(lead, handoff_id, "opportunity_created", rng.uniform(2, 10),
+                             amount=amount)  # fmt: skip
+            won = rng.random() < 0.25 + 0.6 * intent
+            await self._step(lead, handoff_id, "won" if won else "lost", rng.uniform(3, 15),
+                             amount=amount, reason=None if won else "price")  # fmt: skip
+
+    async def _step(
+        self, lead: str, handoff_id: str, kind: str, after_s: float, **extra: Any
+    ) -> None:
+        await asyncio.sleep(after_s)
+        if self.should_stop or self.producer is None:
+            return
+        doc = {
+            "outcome_id": f"crm-{handoff_id[:12]}-{kind}",
+            "lead_id": lead,
+            "type": kind,
+            "time": time.time_ns() // 1_000_000,
+            "source": "demo-crm",
+            **{k: v for k, v in extra.items() if v is not None},
+        }
+        await self.producer.send(self.settings.topic_outcomes, orjson.dumps(doc), key=lead.encode())
 
 
 class HandoffPrinter(Service):

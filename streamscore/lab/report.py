@@ -26,14 +26,14 @@ from streamscore.lab.diff import (
 )
 from streamscore.lab.learn import LearnResult, calibration
 from streamscore.outcomes.report import (
-    _CSS,
+    CSS,
     NONE,
     Chart,
-    _chart_html,
-    _layout,
-    _rate_bar,
+    chart_html,
+    chart_layout,
     interval,
     pct,
+    rate_bar,
 )
 
 _BLUE, _GREEN, _GREY, _AMBER = "#2f6fdf", "#1f9d6b", "#9aa5b1", "#e0a526"
@@ -47,7 +47,7 @@ def page(title: str, subtitle: str, body: str, generated_at: datetime) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head><body><main>'
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="sub">{html.escape(subtitle)} Generated {stamp}.</p>'
@@ -58,17 +58,18 @@ def page(title: str, subtitle: str, body: str, generated_at: datetime) -> str:
 def _grid(charts: Sequence[Chart]) -> str:
     pairs = [charts[i : i + 2] for i in range(0, len(charts), 2)]
     return "".join(
-        f'<div class="grid">{"".join(_chart_html(c) for c in pair)}</div>' for pair in pairs
+        f'<div class="grid">{"".join(chart_html(c) for c in pair)}</div>' for pair in pairs
     )
 
 
-def _table(
+def table_html(
     table_id: str, headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = ()
 ) -> str:
     """A table in the report's style; columns in `left` (besides the first two) align left."""
 
     def attr(i: int) -> str:
-        return ' style="text-align:left"' if i in left else ""
+        # A class, not a style attribute: the console's Content-Security-Policy refuses those.
+        return ' class="left"' if i in left else ""
 
     head = "".join(f"<th{attr(i)}>{html.escape(h)}</th>" for i, h in enumerate(headers))
     body = "".join(
@@ -101,7 +102,7 @@ def transition_chart(diff: Diff) -> Chart:
             showscale=False,
         )
     )
-    _layout(fig, "Tier transitions", "tier under the candidate", "tier under live", False)
+    chart_layout(fig, "Tier transitions", "tier under the candidate", "tier under live", False)
     fig.update_yaxes(autorange="reversed", rangemode="normal")
     return Chart(
         "transitions",
@@ -132,7 +133,7 @@ def score_chart(diff: Diff) -> Chart:
             for summary, colour in zip((s.live, s.candidate), MODEL_COLOURS, strict=True)
         ]
     )
-    _layout(fig, "Score distribution", "score", "leads", False)
+    chart_layout(fig, "Score distribution", "score", "leads", False)
     fig.update_layout(barmode="overlay")
     return Chart(
         "scores",
@@ -146,7 +147,7 @@ def precision_chart(quality: Sequence[ModelQuality]) -> Chart:
     """Precision and recall of each model's handoffs, against opportunity and won."""
     x = [f"{m} {t}" for m in ("precision", "recall") for t in TARGETS]
     bars = [
-        _rate_bar(
+        rate_bar(
             q.model,
             x,
             [getattr(q.target(t), m) for m in ("precision", "recall") for t in TARGETS],
@@ -155,7 +156,7 @@ def precision_chart(quality: Sequence[ModelQuality]) -> Chart:
         for q, colour in zip(quality, MODEL_COLOURS, strict=True)
     ]
     fig = go.Figure(bars)
-    _layout(fig, "Handoffs against outcomes", "measure and outcome", "share", True)
+    chart_layout(fig, "Handoffs against outcomes", "measure and outcome", "share", True)
     return Chart(
         "precision",
         "Precision: handed-off leads that became an opportunity (or won). Recall: leads that "
@@ -168,7 +169,7 @@ def precision_chart(quality: Sequence[ModelQuality]) -> Chart:
 def tier_conversion_chart(quality: Sequence[ModelQuality]) -> Chart:
     """Opportunity rate by the tier each model gives the lead."""
     bars = [
-        _rate_bar(
+        rate_bar(
             q.model,
             [t.tier for t in q.by_tier],
             [t.opportunity for t in q.by_tier],
@@ -177,7 +178,7 @@ def tier_conversion_chart(quality: Sequence[ModelQuality]) -> Chart:
         for q, colour in zip(quality, MODEL_COLOURS, strict=True)
     ]
     fig = go.Figure(bars)
-    _layout(fig, "Opportunity rate by tier", "tier", "share of leads", True)
+    chart_layout(fig, "Opportunity rate by tier", "tier", "share of leads", True)
     return Chart(
         "tiers",
         "For each tier, the share of its leads that became an opportunity, under each model. "
@@ -213,7 +214,7 @@ def gains_chart(
         )
     )
     fig = go.Figure(traces)
-    _layout(fig, title, "leads, highest scores first", "share of outcomes", True)
+    chart_layout(fig, title, "leads, highest scores first", "share of outcomes", True)
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
     return Chart(
@@ -224,7 +225,9 @@ def gains_chart(
     )
 
 
-def _changes_table(table_id: str, changes: Sequence[HandoffChange]) -> str:
+def changes_table(table_id: str, changes: Sequence[HandoffChange]) -> str:
+    """The handoffs that appear or disappear, with the rules that made the difference."""
+
     def score(value: float | None) -> str:
         return NONE if value is None else f"{value:.1f}"
 
@@ -241,10 +244,11 @@ def _changes_table(table_id: str, changes: Sequence[HandoffChange]) -> str:
     more = len(changes) - len(rows)
     note = f'<p class="note">... and {more:,} more.</p>' if more > 0 else ""
     headers = ["lead", "live", "candidate", "rules that made the difference"]
-    return _table(table_id, headers, rows, left=(2, 3)) + note
+    return table_html(table_id, headers, rows, left=(2, 3)) + note
 
 
-def _quality_table(quality: Sequence[ModelQuality]) -> str:
+def quality_table(quality: Sequence[ModelQuality]) -> str:
+    """Each model's precision, recall, AUC and lift against the outcomes."""
     rows = []
     for q in quality:
         for t in q.by_target:
@@ -261,63 +265,71 @@ def _quality_table(quality: Sequence[ModelQuality]) -> str:
             )
     lifts = [f"lift top {k:g}%" for k, _ in quality[0].by_target[0].lift]
     headers = ["model", "outcome", "handoffs", "precision", "recall", "AUC", *lifts]
-    return _table("quality", headers, rows)
+    return table_html("quality", headers, rows)
 
 
-def render_diff_html(diff: Diff, generated_at: datetime) -> str:
-    """The diff page: summary, transitions, changed handoffs, scores, outcomes if known."""
+def diff_summary_html(diff: Diff) -> str:
+    """Both models' score quantiles, and how many handoffs appear and disappear."""
     s = diff.scores
     quantile_rows = [
         [x.model, f"{x.count:,}", NONE if x.mean is None else f"{x.mean:.1f}"]
         + [f"{v:.1f}" for _, v in x.quantiles]
         for x in (s.live, s.candidate)
     ]
-    summary = _table(
+    summary = table_html(
         "summary",
         ["model", "leads", "mean", *(f"p{round(100 * q)}" for q in QUANTILES)],
         quantile_rows,
     )
-    body = [
-        _card(
-            summary + f'<p class="note">{len(diff.appeared):,} handoffs appear and '
-            f"{len(diff.disappeared):,} disappear under the candidate, among "
-            f"{diff.leads:,} leads.</p>"
+    return (
+        summary + f'<p class="note">{len(diff.appeared):,} handoffs appear and '
+        f"{len(diff.disappeared):,} disappear under the candidate, among "
+        f"{diff.leads:,} leads.</p>"
+    )
+
+
+def quality_charts(quality: tuple[ModelQuality, ModelQuality]) -> list[Chart]:
+    """Both models against the outcomes: precision and recall, tier conversion, gains."""
+    live_q, cand_q = quality
+    return [
+        precision_chart(quality),
+        tier_conversion_chart(quality),
+        *(
+            gains_chart(
+                f"gains-{t}",
+                f"Cumulative gains: {t}",
+                [
+                    (q.model, q.target(t).gains, colour)
+                    for q, colour in zip((live_q, cand_q), MODEL_COLOURS, strict=True)
+                ],
+            )
+            for t in TARGETS
         ),
+    ]
+
+
+def render_diff_html(diff: Diff, generated_at: datetime) -> str:
+    """The diff page: summary, transitions, changed handoffs, scores, outcomes if known."""
+    body = [
+        _card(diff_summary_html(diff)),
         _grid([transition_chart(diff), score_chart(diff)]),
         "<h2>Handoffs that appear</h2>",
         _card(
-            _changes_table("appeared", diff.appeared),
+            changes_table("appeared", diff.appeared),
             "Handed off by the candidate, not by "
             "live; the rules whose points differ most for the lead, candidate minus live.",
         ),
         "<h2>Handoffs that disappear</h2>",
         _card(
-            _changes_table("disappeared", diff.disappeared),
+            changes_table("disappeared", diff.disappeared),
             "Handed off by live, not by the candidate.",
         ),
     ]
     if diff.quality is not None:
-        live_q, cand_q = diff.quality
         body += [
             "<h2>Against the outcomes</h2>",
-            _card(_quality_table(diff.quality)),
-            _grid(
-                [
-                    precision_chart(diff.quality),
-                    tier_conversion_chart(diff.quality),
-                    *(
-                        gains_chart(
-                            f"gains-{t}",
-                            f"Cumulative gains: {t}",
-                            [
-                                (q.model, q.target(t).gains, colour)
-                                for q, colour in zip((live_q, cand_q), MODEL_COLOURS, strict=True)
-                            ],
-                        )
-                        for t in TARGETS
-                    ),
-                ]
-            ),
+            _card(quality_table(diff.quality)),
+            _grid(quality_charts(diff.quality)),
         ]
     return page(
         f"streamscore diff: {diff.live} → {diff.candidate}",
@@ -357,7 +369,7 @@ def calibration_chart(result: LearnResult) -> Chart:
             ),
         ]
     )
-    _layout(fig, "Calibration (held out)", "predicted probability", "observed rate", True)
+    chart_layout(fig, "Calibration (held out)", "predicted probability", "observed rate", True)
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
     return Chart(
@@ -387,7 +399,7 @@ def _auc(value: float | None) -> str:
 
 def render_learn_html(result: LearnResult, candidate_version: str, generated_at: datetime) -> str:
     """The learn page: held-out AUCs, gains and calibration charts, and every weight."""
-    summary = _table(
+    summary = table_html(
         "summary",
         ["", "held-out AUC"],
         [
@@ -417,7 +429,7 @@ def render_learn_html(result: LearnResult, candidate_version: str, generated_at:
         ]
         for w in result.weights
     ]
-    weights = _table(
+    weights = table_html(
         "weights",
         [
             "feature",

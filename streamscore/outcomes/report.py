@@ -26,7 +26,7 @@ REPORT_SCHEMA: Final = "streamscore.outcomes_report.v1"
 NONE: Final = "\u2013"  # an en dash: no value, and the separator of an interval
 CHART_HEIGHT_PX: Final = 380
 _BLUE, _GREEN, _GREY, _RED, _AMBER = "#2f6fdf", "#1f9d6b", "#9aa5b1", "#d64545", "#e0a526"
-_CONFIG: Final = {
+CHART_CONFIG: Final = {
     "displaylogo": False,
     "responsive": True,
     # Keep only "download as PNG": the charts are small and read at a glance.
@@ -35,7 +35,7 @@ _CONFIG: Final = {
         "resetScale2d", "hoverClosestCartesian", "hoverCompareCartesian", "toggleSpikelines",
     ],
 }  # fmt: skip
-_CSS: Final = """
+CSS: Final = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
        background: #f4f6f8; color: #1f2933; }
 main { max-width: 1180px; margin: 0 auto; padding: 24px; }
@@ -50,6 +50,7 @@ th, td { text-align: right; padding: 6px 8px; border-bottom: 1px solid #e4e7eb; 
 th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
 th { color: #52606d; font-weight: 600; } .ci { color: #7b8794; font-size: 12px; }
 .note { color: #52606d; font-size: 13px; }
+th.left, td.left { text-align: left; }
 @media (max-width: 900px) { .grid { grid-template-columns: 1fr; } }
 """
 
@@ -106,7 +107,10 @@ def cohort_title(cohort: Cohort) -> str:
 # ---------------------------------------------------------------- charts
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, percent: bool) -> go.Figure:
+def chart_layout(
+    fig: go.Figure, title: str, x_title: str, y_title: str, percent: bool
+) -> go.Figure:
+    """The reports' and the console's chart look: title, white template, legend on top."""
     fig.update_layout(
         title={"text": title, "x": 0.01, "y": 0.97, "font": {"size": 16}},
         template="plotly_white",
@@ -124,7 +128,8 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, percent: boo
     return fig
 
 
-def _rate_bar(name: str, x: Sequence[str], rates: Sequence[Rate], color: str) -> go.Bar:
+def rate_bar(name: str, x: Sequence[str], rates: Sequence[Rate], color: str) -> go.Bar:
+    """Bars of rates with their Wilson 95% intervals as whiskers."""
     values = [r.value for r in rates]
     return go.Bar(
         name=name,
@@ -157,12 +162,12 @@ def band_chart(cohort: Cohort, div_id: str) -> Chart:
     x = [b.label for b in bands]
     fig = go.Figure(
         [
-            _rate_bar("opportunity", x, [b.opportunity for b in bands], _BLUE),
-            _rate_bar("won", x, [b.won for b in bands], _GREEN),
+            rate_bar("opportunity", x, [b.opportunity for b in bands], _BLUE),
+            rate_bar("won", x, [b.won for b in bands], _GREEN),
         ]
     )
     kind = "deciles of the handoffs" if cohort.bands_are_deciles else "configured bands"
-    _layout(
+    chart_layout(
         fig, "Conversion by score at handoff", f"score band ({kind})", "share of handoffs", True
     )
     return Chart(
@@ -207,7 +212,9 @@ def gains_chart(cohort: Cohort, div_id: str) -> Chart:
         )
     )
     fig = go.Figure(traces)
-    _layout(fig, "Cumulative gains", "handoffs, highest scores first", "share of outcomes", True)
+    chart_layout(
+        fig, "Cumulative gains", "handoffs, highest scores first", "share of outcomes", True
+    )
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
     return Chart(
@@ -224,12 +231,12 @@ def tier_chart(cohort: Cohort, div_id: str) -> Chart:
     x = [t.tier for t in tiers]
     fig = go.Figure(
         [
-            _rate_bar("accepted by sales", x, [t.accepted for t in tiers], _GREY),
-            _rate_bar("opportunity", x, [t.opportunity for t in tiers], _BLUE),
-            _rate_bar("won", x, [t.won for t in tiers], _GREEN),
+            rate_bar("accepted by sales", x, [t.accepted for t in tiers], _GREY),
+            rate_bar("opportunity", x, [t.opportunity for t in tiers], _BLUE),
+            rate_bar("won", x, [t.won for t in tiers], _GREEN),
         ]
     )
-    _layout(fig, "Conversion by tier at handoff", "tier at handoff", "share of handoffs", True)
+    chart_layout(fig, "Conversion by tier at handoff", "tier at handoff", "share of handoffs", True)
     return Chart(
         div_id,
         "For each tier a lead had when it was handed off: how many sales accepted, turned into "
@@ -252,7 +259,7 @@ def sla_chart(cohort: Cohort, div_id: str) -> Chart:
     title = "First-touch SLA"
     if cohort.total.sla.attainment.value is not None:
         title += f": {pct(cohort.total.sla.attainment)} met"
-    _layout(fig, title, "tier at handoff", "handoffs", False)
+    chart_layout(fig, title, "tier at handoff", "handoffs", False)
     fig.update_layout(barmode="stack")
     return Chart(
         div_id,
@@ -276,7 +283,7 @@ def touch_chart(cohort: Cohort, div_id: str) -> Chart:
     )
     title = f"Time to first touch: median {duration_text(dist.p50_s)}, "
     title += f"90% within {duration_text(dist.p90_s)}"
-    _layout(fig, title, "time from handoff to first touch", "handoffs", False)
+    chart_layout(fig, title, "time from handoff to first touch", "handoffs", False)
     fig.update_xaxes(tickangle=-40)
     return Chart(
         div_id,
@@ -302,7 +309,7 @@ def reasons_chart(cohort: Cohort, div_id: str) -> Chart:
         )
     )
     title = f"Rejected by sales: {pct(cohort.total.rejected)} of handoffs"
-    _layout(fig, title, "share of handoffs", "reason", False)
+    chart_layout(fig, title, "share of handoffs", "reason", False)
     fig.update_xaxes(tickformat=".0%")
     fig.update_layout(margin={"l": 130})
     return Chart(
@@ -356,7 +363,8 @@ def summary_rows(kpis: Kpis) -> list[dict[str, str]]:
     return rows
 
 
-def _summary_html(kpis: Kpis) -> str:
+def summary_html(kpis: Kpis) -> str:
+    """The summary table (one row per cohort) as HTML, every value escaped."""
     rows = summary_rows(kpis)
     if not rows:
         return '<p class="note">No handoffs yet: nothing to report.</p>'
@@ -378,7 +386,8 @@ def _summary_html(kpis: Kpis) -> str:
     )
 
 
-def _notes_html(kpis: Kpis) -> str:
+def notes_html(kpis: Kpis) -> str:
+    """Notes on the counters that belong to no handoff, as HTML paragraphs."""
     parts = []
     unattributed = sum(kpis.unattributed.values())
     if unattributed:
@@ -394,13 +403,14 @@ def _notes_html(kpis: Kpis) -> str:
     return "".join(f'<p class="note">{p}</p>' for p in parts)
 
 
-def _chart_html(chart: Chart) -> str:
+def chart_html(chart: Chart) -> str:
+    """A chart card for a self-contained page (its drawing script inline)."""
     div = chart.figure.to_html(
         full_html=False,
         include_plotlyjs=False,
         div_id=chart.div_id,
         default_height=f"{CHART_HEIGHT_PX}px",
-        config=_CONFIG,
+        config=CHART_CONFIG,
     )
     return f'<section class="card"><p class="what">{html.escape(chart.what)}</p>{div}</section>'
 
@@ -412,7 +422,7 @@ def render_html(kpis: Kpis, title: str, generated_at: datetime) -> str:
         charts = cohort_charts(cohort, i)
         pairs = [charts[j : j + 2] for j in range(0, len(charts), 2)]
         grid = "".join(
-            f'<div class="grid">{"".join(_chart_html(c) for c in pair)}</div>' for pair in pairs
+            f'<div class="grid">{"".join(chart_html(c) for c in pair)}</div>' for pair in pairs
         )
         heading = html.escape(cohort_title(cohort))
         sections.append(f'<h2 id="cohort-{i}">{heading}</h2>{grid}')
@@ -420,12 +430,12 @@ def render_html(kpis: Kpis, title: str, generated_at: datetime) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head><body><main>'
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="sub">What sales did with the leads streamscore handed off, by model and '
         f"rules version. Generated {stamp}.</p>"
-        f'<section class="card">{_summary_html(kpis)}{_notes_html(kpis)}</section>'
+        f'<section class="card">{summary_html(kpis)}{notes_html(kpis)}</section>'
         f"{''.join(sections)}</main></body></html>\n"
     )
 

@@ -98,9 +98,9 @@ class Emitter:
                 settings.topic_handoffs if msg.kind == "handoff" else settings.topic_tier_changes
             )
             futures.append(await self._producer.send(topic, msg.value, key=msg.key))
+            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
         for record in records:
             futures.append(await self._producer.send(record.topic, record.value, key=record.key))
-            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
         return futures
 
     async def _acknowledge(

@@ -20,6 +20,7 @@ from streamscore.errors import InvalidEvent
 from streamscore.events import Event, Limits, parse_event
 from streamscore.events.deadletter import dead_letter_record
 from streamscore.events.types import TopicKind
+from streamscore.outcomes.events import Outcome, parse_outcome
 from streamscore.runtime.kafka import DEAD_LETTER_MAX_BYTES
 from streamscore.runtime.sensors import Sensor
 
@@ -33,9 +34,13 @@ DEAD_LETTER_ATTEMPTS = 5
 
 
 class Pending(NamedTuple):
-    """A valid event waiting in the aligner, with its source offset and broker append time."""
+    """A valid record waiting in the aligner, with its source offset and broker append time.
 
-    event: Event
+    A record is a scoring event or a sales outcome: both have their id, lead id, type and time
+    in their first four fields, which is all the aligner and the pipeline's dispatch read.
+    """
+
+    event: Event | Outcome
     offset: int
     append_ms: int
 
@@ -56,18 +61,24 @@ async def parse_fetched(
     limits: Limits,
     now_ms: int,
 ) -> tuple[list[tuple[TopicPartition, list[Pending]]], list[Rejected]]:
-    """Parse every fetched message: valid ones per partition (in offset order), and rejects."""
+    """Parse every fetched message: valid ones per partition (in offset order), and rejects.
+
+    A topic missing from `kinds` is the outcomes topic: its messages are sales outcomes.
+    """
     valid_by_tp: list[tuple[TopicPartition, list[Pending]]] = []
     rejected: list[Rejected] = []
     parsed = 0
     for tp, messages in records.items():
-        kind = kinds[tp.topic]
+        kind = kinds.get(tp.topic)  # None: the outcomes topic
         valid = []
         for m in messages:
             try:
-                valid.append(
-                    Pending(parse_event(m.value, kind, now_ms, limits), m.offset, m.timestamp)
+                record = (
+                    parse_event(m.value, kind, now_ms, limits)
+                    if kind is not None
+                    else parse_outcome(m.value, now_ms, limits)
                 )
+                valid.append(Pending(record, m.offset, m.timestamp))
             except InvalidEvent as exc:
                 rejected.append(Rejected(tp, m.offset, m.key, m.value, exc))
             parsed += 1

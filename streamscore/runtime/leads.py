@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from streamscore.outcomes.funnel import from_wire, next_sla_due_ms
 from streamscore.scoring.rules import CompiledRules
 from streamscore.scoring.state import LeadState, due_ms, new_lead, score_at
 from streamscore.store.codec import decode_lead
@@ -136,8 +137,9 @@ def sorted_sets_of(
     """The sorted sets of its group a lead belongs in, with its score in each.
 
     Its partition's due set while an inactivity drop is ahead of it (scored by the drop's
-    time), and the index of its tier above the first (scored by its score at its present), which
-    the console's queue reads; the first tier, where most leads are, is not indexed.
+    time), its partition's SLA set while a first-touch deadline is ahead of it, and the index
+    of its tier above the first (scored by its score at its present), which the console's
+    queue reads; the first tier, where most leads are, is not indexed.
     """
     sets: dict[str, float] = {}
     partition = state.partition
@@ -145,6 +147,10 @@ def sorted_sets_of(
         due = due_ms(state, rules)
         if due is not None:
             sets[keys.due(group, partition)] = due
+        if state.funnel:
+            sla = next_sla_due_ms(from_wire(state.funnel), rules.outcomes)
+            if sla is not None:
+                sets[keys.sla_due(group, partition)] = sla
     if state.tier > 0 and state.last_ms is not None:
         tier = rules.tiers[min(state.tier, len(rules.tiers) - 1)].name
         sets[keys.tier_index(group, tier)] = round(score_at(state, rules, state.last_ms), 6)
@@ -157,5 +163,5 @@ def sets_a_lead_could_be_in(
     """Every sorted set a lead loaded from Redis may still be in (its due set, any tier index)."""
     out = [keys.tier_index(group, t.name) for t in rules.tiers[1:]]
     if state.partition is not None:
-        out.append(keys.due(group, state.partition))
+        out += [keys.due(group, state.partition), keys.sla_due(group, state.partition)]
     return out

@@ -21,27 +21,26 @@ import logging
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from aiokafka import TopicPartition
 
+from streamscore.outcomes.events import Outcome
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
 from streamscore.runtime.leads import (
-    CachedLead,
     LeadCache,
     sets_a_lead_could_be_in,
     sorted_sets_of,
 )
 from streamscore.runtime.ledger import Hold, OffsetLedger
+from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.runtime.sensors import Sensor
-from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-from streamscore.scoring.state import advance, apply_event
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
@@ -55,19 +54,6 @@ RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 class CommitConflict(Exception):
     """A commit call found a lead or an offset changed by another writer; nothing was written."""
-
-
-@dataclass(slots=True)
-class GroupWork:
-    """One key group's share of a batch while it is scored."""
-
-    leads: dict[str, CachedLead] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)
-    outputs: list[Output] = field(default_factory=list)
-    #: Messages for other topics, recorded in the outbox with the outputs.
-    records: list[Record] = field(default_factory=list)
-    #: KPI counter increments, applied in the same commit call.
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -91,6 +77,7 @@ class Batch:
     append_ms: list[int]
     events: int
     partition_times: dict[int, int]
+    facts: Facts
 
 
 class Pipeline:
@@ -105,7 +92,7 @@ class Pipeline:
         emitter: Emitter,
         sensor: Sensor,
         redis: RedisCall,
-        dedup_window_ms: int,
+        scorer: Scorer,
     ) -> None:
         self._keys = keys
         self._store = store
@@ -114,7 +101,7 @@ class Pipeline:
         self._emitter = emitter
         self._sensor = sensor
         self._redis = redis
-        self._dedup_ms = dedup_window_ms
+        self._scorer = scorer
         #: (key group, "topic:partition") -> the last offset applied, as Redis will hold it
         #: once the calls already packed have landed.
         self.recorded: dict[tuple[int, str], int] = {}
@@ -219,12 +206,14 @@ class Pipeline:
             await cache.load(refs, self._redis)
             work: dict[int, GroupWork] = {}
             outcomes: Tally[tuple[str, str]] = Tally()
+            facts = Facts()
             times: dict[int, int] = {}
+            committed_times = self.partition_time_ms
             recorded = self.recorded
-            dedup_ms = self._dedup_ms
+            scorer = self._scorer
             for i, (tp, p) in enumerate(ready, 1):
-                ev = p.event
-                group, key = cache.ref(ev.lead_id)
+                record = p.event
+                group, key = cache.ref(record.lead_id)
                 name = self._tp_name(tp)
                 applied = recorded.get((group, name))
                 if applied is not None and p.offset <= applied:
@@ -235,15 +224,19 @@ class Pipeline:
                     w = work[group] = GroupWork()
                 w.offsets[name] = p.offset
                 lead = cache.get(key)
-                state = lead.state
-                state.partition = tp.partition
-                fresh = apply_event(
-                    state, rules, ev.event_id, ev.time_ms, decide(ev, rules), dedup_ms, w.outputs
-                )
+                lead.state.partition = partition = tp.partition
                 w.leads[key] = lead
-                outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
-                if ev.time_ms > times.get(tp.partition, 0):
-                    times[tp.partition] = ev.time_ms
+                # The partition's event time so far: the SLA clock (as the tick's while behind).
+                clock = times.get(partition, 0)
+                if record.time_ms > clock:
+                    clock = times[partition] = record.time_ms
+                clock = max(clock, committed_times.get(partition, 0))
+                if isinstance(record, Outcome):
+                    scorer.outcome(lead, record, clock, w, rules, facts)
+                    outcomes[(tp.topic, "scored")] += 1
+                else:
+                    fresh = scorer.event(lead, record, clock, w, rules, facts)
+                    outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
                 if i % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
             batch = Batch(
@@ -254,6 +247,7 @@ class Pipeline:
                 [p.append_ms for _, p in ready],
                 len(ready),
                 times,
+                facts,
             )
             await self._enqueue(batch)
 
@@ -264,7 +258,7 @@ class Pipeline:
         limit: int,
         rules: CompiledRules,
     ) -> int:
-        """Apply the inactivity drops due in these partitions; returns the leads advanced.
+        """Apply the inactivity drops and SLA breaches due in these partitions; leads advanced.
 
         `until_ms(partition)` is how far to advance that partition's leads: now, or the event
         time applied for it while the worker is behind.
@@ -278,22 +272,24 @@ class Pipeline:
                 if until <= 0:
                     continue
                 for group in range(self._keys.groups):
-                    due = partial(self._store.due_keys, group, partition, until, limit)
-                    for key in await self._redis(due):
-                        refs.append((group, key, None))
-                        limits[key] = until
+                    for sla in (False, True):
+                        due = partial(self._store.due_keys, group, partition, until, limit, sla)
+                        for key in await self._redis(due):
+                            if key not in limits:
+                                refs.append((group, key, None))
+                                limits[key] = until
             if not refs:
                 return 0
             await self._cache.load(refs, self._redis)
             work: dict[int, GroupWork] = {}
+            facts = Facts()
             for group, key, _ in refs:
-                lead = self._cache.get(key)
                 w = work.get(group)
                 if w is None:
                     w = work[group] = GroupWork()
-                advance(lead.state, rules, limits[key], w.outputs)
-                w.leads[key] = lead
-            batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {})
+                lead = w.leads[key] = self._cache.get(key)
+                self._scorer.tick(lead, limits[key], w, rules, facts)
+            batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {}, facts)
             await self._enqueue(batch)
             return len(refs)
 
@@ -372,6 +368,9 @@ class Pipeline:
                 loop.call_soon(
                     self._sensor.batch_applied, batch.outcomes, batch.append_ms, now_ms()
                 )
+            facts = batch.facts
+            if facts.outcomes or facts.breaches:
+                self._sensor.funnel_facts(facts.outcomes, facts.breaches)
 
     async def _apply(self, batch: Batch) -> None:
         scored_at = now_ms()

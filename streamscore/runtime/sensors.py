@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from streamscore.events import REJECT_REASONS
-from streamscore.metrics import OPERATIONS, OUTCOMES, REDIS_FAILURES, SCRIPTS, Metrics
+from streamscore.metrics import (
+    OPERATIONS,
+    OUTCOME_RESULTS,
+    OUTCOMES,
+    REDIS_FAILURES,
+    SCRIPTS,
+    Metrics,
+)
+from streamscore.outcomes.events import OutcomeType
+from streamscore.outcomes.kpi import Kpis
 
 
 class Sensor:
@@ -40,8 +49,16 @@ class Sensor:
     def redis_call(self, script: str, seconds: float, events: int | None = None) -> None:
         """One script call returned after `seconds`; `events` it carried, if any."""
 
+    def funnel_facts(
+        self, outcomes: Mapping[tuple[str, str], int], breaches: Mapping[str, int]
+    ) -> None:
+        """A batch's sales outcomes by (type, result) and SLA breaches by tier are committed."""
+
     def output_emitted(self, kind: str, new_tier: str, direction: str) -> None:
         """A handoff or tier change was handed to the producer."""
+
+    def kpis(self, kpis: Kpis) -> None:
+        """The sales-outcome KPIs, as read from the stored counters."""
 
     def retried(self, operation: str) -> None:
         """A transient failure of `operation` is being retried."""
@@ -77,6 +94,9 @@ class PrometheusSensor(Sensor):
                 m.events_total.labels(topic=topic, outcome=outcome)
         for reason in REJECT_REASONS:
             m.dead_letter_total.labels(reason=reason)
+        for kind in OutcomeType:
+            for result in OUTCOME_RESULTS:
+                m.outcomes_total.labels(type=kind.value, result=result)
         for operation in OPERATIONS:
             m.retries_total.labels(operation=operation)
         for script in SCRIPTS:
@@ -119,6 +139,36 @@ class PrometheusSensor(Sensor):
         if events is not None:
             self.metrics.batch_events.observe(events)
 
+    def funnel_facts(
+        self, outcomes: Mapping[tuple[str, str], int], breaches: Mapping[str, int]
+    ) -> None:
+        for (kind, result), n in outcomes.items():
+            self.metrics.outcomes_total.labels(type=kind, result=result).inc(n)
+        for tier, n in breaches.items():
+            self.metrics.sla_breaches_total.labels(tier=tier).inc(n)
+
+    def kpis(self, kpis: Kpis) -> None:
+        m = self.metrics
+        for gauge in (
+            m.kpi_handoffs, m.kpi_conversion_ratio, m.kpi_sla_attainment_ratio,
+            m.kpi_time_to_touch_seconds,
+        ):  # fmt: skip
+            gauge.clear()  # a rules version no longer counted leaves no stale series
+        for cohort in kpis.cohorts:
+            for t in (*cohort.by_tier, cohort.total):
+                labels = (cohort.model, cohort.rules_version, t.tier)
+                m.kpi_handoffs.labels(*labels).set(t.handoffs)
+                for stage in ("accepted", "rejected", "touched", "opportunity", "won", "lost"):
+                    value = getattr(t, stage).value
+                    if value is not None:
+                        m.kpi_conversion_ratio.labels(*labels, stage).set(value)
+                if t.sla.attainment.value is not None:
+                    m.kpi_sla_attainment_ratio.labels(*labels).set(t.sla.attainment.value)
+                for percentile, seconds in (("50", t.time_to_touch.p50_s),
+                                          ("90", t.time_to_touch.p90_s)):  # fmt: skip
+                    if seconds is not None:
+                        m.kpi_time_to_touch_seconds.labels(*labels, percentile).set(seconds)
+
     def output_emitted(self, kind: str, new_tier: str, direction: str) -> None:
         if kind == "handoff":
             self.metrics.handoffs_total.labels(tier=new_tier).inc()
@@ -143,6 +193,7 @@ class PrometheusSensor(Sensor):
         m.rules_version_info.labels(version=version).set(1)
         for tier in tiers:  # tiers come from the rules: a closed set per version
             m.handoffs_total.labels(tier=tier)
+            m.sla_breaches_total.labels(tier=tier)
             for direction in ("up", "down"):
                 m.tier_changes_total.labels(direction=direction, tier=tier)
 

@@ -18,6 +18,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamscore.config import Settings
 from streamscore.events import Limits
+from streamscore.outcomes.kpi import compute_kpis
 from streamscore.runtime.aligner import Aligner
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
@@ -29,6 +30,7 @@ from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.partitions import Partitions
 from streamscore.runtime.pipeline import Pipeline
 from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.scorer import Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.store.store import RedisStore
 
@@ -38,7 +40,9 @@ COMMIT_TIMEOUT_S = 5.0
 
 
 def _merge_key(p: Pending) -> tuple[int, str]:
-    return (p.event.time_ms, p.event.event_id)
+    # (time, id): an Event's event_id and an Outcome's outcome_id are both field 0.
+    record = p.event
+    return (record.time_ms, record[0])
 
 
 def _offset(p: Pending) -> int:
@@ -85,7 +89,10 @@ class ScoringWorker:
         self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
         self.pipeline = Pipeline(
             store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
-            settings.dedup_window_s * 1000,
+            Scorer(
+                settings.dedup_window_s * 1000, settings.lead_story_max,
+                settings.topic_sla_breaches,
+            ),
         )  # fmt: skip
         self.consumer: AIOKafkaConsumer | None = None
         #: Kafka commits, rewinds and partition changes never interleave.
@@ -321,6 +328,12 @@ class ScoringWorker:
         """Re-send outputs recorded in Redis whose send was never acknowledged (e.g. a crash)."""
         older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
         return await self.emitter.redrive(older_than)
+
+    async def refresh_kpis(self) -> None:
+        """Read the KPI counters (summed over key groups) and hand the KPIs to the sensor."""
+        counters = await self.guard(self.store.kpi_counters)
+        tiers = [t.name for t in self.rules.rules.tiers]
+        self.sensor.kpis(compute_kpis(counters, tiers))
 
     async def maintain(self) -> None:
         """Periodic upkeep: keep each tier index (the console's queue) to its best leads."""

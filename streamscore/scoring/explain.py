@@ -17,6 +17,7 @@ from streamscore.scoring.state import (
     penalty_at,
     score_at,
 )
+from streamscore.scoring.story import items as story_items
 
 
 def describe_lead(state: LeadState, rules: CompiledRules, now_ms: int) -> dict[str, Any]:
@@ -55,4 +56,8 @@ def describe_lead(state: LeadState, rules: CompiledRules, now_ms: int) -> dict[s
             name: {"value": record.value, "seen_at": format_time_ms(record.time_ms)}
             for name, record in sorted((judged.profile or {}).items())
         },
+        "story": [
+            {"time": format_time_ms(i.time_ms), "kind": i.kind, "label": i.label, "score": i.score}
+            for i in story_items(state)
+        ],
     }

@@ -702,6 +702,22 @@ def _nearest_line(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int,
     return 0
 
 
+def check_lines(text: str, source: str) -> tuple[bool, list[str]]:
+    """What `streamscore rules check` prints for one file: an OK line, or one line per problem.
+
+    `source` names the file in every line, and its suffix picks TOML over YAML.
+    """
+    try:
+        rules = parse_rules_text(text, source)
+    except RulesError as exc:
+        return False, [f"{source}: {problem}" for problem in exc.problems]
+    return True, [
+        f"{source}: OK (version {rules.version}, {len(rules.engagement)} engagement rules, "
+        f"{sum(len(a.fit_rules) for a in rules.attributes)} fit rules, "
+        f"tiers {'/'.join(t.name for t in rules.tiers)})"
+    ]
+
+
 def load_rules(path: Path) -> CompiledRules:
     """Read, validate and compile a rules file."""
     try:

@@ -116,6 +116,13 @@ class LeadState:
     seen: dict[int, int] | None = None
     #: The lead's home input partition number, when the runtime records it.
     partition: int | None = None
+    #: Its last notable moments, [time, kind index, label, score in tenths] (scoring/story.py).
+    story: list[list[Any]] | None = None
+    #: Re-arm only below this score (set when sales rejected the lead and the rules say to
+    #: disarm it), instead of the rules' rearm_below; cleared when it re-arms.
+    rearm_below: float | None = None
+    #: Its handoffs and sales outcomes (outcomes/funnel.py's wire form); None until the first.
+    funnel: list[Any] | None = None
     #: Stored fields this version does not know, kept as decoded so a round trip loses nothing.
     extra: dict[str, Any] | None = None
 
@@ -151,6 +158,9 @@ def clone(state: LeadState) -> LeadState:
         None if state.profile is None else dict(state.profile),
         None if state.seen is None else dict(state.seen),
         state.partition,
+        None if state.story is None else [list(item) for item in state.story],
+        state.rearm_below,
+        None if state.funnel is None else list(state.funnel),
         None if state.extra is None else dict(state.extra),
     )
 
@@ -313,8 +323,9 @@ def apply_event(
                 # due_ms (a log). Within the margin, due_ms decides, as in the reference.
                 if s - exit_ <= DUE_MARGIN * (abs(exit_) + 1.0):
                     _advance(state, rules, t_eval, out)
-            if not state.armed and s < rules.rearm_below:
+            if not state.armed and s < _rearm_level(state, rules):
                 state.armed = True
+                state.rearm_below = None
     awards = decision.awards
     if awards:
         h_ms = rules.half_life_s * 1000.0
@@ -412,8 +423,9 @@ def _evaluate(
     if new != before:
         state.tier = new
         _emit(state, rules, "tier_change", before, s, t_ms, event_id, event_ms, cause, out)
-    if s < rules.rearm_below:
+    if s < _rearm_level(state, rules):
         state.armed = True
+        state.rearm_below = None
     if (
         state.armed
         and new >= rules.handoff_tier
@@ -423,6 +435,39 @@ def _evaluate(
     ):
         state.armed = False
         _emit(state, rules, "handoff", before, s, t_ms, event_id, event_ms, cause, out)
+
+
+def _rearm_level(state: LeadState, rules: CompiledRules) -> float:
+    override = state.rearm_below
+    return rules.rearm_below if override is None else override
+
+
+def disarm(state: LeadState, rearm_below: float) -> None:
+    """No handoff until the score has fallen below `rearm_below` (or the rules' lower level)
+    and risen again: what a sales rejection does under `outcomes.recycle.action: disarm`."""
+    state.armed = False
+    current = state.rearm_below
+    state.rearm_below = rearm_below if current is None else min(current, rearm_below)
+
+
+def penalize(
+    state: LeadState,
+    rules: CompiledRules,
+    rule_id: str,
+    points: float,
+    time_ms: int,
+    cause_id: str,
+    out: list[Output],
+) -> None:
+    """Take `points` off the lead under `rule_id` at `time_ms` and judge it again (a tier may
+    drop): what a sales rejection does under `outcomes.recycle.action: subtract`."""
+    if state.rules_version != rules.version or state.penalties_decay is not rules.decay_penalties:
+        _adopt(state, rules)
+    _add_penalty(state, rule_id, -abs(points), time_ms, rules.half_life_s * 1000.0)
+    last = state.last_ms
+    t_eval = time_ms if last is None or time_ms > last else last
+    state.last_ms = t_eval
+    _evaluate(state, rules, t_eval, "event", cause_id, time_ms, out)
 
 
 def _emit(

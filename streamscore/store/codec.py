@@ -50,7 +50,7 @@ FORMAT = 2
 _KNOWN = frozenset(
     (
         "v", "id", "a", "ra", "e", "pen", "lt", "tier", "arm", "n", "dq", "dqt", "fit", "fdq",
-        "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp",
+        "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp", "st", "rb", "fu",
     )
 )  # fmt: skip
 _LEGACY_CORE = frozenset(
@@ -129,6 +129,12 @@ def encode_lead(state: LeadState) -> bytes:
         m["s"] = dict(sorted(state.seen.items()))
     if state.partition is not None:
         m["hp"] = state.partition
+    if state.story:
+        m["st"] = [list(item) for item in state.story]
+    if state.rearm_below is not None:
+        m["rb"] = _f(state.rearm_below)
+    if state.funnel:
+        m["fu"] = state.funnel
     if state.extra:
         for key, value in sorted(state.extra.items()):
             if key in _KNOWN:
@@ -271,6 +277,30 @@ def _seen(value: Any, key: str) -> dict[int, int] | None:
     return {_int(h, key): _int(t, key) for h, t in _map(value, key).items()} or None
 
 
+def _story(value: Any, key: str) -> list[list[Any]] | None:
+    if not isinstance(value, list):
+        raise StateCodecError(f"{key}: expected a list, got {type(value).__name__}")
+    items = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 4:
+            raise StateCodecError(f"{key}: expected [time, kind, label, score] items")
+        items.append(
+            [_int(item[0], key), _int(item[1], key), _str(item[2], key), _int(item[3], key)]
+        )
+    return items or None
+
+
+def _opt_float(value: Any, key: str) -> float | None:
+    return None if value is None else _float(value, key)
+
+
+def _funnel(value: Any, key: str) -> list[Any] | None:
+    # Kept in its wire form (outcomes/funnel.py decodes it where it is used): a list.
+    if not isinstance(value, list):
+        raise StateCodecError(f"{key}: expected a list, got {type(value).__name__}")
+    return value or None
+
+
 def _opt_str(value: Any, key: str) -> str | None:
     return None if value is None else _str(value, key)
 
@@ -301,6 +331,9 @@ _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "P": ("profile", _profile),
     "s": ("seen", _seen),
     "hp": ("partition", _opt_int),
+    "st": ("story", _story),
+    "rb": ("rearm_below", _opt_float),
+    "fu": ("funnel", _funnel),
 }
 
 

@@ -56,6 +56,10 @@ class KeySpace:
         """
         return f"{self._tag(group)}:due:{partition}"
 
+    def sla_due(self, group: int, partition: int) -> str:
+        """Sorted set of lead keys by when their next first-touch SLA deadline passes."""
+        return f"{self._tag(group)}:sla:{partition}"
+
     def tier_index(self, group: int, tier: str) -> str:
         """Sorted set of the group's leads in `tier` (above the first), by score: the queue."""
         return f"{self._tag(group)}:tier:{tier}"

@@ -78,9 +78,12 @@ class RedisStore:
         reply: Sequence[Any] = await self.client.run_packed(packed, outputs)
         return parse_reply(reply)
 
-    async def due_keys(self, group: int, partition: int, until_ms: int, limit: int) -> list[str]:
-        """Lead keys of one group and partition whose inactivity drop is due by until_ms."""
-        key = self.keys.due(group, partition)
+    async def due_keys(
+        self, group: int, partition: int, until_ms: int, limit: int, sla: bool = False
+    ) -> list[str]:
+        """Lead keys of one group and partition whose inactivity drop (or, with `sla`, whose
+        first-touch SLA check) is due by until_ms."""
+        key = (self.keys.sla_due if sla else self.keys.due)(group, partition)
         rows = await self.client.execute(
             "ZRANGEBYSCORE", key, "-inf", until_ms, "LIMIT", 0, limit, key=key
         )

@@ -18,9 +18,26 @@ from streamscore.config import Settings
 from streamscore.events import Limits, parse_event
 from streamscore.events.outputs import output_id
 from streamscore.events.types import TOPIC_BY_TYPE, EventType
+from streamscore.outcomes.events import Outcome, parse_outcome
+from streamscore.outcomes.funnel import (
+    EMPTY,
+    Funnel,
+    ScoreSnapshot,
+    apply_outcome,
+    record_handoff,
+)
+from streamscore.outcomes.kpi import DEFAULT_MODEL
+from streamscore.outcomes.messages import breach_id
 from streamscore.scoring.engine import decide
 from streamscore.scoring.outputs import Output
-from streamscore.scoring.reference import LeadState, advance, apply_event
+from streamscore.scoring.reference import (
+    LeadState,
+    advance,
+    apply_event,
+    bant_mask,
+    fit_points,
+    score_at,
+)
 from streamscore.scoring.rules import CompiledRules, load_rules
 from streamscore.scoring.state import LeadState as LeadStateV
 from streamscore.scoring.state import event_id_hash
@@ -431,3 +448,120 @@ def readiness(worker: WorkerProcess) -> tuple[int, float]:
     status, _ = worker.get("/readyz")
     _, body = worker.get("/metrics")
     return status, metric_total(body.decode(), "streamscore_ready")
+
+
+# --------------------------------------------------------------------------- sales outcomes
+
+
+@dataclass
+class FunnelReference:
+    """What the outcomes loop must commit for a stream: KPI counters and SLA breach ids."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    breaches: set[str] = field(default_factory=set)
+
+
+def outcomes_for(
+    rng: random.Random, ref: Reference, share: float, tag: str
+) -> list[tuple[str, bytes]]:
+    """(lead id, message) of CRM outcomes for a share of the reference's handoffs.
+
+    Touches land before or after the SLA deadline, some arrive twice (a connector retry),
+    opportunities and deals follow for some; no rejection (recycling changes scoring, which the
+    scoring reference does not model).
+    """
+    out: list[tuple[str, bytes]] = []
+    handoffs = sorted(
+        (o for o in ref.outputs.values() if o.kind == "handoff"), key=lambda o: (o.time_ms, o.seq)
+    )
+    for n, h in enumerate(rng.sample(handoffs, int(len(handoffs) * share))):
+        base = f"{tag}-o{n}"
+        touch = h.time_ms + rng.randint(-20, 90) * 60_000
+        steps: list[tuple[str, int, dict[str, Any]]] = [
+            ("first_touch", touch, {"channel": rng.choice(["call", "email", "meeting"])})
+        ]
+        if rng.random() < 0.5:
+            steps.append(("opportunity_created", touch + 3_600_000, {"amount": 20000}))
+            if rng.random() < 0.6:
+                kind = rng.choice(["won", "lost"])
+                steps.append((kind, touch + 7_200_000, {"reason": "price"}))
+        latest = int(time.time() * 1000) - 60_000  # CRM times are in the past
+        for i, (kind, t, extra) in enumerate((k, min(t, latest), x) for k, t, x in steps):
+            doc: dict[str, Any] = {
+                "outcome_id": f"{base}-{i}",
+                "lead_id": h.lead_id,
+                "type": kind,
+                "time": t,
+            }
+            raw = orjson.dumps({**doc, **extra})
+            out.append((h.lead_id, raw))
+            if rng.random() < 0.1:
+                out.append((h.lead_id, raw))
+    return out
+
+
+def funnel_reference(
+    sent: list[Sent],
+    outcomes: list[tuple[str, bytes]],
+    partition_of: dict[str, int],
+    dedup_window_s: int,
+    rules: CompiledRules = RULES,
+) -> FunnelReference:
+    """The outcomes loop over the same records, as the worker applies them without ticks.
+
+    Records go through in the worker's merge order, (time, id); each partition's clock is the
+    latest record time applied in it, which is when a funnel notices a passed deadline.
+    """
+    now = int(time.time() * 1000)
+    records: list[tuple[int, str, Any]] = []
+    for s in sent:
+        ev = parse_event(s.raw, TOPIC_BY_TYPE[EventType(s.type)], now, Limits())
+        records.append((ev.time_ms, ev.event_id, ev))
+    for _, raw in outcomes:
+        o = parse_outcome(raw, now, Limits())
+        records.append((o.time_ms, o.outcome_id, o))
+    states: dict[str, LeadState] = {}
+    funnels: dict[str, Funnel] = {}
+    clocks: dict[int, int] = {}
+    result = FunnelReference()
+
+    def add(deltas: dict[str, int], effects: Any) -> None:
+        for name, n in deltas.items():
+            result.counters[name] = result.counters.get(name, 0) + n
+        result.breaches |= {breach_id(e.handoff_id) for e in effects if hasattr(e, "deadline_ms")}
+
+    for time_ms, _, record in sorted(records, key=lambda r: (r[0], r[1])):
+        lead = record.lead_id
+        part = partition_of[lead]
+        clock = clocks[part] = max(clocks.get(part, 0), time_ms)
+        state = states.setdefault(lead, LeadState(lead))
+        funnel = funnels.get(lead, EMPTY)
+        if isinstance(record, Outcome):
+            snapshot = None
+            if state.last_ms is not None:
+                snapshot = ScoreSnapshot(
+                    score_at(state, rules, state.last_ms), rules.tiers[state.tier].name,
+                    rules.grade_of(fit_points(state)), bant_mask(state), rules.version,
+                    DEFAULT_MODEL,
+                )  # fmt: skip
+            funnel, deltas, effects = apply_outcome(funnel, record, snapshot, rules.outcomes, clock)
+            add(deltas, effects)
+        else:
+            outs = apply_event(
+                state, rules, record.event_id, record.time_ms, decide(record, rules),
+                dedup_window_s * 1000,
+            ) or []  # fmt: skip
+            for out in outs:
+                if out.kind != "handoff":
+                    continue
+                snapshot = ScoreSnapshot(
+                    out.score, out.new_tier, out.grade, out.bant_mask, rules.version,
+                    DEFAULT_MODEL, output_id(out.lead_id, out.seq), out.time_ms,
+                )  # fmt: skip
+                funnel, deltas, effects = record_handoff(
+                    funnel, snapshot, rules.outcomes, max(clock, out.time_ms)
+                )
+                add(deltas, effects)
+        funnels[lead] = funnel
+    result.counters = {k: v for k, v in result.counters.items() if v}
+    return result

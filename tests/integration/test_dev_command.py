@@ -3,6 +3,7 @@ everything whenever the signal comes, and other commands that find the stack it 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -213,9 +214,49 @@ def test_dev_demo_shows_a_handoff_and_leaves_no_process(
     with urllib.request.urlopen(metrics_url, timeout=5) as resp:
         body = resp.read().decode()
     assert "streamscore_handoffs_total" in body
+    # The console, open without a login on 127.0.0.1, lists the hot lead that was handed off.
+    console_url = process.wait_for(r"^console url: (http://127\.0\.0\.1:\d+/) \(no login").group(1)
+    with urllib.request.urlopen(console_url, timeout=10) as resp:
+        queue = resp.read().decode()
+    hot = queue.split('data-tier="hot"', 1)[1].split("</section>", 1)[0]
+    assert "<tr data-lead-id=" in hot and "handed off" in hot
     process.watch(0)
     assert len(process.seen) >= 2, "expected the broker and Valkey as children"
     code, _ = process.stop(stop_signal)
+    assert code == 0, process.text()[-4000:]
+    assert not process.leftovers()
+
+
+def test_the_demo_crm_answers_handoffs_and_report_draws_them(
+    start_dev: Callable[..., DevProcess], tmp_path: Path
+) -> None:
+    """`streamscore dev --demo`, then `streamscore report` alone: it finds the stack."""
+    process = start_dev("--demo", "--rate", "400")
+    metrics_url = process.wait_for(r"^metrics url: (http://\S+/metrics)$").group(1)
+    _wait_ready(process)
+    deadline = time.monotonic() + 90
+    outcomes = 0.0
+    while time.monotonic() < deadline and outcomes < 5:
+        time.sleep(1)
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            body = resp.read().decode()
+        outcomes = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith("streamscore_outcomes_total{") and 'result="applied"' in line
+        )
+    assert outcomes >= 5, process.text()[-3000:]
+    report = run_cli(
+        "report", "--out", str(tmp_path / "report.html"), cwd=tmp_path,
+        XDG_RUNTIME_DIR=str(process.runtime_dir),
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    figures = json.loads((tmp_path / "report.json").read_text())
+    (cohort, *_) = figures["cohorts"]
+    assert cohort["model"] == "live" and cohort["total"]["handoffs"] >= 1
+    assert cohort["total"]["touched"]["k"] >= 1
+    assert (tmp_path / "report.html").stat().st_size > 100_000  # plotly.js inlined
+    code, _ = process.stop(signal.SIGTERM)
     assert code == 0, process.text()[-4000:]
     assert not process.leftovers()
 

@@ -22,8 +22,9 @@ from streamscore import dev
 from streamscore.config import Settings
 from streamscore.errors import TransientRedisError
 from streamscore.runtime.kafka import ensure_topics
+from streamscore.scoring.rules import load_rules
 from streamscore.store.store import RedisStore
-from tests.conftest import RedisServer
+from tests.conftest import RULES_FILE, RedisServer
 from tests.integration.faults_support import (
     HOUR_MS,
     QUIET,
@@ -31,10 +32,12 @@ from tests.integration.faults_support import (
     assert_all_seen,
     assert_states_match,
     check_outputs,
+    funnel_reference,
     high_watermarks,
     make_single_topic_traffic,
     make_traffic,
     messages_for,
+    outcomes_for,
     progress,
     readiness,
     reference,
@@ -48,6 +51,7 @@ from tests.integration.harness import (
     bounded,
     metric_total,
     produce_positions,
+    read_topic,
     wait_for,
 )
 
@@ -63,7 +67,14 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     unique: str,
 ) -> None:
     rng = random.Random(20240611)
+    # The example rules with a 30-minute first-touch SLA, so that some handoffs miss it within
+    # the stream's four hours (scoring is the example's, which the reference uses).
+    text = RULES_FILE.read_text(encoding="utf-8").replace("    hot: 4h", "    hot: 30m")
+    rules_path = tmp_path / "rules-sla.yaml"
+    rules_path.write_text(text, encoding="utf-8")
+    sla_rules = load_rules(rules_path)
     settings = settings_factory(
+        rules_file=rules_path,
         batch_max_events=200,
         kafka_session_timeout_ms=3000,
         # Small, so that fetching pauses and resumes all the way: the exact merge, and so
@@ -76,9 +87,15 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     sent = make_traffic(rng, unique, 200, 4000, now - 4 * HOUR_MS, now - 60_000)
     stream, retried = with_retries(rng, sent, 0.03)
     landed = await produce_positions(settings, messages_for(settings, stream))
-    last = high_watermarks(landed)
     ref = reference(stream, settings.dedup_window_s)
     assert ref.duplicates == retried
+    # Sales outcomes for half the handoffs, merged with the events by their CRM time.
+    outcomes = outcomes_for(rng, ref, 0.5, unique)
+    landed += await produce_positions(
+        settings, [(settings.topic_outcomes, lead.encode(), raw) for lead, raw in outcomes]
+    )
+    last = high_watermarks(landed)
+    partition_of = {s.lead_id: p for s, (_, p, _) in zip(stream, landed, strict=False)}
 
     # Each kill waits for the stream to pass a random point, not for a while: a timed kill
     # lands after the end on a fast enough machine. Polled every few ms, a kill overshoots its
@@ -118,6 +135,14 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     changes = len(ref.outputs) - handoffs
     print(f"reference: {handoffs} handoffs, {changes} tier changes; re-sent copies: {copies}")
     assert handoffs >= 10, "the traffic should hand off a fair number of leads"
+
+    # Each outcome joined once, each SLA breach emitted once in effect, through every kill.
+    expected = funnel_reference(stream, outcomes, partition_of, settings.dedup_window_s, sla_rules)
+    assert {k: v for k, v in (await store.kpi_counters()).items() if v} == expected.counters
+    breaches = await read_topic(settings, settings.topic_sla_breaches, timeout_s=5)
+    assert {b["breach_id"] for b in breaches} == expected.breaches
+    print(f"outcomes: {len(outcomes)} sent, {len(expected.breaches)} SLA breaches")
+    assert expected.breaches, "some handoffs should miss their first-touch deadline"
 
 
 @bounded(200)

@@ -180,6 +180,9 @@ async def test_a_threshold_crossing_hands_off_exactly_once(
     assert len(handoff["reasons"]) == 3
     changes = await read_topic(settings, settings.topic_tier_changes)
     assert [c["new_tier"] for c in changes if c["lead_id"] == "dana"][-1] == "hot"
+    _, body = worker.get("/metrics")
+    assert metric_total(body.decode(), "streamscore_handoffs_total", tier="hot") == 1
+    assert metric_total(body.decode(), "streamscore_tier_changes_total", direction="up") >= 1
 
 
 async def test_malformed_events_go_to_the_dead_letter_topic_and_scoring_goes_on(
@@ -214,3 +217,52 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_scoring_goes_on(
     assert await wait_for(lambda: store.lead_state("eve"), 30)
     _, body = worker.get("/metrics")
     assert metric_total(body.decode(), "streamscore_dead_letter_total") == len(bad)
+
+
+async def test_a_lead_tells_its_story(
+    settings_factory: Callable[..., Settings],
+    start_worker: Callable[[Settings], WorkerProcess],
+    store: RedisStore,
+) -> None:
+    """Its last moments, with the score after each: events, then the handoff they caused."""
+    settings = settings_factory(lead_story_max=4)
+    worker = start_worker(settings)
+    await worker.wait_ready()
+    now = int(time.time() * 1000)
+    traits = {"title": "CEO", "company_size": 5000, "budget": 90000, "purchase_timeline": "now"}
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("identify", {"traits": traits}),
+        ("page_view", {"properties": {"path": "/blog"}}),
+        ("page_view", {"properties": {"path": "/pricing"}}),
+        ("demo_request", {}),
+        ("trial_signup", {}),
+    ]
+    await produce(
+        settings,
+        [(topic_for(settings, t), b"tell", event("tell", t, f"t{i}", now - 60_000 + i * 1000, **x))
+         for i, (t, x) in enumerate(steps)],
+    )  # fmt: skip
+
+    async def told() -> list[dict[str, Any]]:
+        got = await store.lead_state("tell")
+        return [] if got is None or not got.story or len(got.story) < 4 else story_of(got)
+
+    items = await wait_for(told, 60)
+    assert items, worker.log()
+    assert len(items) == 4  # the oldest moments gave way to the latest
+    assert [i["kind"] for i in items][-1] in ("handoff", "event")
+    assert "handoff" in [i["kind"] for i in items], items
+    scores = [i["score"] for i in items if i["kind"] == "event"]
+    assert scores == sorted(scores), "each of these events only added points"
+    status, body = worker.get("/leads/tell")
+    assert status == 200 and orjson.loads(body)["story"] == items
+
+
+def story_of(state: Any) -> list[dict[str, Any]]:
+    from streamscore.events.timefmt import format_time_ms
+    from streamscore.scoring.story import items
+
+    return [
+        {"time": format_time_ms(i.time_ms), "kind": i.kind, "label": i.label, "score": i.score}
+        for i in items(state)
+    ]

@@ -55,3 +55,12 @@ def test_an_invalid_setting_exits_2_naming_the_variable() -> None:
     assert "STREAMSCORE_TOPIC_PARTITIONS" in result.stderr
     assert "topic_partitions" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_console_refuses_to_start_without_a_token() -> None:
+    result = run_cli("console")
+    assert result.returncode == 2
+    assert "console_token is not set" in result.stderr
+    assert "STREAMSCORE_CONSOLE_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "console url" not in result.stdout

@@ -104,6 +104,7 @@ def populated_metrics_text() -> str:
         metrics.dead_letter_total.labels(reason=reason).inc()
     for tier in ("warm", "hot"):
         metrics.handoffs_total.labels(tier=tier).inc()
+        metrics.sla_breaches_total.labels(tier=tier).inc()
         metrics.tier_changes_total.labels(direction="up", tier=tier).inc()
     metrics.tier_changes_total.labels(direction="down", tier="cold").inc()
     metrics.event_to_scored_seconds.observe(0.042)
@@ -119,6 +120,11 @@ def populated_metrics_text() -> str:
     metrics.rules_version_info.labels(version="2024-06-01.1").set(1)
     metrics.outbox_pending.set(3)
     metrics.decay_due_leads.set(17)
+    labels = ("live", "2024-06-01.1", "hot")
+    metrics.kpi_handoffs.labels(*labels).set(12)
+    metrics.kpi_conversion_ratio.labels(*labels, "won").set(0.25)
+    metrics.kpi_sla_attainment_ratio.labels(*labels).set(0.9)
+    metrics.kpi_time_to_touch_seconds.labels(*labels, "50").set(1800)
     return generate_latest(metrics.registry).decode()
 
 

@@ -82,7 +82,7 @@ def test_a_lua_era_state_is_shown_with_every_field_of_the_view() -> None:
     assert set(info) == {
         "lead_id", "score", "engagement", "fit", "penalties", "tier", "grade", "bant",
         "disqualified", "handoff_armed", "last_event_time", "rules_version", "as_of",
-        "contributions", "attributes",
+        "contributions", "attributes", "story",
     }  # fmt: skip
     assert info["lead_id"] == "old" and info["fit"] == 20 and info["penalties"] == -15
     assert info["attributes"]["title"]["value"] == "vp sales"

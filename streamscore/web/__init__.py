@@ -1,0 +1,1 @@
+"""HTTP pages for people: the console for sales and marketing ops."""
