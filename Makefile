@@ -34,11 +34,10 @@ demo: install ## run the embedded stack with synthetic traffic; handoffs print l
 dev: install ## run the embedded stack and the worker, without traffic
 	$(BIN)/streamscore dev
 
-test: install system-deps ## run every test: unit, property and integration (real broker and Valkey), then test-cluster
-	$(BIN)/pytest -m "not scale"
-	$(MAKE) --no-print-directory test-cluster
+test: install system-deps ## run every test: unit, property, integration (real broker and Valkey) and scale (Redis Cluster, groups of workers)
+	$(BIN)/pytest
 
-test-cluster: install system-deps ## the Redis Cluster and group-of-workers tests alone (marker scale, about 5 min)
+test-cluster: install system-deps ## a subset of test: the Redis Cluster and group-of-workers tests alone (marker scale, about 5 min)
 	$(BIN)/pytest -m scale
 
 test-unit: install ## run the fast pure tests only
