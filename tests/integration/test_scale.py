@@ -375,6 +375,80 @@ async def test_a_slot_migration_mid_stream_is_followed_without_loss(
             await asyncio.to_thread(admin.move_slot, slot, source)
 
 
+# --------------------------------------------------------------------------- members of a group
+
+
+def assignment(worker: WorkerProcess) -> tuple[int, int] | None:
+    """(/readyz status, partitions assigned), or None while the worker does not answer."""
+    try:
+        status, body = worker.get("/readyz")
+    except OSError:
+        return None
+    return status, int(orjson.loads(body).get("partitions_assigned", -1))
+
+
+@bounded(180)
+async def test_a_worker_beyond_the_partitions_is_not_ready_and_takes_over_at_once_on_sigterm(
+    settings_factory: Callable[..., Settings],
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """One partition per input topic and two workers in one group: the range assignor gives
+    every partition to one of them, and the other holds nothing and is not ready (/readyz 503,
+    no partition). The owner leaves on SIGTERM, and the other owns the partitions and is ready
+    within the 30 s session timeout: a stopping worker leaves the group at once. Had it not, the
+    broker would notice it gone only when its session ran out (at least 25 s after the SIGTERM:
+    one heartbeat interval, 5 s, may have passed since its last heartbeat) and the rebalance's
+    join round would come on top; with the leave, the survivor sees the rebalance at its next
+    heartbeat (within 5 s) and the join round follows (on Tansu about half the session
+    timeout, as every rebalance here)."""
+    session_s = 30.0
+    settings = settings_factory(topic_partitions=1, kafka_session_timeout_ms=int(session_s * 1000))
+    inputs = len(settings.input_topics)
+
+    def member(name: str) -> WorkerProcess:
+        started = WorkerProcess(
+            settings.model_copy(update={"web_port": free_port()}), tmp_path, name
+        )
+        workers.append(started)
+        return started
+
+    first = member("first")
+    await first.wait_ready()  # it owns every partition; the second joins a running group
+    group = [first, member("second")]
+
+    async def settled() -> tuple[WorkerProcess, WorkerProcess] | None:
+        states = [await asyncio.to_thread(assignment, w) for w in group]
+        for owner, idle, owner_state, idle_state in (
+            (group[0], group[1], states[0], states[1]),
+            (group[1], group[0], states[1], states[0]),
+        ):
+            # The idle one has been through a rebalance (it logs the empty assignment), so it
+            # is in the group, not still joining.
+            joined = "assigned 0 partitions" in idle.log_path.read_text(errors="replace")
+            if owner_state == (200, inputs) and idle_state == (503, 0) and joined:
+                return owner, idle
+        return None
+
+    found = await wait_for(settled, 90)
+    assert found, f"never one owner and one idle member:\n{group[0].log()}\n{group[1].log()}"
+    owner, idle = found
+    # Still so a moment later: the idle member is not ready while it holds nothing.
+    await asyncio.sleep(1)
+    assert await asyncio.to_thread(assignment, idle) == (503, 0), idle.log()
+
+    left = time.monotonic()
+    assert owner.terminate() == 0, owner.log()
+
+    async def took_over() -> bool:
+        return await asyncio.to_thread(assignment, idle) == (200, inputs)
+
+    assert await wait_for(took_over, session_s * 2), idle.log()
+    elapsed = time.monotonic() - left
+    assert elapsed < session_s, f"took over after {elapsed:.1f} s: the session ran out"
+    assert idle.terminate() == 0, idle.log()
+
+
 # --------------------------------------------------------------------------- exact replays
 
 
