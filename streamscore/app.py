@@ -45,7 +45,12 @@ async def open_store(settings: Settings) -> RedisStore:
     call by redis_timeout_s itself (runtime.guard).
     """
     client = await open_settings_client(settings)
-    return RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
+    return RedisStore(
+        client,
+        KeySpace(
+            settings.redis_key_prefix, settings.redis_key_groups, settings.redis_forgotten_prefix
+        ),
+    )
 
 
 @dataclass
@@ -87,7 +92,7 @@ class ScoringAgent(Service):
         self.runtime.worker = worker
         # Outputs recorded before a crash go out first, with their original ids.
         await worker.redrive_outbox()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.runtime.rules.reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, worker.reload_all_rules)
         self._task = asyncio.create_task(worker.run(self._stopping), name="scoring-worker")
         self._task.add_done_callback(self._on_worker_done)
 
@@ -216,7 +221,10 @@ def create_app(
 
         @app.timer(interval=settings.rules_poll_s)
         async def rules_watch() -> None:
-            runtime.rules.reload_if_changed()
+            if runtime.worker is not None:
+                runtime.worker.reload_rules()  # the live rules, A/B arms and shadows
+            else:
+                runtime.rules.reload_if_changed()
 
     register_handoff_audit(app, settings, sensor)
     views.register(app, runtime)

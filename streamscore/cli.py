@@ -1,23 +1,22 @@
-"""The `streamscore` command: worker, collector, deliver, console, dev, rules check, lead..."""
+"""The `streamscore` command: worker, collector, deliver, console, dev, lead, forget..."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamscore import interrupts
+from streamscore.connect import located_settings, open_store
 from streamscore.errors import ConfigError, RulesError, StreamscoreError
 from streamscore.lab.commands import add_lab_commands
 
 if TYPE_CHECKING:
     from streamscore.config import Settings
     from streamscore.dev.state import ClientSettings
-    from streamscore.store.store import RedisStore
+    from streamscore.outcomes.kpi import Kpis
 
 # Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
 # installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
@@ -31,75 +30,6 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     from streamscore.config import load_settings
 
     return load_settings(args.config, **overrides)
-
-
-def _client_settings(args: argparse.Namespace) -> ClientSettings:
-    """Settings for a command that reads a stack: what the user left unset, from `streamscore dev`.
-
-    Every command but `worker` and `dev` (which run a stack rather than find one) takes its
-    settings from here.
-    """
-    from streamscore.dev.state import client_settings, without_password
-
-    located = client_settings(args.config)
-    if located.stack is not None:
-        settings = located.settings
-        found = [f"PID {located.stack.pid}"]
-        if "redis_url" in located.from_stack:
-            found.append(f"redis {without_password(settings.redis_url.get_secret_value())}")
-        if "kafka_bootstrap" in located.from_stack:
-            found.append(f"kafka {settings.kafka_bootstrap}")
-        print(f"streamscore: using `streamscore dev` ({', '.join(found)})", file=sys.stderr)
-    return located
-
-
-@contextlib.asynccontextmanager
-async def _open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
-    """The store of `located`, checked with one PING; a failure is one line, and not retried."""
-    from redis.exceptions import AuthenticationError
-
-    from streamscore.dev.state import without_password
-    from streamscore.errors import FatalStoreError, StoreUnreachable, TransientRedisError
-    from streamscore.store.client import open_settings_client
-    from streamscore.store.keys import KeySpace
-    from streamscore.store.store import RedisStore
-
-    settings = located.settings
-    shown = without_password(settings.redis_url.get_secret_value())
-    if located.stack is not None and "redis_url" in located.from_stack:
-        where = f"{shown} (of `streamscore dev`, PID {located.stack.pid})"
-        hint = "Has it stopped? Else set STREAMSCORE_REDIS_URL to your Redis."
-    elif "redis_url" in settings.model_fields_set:
-        where = f"{shown} (from STREAMSCORE_REDIS_URL or the settings file)"
-        hint = "Check STREAMSCORE_REDIS_URL."
-    else:
-        where = f"{shown} (the default; no `streamscore dev` is running)"
-        hint = "Start `streamscore dev`, or set STREAMSCORE_REDIS_URL to your Redis."
-
-    @contextlib.contextmanager
-    def one_line_errors() -> Iterator[None]:
-        # store.client makes one attempt per call and raises TransientRedisError for a
-        # connection that fails; a refused password comes through as redis-py's own error.
-        try:
-            yield
-        except AuthenticationError as exc:
-            raise FatalStoreError(
-                f"Redis at {where}: authentication failed ({exc}). Set STREAMSCORE_REDIS_URL "
-                "with its password: redis://:PASSWORD@HOST:PORT/DB."
-            ) from None
-        except TransientRedisError as exc:
-            detail = str(exc).rstrip(".")
-            raise StoreUnreachable(f"cannot reach Redis at {where}: {detail}. {hint}") from None
-
-    with one_line_errors():
-        client = await open_settings_client(settings)
-    store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
-    try:
-        with one_line_errors():
-            await store.ping()
-            yield store
-    finally:
-        await store.close()
 
 
 def _run_faust(settings: Settings, extra_services: list[Any]) -> None:
@@ -187,7 +117,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from streamscore.logs import logging_config
     from streamscore.web.console.app import run_console
 
-    settings = _client_settings(args).settings
+    settings = located_settings(args.config).settings
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
     run_console(settings)
     return 0
@@ -306,7 +236,7 @@ def cmd_lead(args: argparse.Namespace) -> int:
     """Print one lead's score, tier, grade, BANT and top contributing rules."""
     import asyncio
 
-    located = _client_settings(args)
+    located = located_settings(args.config)
     return asyncio.run(_show_lead(located, args.lead_id, args.json))
 
 
@@ -317,7 +247,7 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     from streamscore.scoring.explain import describe_lead
     from streamscore.scoring.rules import load_rules
 
-    async with _open_store(located) as store:
+    async with open_store(located) as store:
         state = await store.lead_state(lead_id)
     if state is None:
         print(f"unknown lead: {lead_id}", file=sys.stderr)
@@ -348,13 +278,93 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Forget a lead: its state, de-duplication ids, sorted-set memberships and pending outputs
+    are deleted, its records up to now dropped from then on, and a tombstone is emitted."""
+    import asyncio
+
+    located = located_settings(args.config)
+    return asyncio.run(_forget_lead(located, args.lead_id, args.reason, args.json))
+
+
+#: How long `streamscore forget` waits for the broker to take the tombstone.
+TOMBSTONE_TIMEOUT_S = 20.0
+
+
+async def _forget_lead(
+    located: ClientSettings, lead_id: str, reason: str | None, as_json: bool
+) -> int:
+    import asyncio
+
+    import orjson
+    from aiokafka.errors import KafkaError
+
+    from streamscore.events.timefmt import format_time_ms
+    from streamscore.runtime.clock import now_ms
+    from streamscore.runtime.forget import forget_lead, send_tombstone
+    from streamscore.runtime.kafka import make_producer
+    from streamscore.scoring.rules import load_rules
+
+    settings = located.settings
+    tiers = [t.name for t in load_rules(settings.rules_file).tiers]
+    async with open_store(located) as store:
+        forgotten = await forget_lead(
+            store,
+            lead_id,
+            topic=settings.topic_forgotten,
+            tier_names=tiers,
+            forget_ms=now_ms(),
+            reason=reason,
+        )
+        sent = True
+        producer = make_producer(settings)
+        try:
+            async with asyncio.timeout(TOMBSTONE_TIMEOUT_S):
+                # Not ensure_topics: a command must not create the worker's topics with its
+                # own partition count; a missing topic leaves the tombstone to the re-drive.
+                await producer.start()
+                await send_tombstone(store, producer, forgotten)
+        except (TimeoutError, KafkaError) as exc:
+            sent = False
+            print(
+                f"streamscore: the broker at {settings.kafka_bootstrap} did not take the "
+                f"tombstone ({type(exc).__name__}); it waits in the outbox, and a running "
+                "worker sends it (set STREAMSCORE_KAFKA_BOOTSTRAP if the broker is elsewhere)",
+                file=sys.stderr,
+            )
+        finally:
+            await producer.stop()
+    if as_json:
+        print(
+            orjson.dumps(
+                orjson.loads(forgotten.tombstone.value), option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+        return 0
+    what = {
+        "forgotten": "its state is deleted",
+        "already_forgotten": "it had no state (forgotten before)",
+        "not_found": "it had no state (unknown so far)",
+    }[forgotten.result]
+    print(f"forgot lead {lead_id}: {what}; {forgotten.withdrawn} pending outputs withdrawn")
+    print(
+        f"  its records up to {format_time_ms(forgotten.forget_ms)} are dropped from now on; "
+        "later ones start a new lead"
+    )
+    where = "sent to" if sent else "waiting in the outbox for"
+    print(f"  tombstone {where} {forgotten.tombstone.topic}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the sales-outcomes report (HTML, and its figures as JSON) from the KPI counters."""
     from streamscore.outcomes.kpi import compute_kpis
     from streamscore.outcomes.report import render_report
 
     counters, tiers = _kpi_counters(args)
-    html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
+    kpis = compute_kpis(counters, tiers)
+    notes = _ab_statements(kpis, args.control)
+    html_path, json_path = render_report(kpis, args.out, tiers=tiers, notes=notes)
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
 
@@ -384,7 +394,21 @@ def cmd_kpis(args: argparse.Namespace) -> int:
         print(f"  lead-to-opportunity {_rate(cohort.lead_to_opportunity.value)}, "
               f"opportunity-to-won {_rate(cohort.opportunity_to_won.value)}")  # fmt: skip
     print(f"unattributed: {sum(kpis.unattributed.values())}, duplicates: {kpis.duplicates}")
+    comparisons = _ab_statements(kpis, args.control)
+    if comparisons:
+        print("A/B, each arm against the control (Wilson intervals, z or Fisher test):")
+        for line in comparisons:
+            print(f"  {line}")
     return 0
+
+
+def _ab_statements(kpis: Kpis, control: str | None) -> list[str]:
+    from streamscore.lab.stats import ab_statements
+
+    try:
+        return ab_statements(kpis, control)
+    except ValueError as exc:
+        raise ConfigError(f"--control: {exc}") from None
 
 
 def _rate(value: float | None) -> str:
@@ -412,10 +436,10 @@ def _kpi_counters(args: argparse.Namespace) -> tuple[dict[str, int], tuple[str, 
             raise ConfigError(f"{args.from_json}: expected a map of counter fields to integers")
         tiers = data.get("tiers", ()) if isinstance(data.get("tiers"), list) else ()
         return counters, tuple(tiers)
-    located = _client_settings(args)
+    located = located_settings(args.config)
 
     async def read() -> dict[str, int]:
-        async with _open_store(located) as store:
+        async with open_store(located) as store:
             return await store.kpi_counters()
 
     tiers = tuple(t.name for t in load_rules(located.settings.rules_file).tiers)
@@ -461,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
     lead.set_defaults(func=cmd_lead)
 
+    forget = sub.add_parser("forget", help=cmd_forget.__doc__)
+    forget.add_argument("lead_id")
+    forget.add_argument("--reason", help="free text carried by the tombstone (max 512 chars)")
+    forget.add_argument("--json", action="store_true", help="print the tombstone as JSON")
+    forget.set_defaults(func=cmd_forget)
+
     report = sub.add_parser("report", help=cmd_report.__doc__)
     report.add_argument(
         "--from-json", type=Path, metavar="KPIS.json",
@@ -468,11 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
         "field -> count map) instead of the worker's Redis",
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.add_argument(
+        "--control", metavar="ARM", help="A/B control arm (default: live, or first)"
+    )
     report.set_defaults(func=cmd_report)
 
     kpis = sub.add_parser("kpis", help=cmd_kpis.__doc__)
     kpis.add_argument("--json", action="store_true", help="every figure, as JSON")
     kpis.add_argument("--from-json", type=Path, metavar="KPIS.json", help="as for report")
+    kpis.add_argument("--control", metavar="ARM", help="A/B control (default: live, or first)")
     kpis.set_defaults(func=cmd_kpis)
 
     add_lab_commands(sub)
@@ -487,17 +521,28 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt as exc:
         # Whatever had started was stopped on the way out (DevStack, the worker's finally).
-        print(f"streamscore: stopped by {exc or 'SIGINT'}", file=sys.stderr)
-        interrupts.clear()
-        interrupts.forget_unhandled_interrupt()
-        return 0
+        return _stopped(str(exc) or "SIGINT")
     except (ConfigError, RulesError) as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StreamscoreError as exc:
         print(f"streamscore: {exc}", file=sys.stderr)
         return 1
+    except Exception:
+        signal_name = interrupts.pending()
+        if signal_name is None:
+            raise
+        # The interrupt arrived while a library ran code under a catch-all that wraps what it
+        # catches (pydantic builds the settings' validators so): it is still a stop.
+        return _stopped(signal_name)
     return code
+
+
+def _stopped(signal_name: str) -> int:
+    print(f"streamscore: stopped by {signal_name}", file=sys.stderr)
+    interrupts.clear()
+    interrupts.forget_unhandled_interrupt()
+    return 0
 
 
 if __name__ == "__main__":

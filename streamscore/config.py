@@ -71,14 +71,21 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    #: Where the forgotten sets live when not under redis_key_prefix: a replay into its own
+    #: prefix names the live one here, so that the leads forgotten there stay forgotten (same
+    #: redis_key_groups needed). Empty: redis_key_prefix.
+    redis_forgotten_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9_.:-]{1,64})?$")
     redis_cluster: Literal["auto", "true", "false"] = "auto"
     """Redis Cluster client or not; auto asks the server once at start (INFO cluster)."""
     redis_ssl_ca_certs: Path | None = None
     redis_retry_max_s: float = Field(default=120.0, gt=0)
     redis_timeout_s: float = Field(default=5.0, gt=0)
 
-    # Rules
+    # Rules and models
     rules_file: Path = Path("examples/rules.yaml")
+    shadow_rules_file: Path | None = None
+    shadow_model: str = Field(default="shadow", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    ab_experiment_file: Path | None = None
     rules_poll_s: float = Field(default=2.0, ge=0)
 
     # Hot path
@@ -193,6 +200,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "collector_max_message_bytes must not exceed collector_max_request_bytes"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _model_names_are_distinct(self) -> Settings:
+        if self.shadow_model == "live":
+            raise ValueError("shadow_model cannot be `live`: that is the live rules' name")
         return self
 
     @model_validator(mode="after")

@@ -35,6 +35,11 @@ def raise_if_pending() -> None:
         raise KeyboardInterrupt(signal.Signals(_pending).name)
 
 
+def pending() -> str | None:
+    """The name of the signal recorded and not yet cleared (None: none)."""
+    return None if _pending is None else signal.Signals(_pending).name
+
+
 def clear() -> None:
     """Forget the recorded signal: the stop it asked for is done."""
     global _pending  # noqa: PLW0603 (one flag, set from a signal handler)

@@ -18,7 +18,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 SCRIPT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 #: Closed label sets, so a dashboard can rely on them and cardinality stays bounded.
-OUTCOMES = ("scored", "rejected", "duplicate")
+OUTCOMES = ("scored", "rejected", "duplicate", "forgotten")
 SCRIPTS = ("commit",)
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
 REDIS_FAILURES = ("transient", "backpressure")
@@ -30,8 +30,9 @@ IDENTITY_RESULTS = (
 )  # fmt: skip
 ACCOUNT_UPDATE_KINDS = ("member", "leave")
 ACCOUNT_UPDATE_RESULTS = ("applied", "stale")
-#: A forget request found the lead (forgotten), or it had been forgotten already.
-FORGET_RESULTS = ("forgotten", "already_forgotten")
+#: A forget found the lead's state (forgotten), found none but an earlier forget
+#: (already_forgotten), or found neither (not_found; recorded all the same).
+FORGET_RESULTS = ("forgotten", "already_forgotten", "not_found")
 OUTCOME_RESULTS = ("applied", "duplicate", "overflow")
 
 
@@ -87,7 +88,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         registry=reg,
         events_total=Counter(
             "streamscore_events_total",
-            "Input events handled, by source topic and outcome (scored, rejected, duplicate).",
+            "Input events handled, by source topic and outcome (scored, rejected, duplicate, "
+            "forgotten).",
             ["topic", "outcome"],
             registry=reg,
         ),
@@ -99,8 +101,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         handoffs_total=Counter(
             "streamscore_handoffs_total",
-            "Handoff events emitted, by tier handed off.",
-            ["tier"],
+            "Handoff events emitted, by tier handed off and model (live, an A/B arm, a shadow).",
+            ["tier", "model"],
             registry=reg,
         ),
         outcomes_total=Counter(
@@ -145,8 +147,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         tier_changes_total=Counter(
             "streamscore_tier_changes_total",
-            "Tier changes emitted, by direction (up, down) and new tier.",
-            ["direction", "tier"],
+            "Tier changes emitted, by direction (up, down), new tier and model.",
+            ["direction", "tier", "model"],
             registry=reg,
         ),
         event_to_scored_seconds=Histogram(
@@ -283,14 +285,15 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         ),
         forget_requests_total=Counter(
             "streamscore_forget_requests_total",
-            "Forget requests applied by the lead's owner, by result (forgotten, "
-            "already_forgotten).",
+            "Forgets applied through the worker's DELETE /leads/{id}, by result (forgotten, "
+            "already_forgotten, not_found).",
             ["result"],
             registry=reg,
         ),
         forgotten_dropped_total=Counter(
             "streamscore_forgotten_dropped_total",
-            "Records dropped because their lead was forgotten (a replay, a late event).",
+            "Records dropped because their lead was forgotten after their event time (a "
+            "replay, a redelivery, a late event).",
             registry=reg,
         ),
     )

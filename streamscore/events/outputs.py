@@ -9,6 +9,7 @@ import orjson
 
 from streamscore.events.timefmt import format_time_ms
 from streamscore.scoring.rules import BANT_CRITERIA, GRADES
+from streamscore.scoring.state import REASON_DECIMALS
 from streamscore.store.outbox import ScoredOutput
 
 
@@ -52,7 +53,7 @@ def format_output(decoded: ScoredOutput, tier_rank: dict[str, int]) -> OutputMes
             "grade": GRADES[out.grade - 1],
             "bant": {c: bool(out.bant_mask >> i & 1) for i, c in enumerate(BANT_CRITERIA)},
             "bant_met": out.bant_mask.bit_count(),
-            "reasons": [{"rule": r, "points": round(p, 6)} for r, p in out.reasons],
+            "reasons": [{"rule": r, "points": round(p, REASON_DECIMALS)} for r, p in out.reasons],
             "schema": "streamscore.handoff.v1",
         }
     else:

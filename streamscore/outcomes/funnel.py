@@ -84,6 +84,8 @@ class ScoreSnapshot:
     model: str = DEFAULT_MODEL
     handoff_id: str | None = None  # the lead's last handoff, if any
     handoff_ms: int | None = None
+    #: Each rule's points at that moment, decayed to it (what `streamscore learn` learns from).
+    features: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ class HandoffRecord:
     band: str  # kpi.band_label of the score under the rules of the handoff
     deadline_ms: int | None  # first-touch SLA deadline, None when the tier has none
     inferred: bool = False  # rebuilt from a later snapshot (handoff older than the funnel)
+    #: Each rule's points at the handoff (empty for a handoff recorded without them).
+    features: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +429,7 @@ def _handoff_record(snapshot: ScoreSnapshot, rules: OutcomeRules, inferred: bool
         # An inferred handoff predates the SLA clock: no deadline, so no breach for old news.
         deadline_ms=None if inferred else rules.sla_deadline_ms(snapshot.tier, snapshot.handoff_ms),
         inferred=inferred,
+        features=snapshot.features,
     )
 
 
@@ -486,6 +491,14 @@ def _reason(outcome: Outcome) -> str | None:
 # ---------------------------------------------------------------- wire form
 
 
+def _handoff_from_wire(h: Sequence[Any]) -> HandoffRecord:
+    # Features are an optional trailing field: records written before it have 11 fields.
+    features = tuple((str(rule), float(points)) for rule, points in h[11]) if len(h) > 11 else ()
+    return HandoffRecord(
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], features
+    )
+
+
 def to_wire(funnel: Funnel) -> list[Any]:
     """The funnel as nested lists of str/int/float/None/bool (for MessagePack in the lead state);
     an empty funnel is an empty list, so the codec can leave it out."""
@@ -494,7 +507,8 @@ def to_wire(funnel: Funnel) -> list[Any]:
     return [
         [
             [h.handoff_id, h.time_ms, h.model, h.rules_version, h.tier, h.score, h.grade,
-             h.bant_mask, h.band, h.deadline_ms, h.inferred]
+             h.bant_mask, h.band, h.deadline_ms, h.inferred,
+             *([[list(f) for f in h.features]] if h.features else [])]
             for h in funnel.handoffs
         ],
         [
@@ -514,7 +528,7 @@ def from_wire(data: Sequence[Any]) -> Funnel:
     try:
         handoffs, outcomes, breached, duplicates, overflow = data
         return Funnel(
-            handoffs=tuple(HandoffRecord(*h) for h in handoffs),
+            handoffs=tuple(_handoff_from_wire(h) for h in handoffs),
             outcomes=tuple(OutcomeRecord(o[0], OutcomeType(o[1]), *o[2:]) for o in outcomes),
             breached=frozenset(breached),
             duplicates=int(duplicates),

@@ -18,12 +18,10 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streamscore.config import Settings
 from streamscore.events.outputs import format_output
-from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.lanes import Lane
 from streamscore.runtime.sensors import Sensor
 from streamscore.store.outbox import Record, ScoredOutput, decode_entry
-from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,25 +33,15 @@ RedisCall = Callable[[Callable[[], Awaitable[T]]], Awaitable[T]]
 class Emitter:
     """Produces outputs, acknowledges them in the outbox, and re-drives what was left there."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        producer: AIOKafkaProducer,
-        store: RedisStore,
-        rules: RulesHolder,
-        sensor: Sensor,
-        redis: RedisCall[Any],
-    ) -> None:
-        self._settings = settings
+    def __init__(self, producer: AIOKafkaProducer, sensor: Sensor, redis: RedisCall[Any]) -> None:
         self._producer = producer
-        self._store = store
-        self._rules = rules
         self._sensor = sensor
         self._redis = redis
         self._acking: set[asyncio.Task[None]] = set()
 
     async def emit(
         self,
+        lane: Lane,
         group: int,
         entry_id: str,
         outputs: Sequence[ScoredOutput],
@@ -62,8 +50,8 @@ class Emitter:
         """Hand one outbox entry to the producer; its acks are awaited off this path."""
         if not entry_id:
             return
-        acks = await self._produce(outputs, records)
-        task = asyncio.create_task(self._acknowledge(group, entry_id, acks))
+        acks = await self._produce(lane, outputs, records)
+        task = asyncio.create_task(self._acknowledge(lane, group, entry_id, acks))
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
 
@@ -72,39 +60,46 @@ class Emitter:
         if self._acking:
             await asyncio.gather(*list(self._acking), return_exceptions=True)
 
-    async def redrive(self, older_than_ms: int) -> int:
-        """Re-send outbox entries recorded before `older_than_ms`; returns how many."""
-        store = self._store
+    async def redrive(self, lanes: Sequence[Lane], older_than_ms: int) -> int:
+        """Re-send outbox entries recorded before `older_than_ms`, in every lane; how many."""
         sent = 0
-        for group in range(store.keys.groups):
-            entries = await self._redis(partial(store.pending_outbox, group, older_than_ms))
-            for entry_id, encoded in entries:
-                await asyncio.gather(*await self._produce(*decode_entry(encoded)))
-                await self._redis(partial(store.ack_outbox, group, [entry_id]))
-                sent += 1
-        self._sensor.outbox_pending(await self._redis(store.outbox_length))
+        pending = 0
+        for lane in lanes:
+            store = lane.store
+            for group in range(store.keys.groups):
+                entries = await self._redis(partial(store.pending_outbox, group, older_than_ms))
+                for entry_id, encoded in entries:
+                    await asyncio.gather(*await self._produce(lane, *decode_entry(encoded)))
+                    await self._redis(partial(store.ack_outbox, group, [entry_id]))
+                    sent += 1
+            pending += await self._redis(store.outbox_length)
+        self._sensor.outbox_pending(pending)
         if sent:
             log.warning("re-sent %d outbox entries left by an earlier run", sent)
         return sent
 
     async def _produce(
-        self, outputs: Sequence[ScoredOutput], records: Sequence[Record] = ()
+        self, lane: Lane, outputs: Sequence[ScoredOutput], records: Sequence[Record] = ()
     ) -> list[asyncio.Future[Any]]:
-        settings = self._settings
-        futures = []
+        topics = lane.topics
+        futures: list[asyncio.Future[Any]] = []
+        if topics is None:
+            return futures  # a replay without output topics: recorded, acknowledged, dropped
         for output in outputs:
-            msg = format_output(output, self._rules.tier_rank)
-            topic = (
-                settings.topic_handoffs if msg.kind == "handoff" else settings.topic_tier_changes
-            )
+            model = lane.model_for(output.output.lead_id)
+            msg = format_output(output, lane.holders[model.name].tier_rank)
+            topic = topics.handoffs if msg.kind == "handoff" else topics.tier_changes
             futures.append(await self._producer.send(topic, msg.value, key=msg.key))
-            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction)
+            self._sensor.output_emitted(msg.kind, msg.new_tier, msg.direction, model.name)
         for record in records:
-            futures.append(await self._producer.send(record.topic, record.value, key=record.key))
+            # Records name their topic for the live lane; a shadow lane's SLA breaches go to
+            # its own topic, never to sales'.
+            topic = topics.sla_breaches if lane.shadow else record.topic
+            futures.append(await self._producer.send(topic, record.value, key=record.key))
         return futures
 
     async def _acknowledge(
-        self, group: int, entry_id: str, acks: list[asyncio.Future[Any]]
+        self, lane: Lane, group: int, entry_id: str, acks: list[asyncio.Future[Any]]
     ) -> None:
         try:
             await asyncio.gather(*acks)
@@ -112,4 +107,4 @@ class Emitter:
             # Left in the outbox: the re-drive timer sends it again with the same ids.
             log.warning("output send failed, left in the outbox for re-drive: %r", exc)
             return
-        await self._redis(partial(self._store.ack_outbox, group, [entry_id]))
+        await self._redis(partial(lane.store.ack_outbox, group, [entry_id]))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError
@@ -79,6 +82,49 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
     topics = [*settings.input_topics, settings.topic_identity, settings.topic_account_updates]
     consumer.subscribe(topics, listener=listener)
     return consumer
+
+
+async def fetch_history(
+    settings: Settings, topics: Sequence[str], timeout_s: float = 30.0
+) -> dict[TopicPartition, tuple[int, int]]:
+    """(first offset, high watermark) of every partition of `topics`, as a fetch reports them.
+
+    The high watermark comes back with each fetch; a ListOffsets "latest" query is not used
+    because Tansu answers it wrongly for batches of several records.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="streamscore-history",
+        enable_auto_commit=False,
+        **security_kwargs(settings),
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fresh metadata
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        firsts = {tp: await consumer.position(tp) for tp in tps}
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.highwater(tp) is None for tp in tps):
+            if time.monotonic() > deadline:
+                missing = [
+                    f"{tp.topic}[{tp.partition}]" for tp in tps if consumer.highwater(tp) is None
+                ]
+                raise TimeoutError(
+                    f"no fetch answered for {', '.join(missing)} in {timeout_s:.0f} s"
+                )
+            await consumer.getmany(timeout_ms=200, max_records=1)
+            await asyncio.sleep(0)
+        return {tp: (firsts[tp], consumer.highwater(tp) or 0) for tp in tps}
+    finally:
+        await consumer.stop()
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

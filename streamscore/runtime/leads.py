@@ -68,6 +68,9 @@ class LeadCache:
     def __len__(self) -> int:
         return len(self._leads)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._leads
+
     def ref(self, lead_id: str) -> tuple[int, str]:
         """(group, key) of a lead id."""
         ref = self._key_of.get(lead_id)
@@ -102,6 +105,8 @@ class LeadCache:
             for (key, lead_id), raw in zip(wanted, values, strict=True):
                 if key in self._leads:  # listed twice
                     continue
+                if raw is None and lead_id is None:
+                    continue  # a due key deleted (forgotten) since it was read: nothing to load
                 self._leads[key] = self._cached(key, group, raw, lead_id)
         self._trim()
 

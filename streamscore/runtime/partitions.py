@@ -17,6 +17,7 @@ from aiokafka.errors import IllegalStateError
 
 from streamscore.runtime.aligner import Aligner
 from streamscore.runtime.intake import Pending
+from streamscore.runtime.scope import ReplayScope
 from streamscore.runtime.sensors import Sensor
 
 #: How often the lag gauges are refreshed.
@@ -26,9 +27,12 @@ LAG_EVERY_S = 1.0
 class Partitions:
     """The input partitions this worker owns, with their fetch positions."""
 
-    def __init__(self, input_topics: Sequence[str], sensor: Sensor) -> None:
+    def __init__(
+        self, input_topics: Sequence[str], sensor: Sensor, scope: ReplayScope | None = None
+    ) -> None:
         self._topics = input_topics
         self._sensor = sensor
+        self._scope = scope
         self.assigned: set[TopicPartition] = set()
         self.positions: dict[TopicPartition, int] = {}
         self._next_lag = 0.0
@@ -68,6 +72,8 @@ class Partitions:
                     continue
                 self.positions[tp] = position
             highwater = consumer.highwater(tp)
+            if self._scope is not None:
+                highwater = self._scope.highwater(tp, highwater)
             backlog = None if highwater is None else max(highwater - position, 0)
             if highwater is not None and position > highwater:
                 truncated.append((tp, position, highwater))

@@ -34,8 +34,8 @@ from streamscore.runtime.accounts import AccountCache
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
+from streamscore.runtime.lanes import Lane
 from streamscore.runtime.leads import (
-    LeadCache,
     sets_a_lead_could_be_in,
     sorted_sets_of,
 )
@@ -43,13 +43,11 @@ from streamscore.runtime.ledger import Hold, OffsetLedger
 from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.outputs import Output
-from streamscore.scoring.rules import CompiledRules
 from streamscore.store.client import PackedCall
 from streamscore.store.codec import encode_account, encode_lead
 from streamscore.store.commit import GroupCommit, LeadWrite, OffsetWrite, versioned
-from streamscore.store.keys import KeySpace
+from streamscore.store.forgotten import ForgottenLeads
 from streamscore.store.outbox import Record, ScoredOutput, encode_outputs
-from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
 #: Account states kept in memory (least recently used evicted).
@@ -63,8 +61,9 @@ class CommitConflict(Exception):
 
 @dataclass(slots=True)
 class GroupCall:
-    """One key group's packed commit call and what its outbox entry carries."""
+    """One lane's and key group's packed commit call and what its outbox entry carries."""
 
+    lane: Lane
     group: int
     packed: PackedCall
     outputs: list[Output]
@@ -90,32 +89,28 @@ class Pipeline:
 
     def __init__(
         self,
-        keys: KeySpace,
-        store: RedisStore,
-        cache: LeadCache,
+        lanes: list[Lane],
         ledger: OffsetLedger[TopicPartition],
         emitter: Emitter,
         sensor: Sensor,
         redis: RedisCall,
         scorer: Scorer,
     ) -> None:
-        self._keys = keys
-        self._store = store
-        self._cache = cache
+        self.lanes = lanes
         self._ledger = ledger
         self._emitter = emitter
         self._sensor = sensor
         self._redis = redis
         self._scorer = scorer
-        #: Accounts (scoring/accounts.py) of the account records this worker applies.
-        self._accounts = AccountCache(keys, store, ACCOUNT_CACHE_MAX)
-        #: (key group, "topic:partition") -> the last offset applied, as Redis will hold it
-        #: once the calls already packed have landed.
-        self.recorded: dict[tuple[int, str], int] = {}
+        #: Accounts (scoring/accounts.py) of the account records the live lane applies.
+        self._accounts = AccountCache(lanes[0].keys, lanes[0].store, ACCOUNT_CACHE_MAX)
         #: Input partition number -> latest event time committed, for ticks while behind.
         self.partition_time_ms: dict[int, int] = {}
         #: Set by stage two when a commit conflicts; the worker rewinds, then calls reset().
         self.conflict: str | None = None
+        #: The forgotten sets as last read (None: read them before scoring). Every commit call
+        #: is fenced on its group's size, so a forget since then voids the batch (a conflict).
+        self.forgotten: ForgottenLeads | None = None
         self._generation = 0
         #: When stage two last finished a batch, or the pipeline was last seen empty.
         self._progress_s = time.monotonic()
@@ -169,23 +164,27 @@ class Pipeline:
     def reset(self) -> None:
         """Forget everything cached: batches in flight are void, Redis is read again."""
         self._generation += 1
-        self._cache.clear()
+        for lane in self.lanes:
+            lane.cache.clear()
+            lane.recorded.clear()
         self._accounts.clear()
-        self.recorded.clear()
         self.conflict = None
+        self.forgotten = None
 
     async def load_offsets(self, partitions: Iterable[TopicPartition]) -> None:
-        """Read the applied offsets of newly owned partitions from Redis."""
+        """Read the applied offsets of newly owned partitions from Redis, in every lane."""
         names = [self._tp_name(tp) for tp in partitions]
-        self.recorded.update(await self._redis(partial(self._store.recorded_offsets, names)))
+        for lane in self.lanes:
+            lane.recorded.update(await self._redis(partial(lane.store.recorded_offsets, names)))
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop what is cached for partitions this worker no longer owns."""
         gone = set(partitions)
         names = {self._tp_name(tp) for tp in gone}
-        self.recorded = {k: v for k, v in self.recorded.items() if k[1] not in names}
         numbers = {tp.partition for tp in gone}
-        self._cache.evict_partitions(numbers)
+        for lane in self.lanes:
+            lane.recorded = {k: v for k, v in lane.recorded.items() if k[1] not in names}
+            lane.cache.evict_partitions(numbers)
         self._accounts.clear()  # read again from Redis when next needed
         for number in numbers:
             self.partition_time_ms.pop(number, None)
@@ -198,10 +197,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stage one
 
-    async def submit(
-        self, ready: list[tuple[TopicPartition, Pending]], rules: CompiledRules
-    ) -> None:
-        """Score a batch the aligner released, in its merge order, and queue its commits."""
+    async def submit(self, ready: list[tuple[TopicPartition, Pending]]) -> None:
+        """Score a batch the aligner released, in its merge order, in every lane; queue it."""
         firsts: dict[TopicPartition, int] = {}
         for tp, p in ready:
             if tp not in firsts:
@@ -210,72 +207,21 @@ class Pipeline:
         hold = self._ledger.hold(firsts)
         async with self._stage_one():
             generation = self._generation
-            cache = self._cache
-            accounts = self._accounts
-            refs = set()
-            account_refs = set()
-            for _, p in ready:
-                if isinstance(p.event, AccountRecord):
-                    account_refs.add((*accounts.ref(p.event.account_id), p.event.account_id))
-                else:
-                    refs.add((*cache.ref(p.event.lead_id), p.event.lead_id))
-            await cache.load(refs, self._redis)
-            if account_refs:
-                await accounts.load(account_refs, self._redis)
-            work: dict[int, GroupWork] = {}
             outcomes: Tally[tuple[str, str]] = Tally()
             facts = Facts()
             times: dict[int, int] = {}
-            committed_times = self.partition_time_ms
-            recorded = self.recorded
-            scorer = self._scorer
-            for i, (tp, p) in enumerate(ready, 1):
-                record = p.event
-                if isinstance(record, AccountRecord):
-                    group, key = accounts.ref(record.account_id)
-                else:
-                    group, key = cache.ref(record.lead_id)
-                name = self._tp_name(tp)
-                applied = recorded.get((group, name))
-                if applied is not None and p.offset <= applied:
-                    outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
-                    continue
-                w = work.get(group)
-                if w is None:
-                    w = work[group] = GroupWork()
-                w.offsets[name] = p.offset
-                partition = tp.partition
-                if isinstance(record, AccountRecord):
-                    account = w.accounts[key] = accounts.get(key)
-                    scorer.account(account, record, w, rules, facts)
-                    outcomes[(tp.topic, "scored")] += 1
-                    if i % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                    continue
-                lead = cache.get(key)
-                lead.state.partition = partition
-                w.leads[key] = lead
-                # The partition's event time so far: the SLA clock (as the tick's while behind).
-                clock = times.get(partition, 0)
-                if record.time_ms > clock:
-                    clock = times[partition] = record.time_ms
-                clock = max(clock, committed_times.get(partition, 0))
-                if isinstance(record, Outcome):
-                    scorer.outcome(lead, record, clock, w, rules, facts)
-                    outcomes[(tp.topic, "scored")] += 1
-                elif isinstance(record, IdentityRecord):
-                    source = (tp.topic, tp.partition, p.offset)
-                    scorer.identity(lead, record, source, clock, w, rules, facts)
-                    outcomes[(tp.topic, "scored")] += 1
-                else:
-                    fresh = scorer.event(lead, record, clock, w, rules, facts)
-                    outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
-                if i % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
+            calls: list[GroupCall] = []
+            forgotten = await self._forgotten()
+            # None unless some lead was forgotten: the hot path pays one test per event.
+            blocked = forgotten.blocks if forgotten else None
+            for n, lane in enumerate(self.lanes):
+                # The live lane's outcomes are the event counts; shadow lanes are not counted.
+                counted = outcomes if n == 0 else Tally()
+                calls += await self._score(lane, ready, counted, facts, times, blocked)
             batch = Batch(
                 generation,
                 hold,
-                self._pack(work, rules),
+                calls,
                 outcomes,
                 [p.append_ms for _, p in ready],
                 len(ready),
@@ -284,47 +230,155 @@ class Pipeline:
             )
             await self._enqueue(batch)
 
-    async def submit_tick(
+    async def _score(
         self,
-        partitions: Iterable[int],
-        until_ms: Callable[[int], int],
-        limit: int,
-        rules: CompiledRules,
+        lane: Lane,
+        ready: list[tuple[TopicPartition, Pending]],
+        outcomes: Tally[tuple[str, str]],
+        facts: Facts,
+        times: dict[int, int],
+        blocked: Callable[[str, int], bool] | None,
+    ) -> list[GroupCall]:
+        """Apply a batch's records to one lane's leads; its commit calls.
+
+        Identity and account records (internal topics) are the live lane's: a lane without
+        cross-lead effects (a shadow model, a replay) passes over them.
+        """
+        cache = lane.cache
+        cross = lane.cross_lead
+        accounts = self._accounts
+        refs = set()
+        account_refs = set()
+        for _, p in ready:
+            if isinstance(p.event, AccountRecord):
+                if cross:
+                    account_refs.add((*accounts.ref(p.event.account_id), p.event.account_id))
+            elif cross or not isinstance(p.event, IdentityRecord):
+                refs.add((*cache.ref(p.event.lead_id), p.event.lead_id))
+        await cache.load(refs, self._redis)
+        if account_refs:
+            await accounts.load(account_refs, self._redis)
+        work: dict[int, GroupWork] = {}
+        committed_times = self.partition_time_ms
+        recorded = lane.recorded
+        scorer = self._scorer
+        clocks: dict[int, int] = {}
+        digest_of = lane.keys.digest_of
+        for i, (tp, p) in enumerate(ready, 1):
+            record = p.event
+            if isinstance(record, AccountRecord):
+                if not cross:
+                    continue
+                group, key = accounts.ref(record.account_id)
+            elif isinstance(record, IdentityRecord) and not cross:
+                continue
+            else:
+                group, key = cache.ref(record.lead_id)
+            name = self._tp_name(tp)
+            applied = recorded.get((group, name))
+            if applied is not None and p.offset <= applied:
+                outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
+                continue
+            if isinstance(record, AccountRecord):
+                w = work.get(group)
+                if w is None:
+                    w = work[group] = GroupWork()
+                w.offsets[name] = p.offset
+                account = w.accounts[key] = accounts.get(key)
+                scorer.account(account, record, w, lane.model_for(record.account_id).rules, facts)
+                outcomes[(tp.topic, "scored")] += 1
+                continue
+            if blocked is not None and blocked(digest_of(key), record.time_ms):
+                # A forgotten lead's record from before the forget (late, redelivered or
+                # replayed): dropped, so it cannot bring the lead back.
+                outcomes[(tp.topic, "forgotten")] += 1
+                continue
+            w = work.get(group)
+            if w is None:
+                w = work[group] = GroupWork()
+            w.offsets[name] = p.offset
+            lead = cache.get(key)
+            lead.state.partition = partition = tp.partition
+            w.leads[key] = lead
+            # The partition's event time so far: the SLA clock (as the tick's while behind).
+            clock = clocks.get(partition, 0)
+            if record.time_ms > clock:
+                clock = clocks[partition] = record.time_ms
+            clock = max(clock, committed_times.get(partition, 0))
+            model = lane.model_for(record.lead_id)
+            if isinstance(record, Outcome):
+                scorer.outcome(lead, record, clock, w, model, facts)
+                outcomes[(tp.topic, "scored")] += 1
+            elif isinstance(record, IdentityRecord):
+                source = (tp.topic, tp.partition, p.offset)
+                scorer.identity(lead, record, source, clock, w, model, facts)
+                outcomes[(tp.topic, "scored")] += 1
+            else:
+                fresh = scorer.event(lead, record, clock, w, model, facts)
+                outcomes[(tp.topic, "scored" if fresh else "duplicate")] += 1
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        for partition, t in clocks.items():
+            if t > times.get(partition, 0):
+                times[partition] = t
+        return self._pack(lane, work)
+
+    async def submit_tick(
+        self, partitions: Iterable[int], until_ms: Callable[[int], int], limit: int
     ) -> int:
-        """Apply the inactivity drops and SLA breaches due in these partitions; leads advanced.
+        """Apply the inactivity drops and SLA breaches due in these partitions, in every lane;
+        returns the leads advanced.
 
         `until_ms(partition)` is how far to advance that partition's leads: now, or the event
         time applied for it while the worker is behind.
         """
+        owned = [(p, until_ms(p)) for p in partitions]
         async with self._stage_one():
             generation = self._generation
-            refs: list[tuple[int, str, str | None]] = []
-            limits: dict[str, int] = {}
-            for partition in partitions:
-                until = until_ms(partition)
-                if until <= 0:
-                    continue
-                for group in range(self._keys.groups):
-                    for sla in (False, True):
-                        due = partial(self._store.due_keys, group, partition, until, limit, sla)
-                        for key in await self._redis(due):
-                            if key not in limits:
-                                refs.append((group, key, None))
-                                limits[key] = until
-            if not refs:
-                return 0
-            await self._cache.load(refs, self._redis)
-            work: dict[int, GroupWork] = {}
+            await self._forgotten()
             facts = Facts()
-            for group, key, _ in refs:
-                w = work.get(group)
-                if w is None:
-                    w = work[group] = GroupWork()
-                lead = w.leads[key] = self._cache.get(key)
-                self._scorer.tick(lead, limits[key], w, rules, facts)
-            batch = Batch(generation, None, self._pack(work, rules), Tally(), [], 0, {}, facts)
+            calls: list[GroupCall] = []
+            advanced = 0
+            for lane in self.lanes:
+                refs: list[tuple[int, str, str | None]] = []
+                limits: dict[str, int] = {}
+                for partition, until in owned:
+                    if until <= 0:
+                        continue
+                    for group in range(lane.keys.groups):
+                        for sla in (False, True):
+                            due = partial(lane.store.due_keys, group, partition, until, limit, sla)
+                            for key in await self._redis(due):
+                                if key not in limits:
+                                    refs.append((group, key, None))
+                                    limits[key] = until
+                if not refs:
+                    continue
+                await lane.cache.load(refs, self._redis)
+                work: dict[int, GroupWork] = {}
+                for group, key, _ in refs:
+                    if key not in lane.cache:
+                        continue  # forgotten between reading the due set and loading it
+                    w = work.get(group)
+                    if w is None:
+                        w = work[group] = GroupWork()
+                    lead = w.leads[key] = lane.cache.get(key)
+                    model = lane.model_for(lead.state.lead_id)
+                    self._scorer.tick(lead, limits[key], w, model, facts)
+                calls += self._pack(lane, work)
+                advanced += len(refs)
+            if not calls:
+                return 0
+            batch = Batch(generation, None, calls, Tally(), [], 0, {}, facts)
             await self._enqueue(batch)
-            return len(refs)
+            return advanced
+
+    async def _forgotten(self) -> ForgottenLeads:
+        """The forgotten sets, read once after a start or a reset (a forget since then makes a
+        commit conflict, which resets)."""
+        if self.forgotten is None:
+            self.forgotten = await self._redis(self.lanes[0].store.forgotten_leads)
+        return self.forgotten
 
     async def _enqueue(self, batch: Batch) -> None:
         """Hand a batch to stage two; raise stage two's error if it has died meanwhile.
@@ -350,16 +404,20 @@ class Pipeline:
             deciding.set_result(None)
             self._deciding = None
 
-    def _pack(self, work: dict[int, GroupWork], rules: CompiledRules) -> list[GroupCall]:
-        keys = self._keys
+    def _pack(self, lane: Lane, work: dict[int, GroupWork]) -> list[GroupCall]:
+        keys = lane.keys
+        forgotten = self.forgotten
         calls = []
         for group, w in work.items():
             commit = GroupCommit(group, counters=w.counters)
+            # Fenced on the forgotten set read before scoring: a forget since voids the batch.
+            commit.forgotten_size = None if forgotten is None else forgotten.size(group)
             for name, new in w.offsets.items():
-                commit.offsets.append(OffsetWrite(name, self.recorded.get((group, name)), new))
-                self.recorded[(group, name)] = new
+                commit.offsets.append(OffsetWrite(name, lane.recorded.get((group, name)), new))
+                lane.recorded[(group, name)] = new
             for key, lead in w.leads.items():
                 state = lead.state
+                rules = lane.model_for(state.lead_id).rules
                 lead.version += 1
                 value = versioned(lead.version, encode_lead(state))
                 want = sorted_sets_of(state, group, keys, rules)
@@ -374,7 +432,7 @@ class Pipeline:
                 value = versioned(account.version, encode_account(account.state))
                 commit.leads.append(LeadWrite(key, account.prefix, value))
                 account.prefix = value[:8]
-            calls.append(GroupCall(group, commit.pack(keys), w.outputs, w.records))
+            calls.append(GroupCall(lane, group, commit.pack(keys), w.outputs, w.records))
         return calls
 
     # ------------------------------------------------------------------ stage two
@@ -406,6 +464,11 @@ class Pipeline:
                 loop.call_soon(
                     self._sensor.batch_applied, batch.outcomes, batch.append_ms, now_ms()
                 )
+                dropped = sum(
+                    n for (_, outcome), n in batch.outcomes.items() if outcome == "forgotten"
+                )
+                if dropped:
+                    self._sensor.edges_applied({("forgotten_dropped", ""): dropped})
             facts = batch.facts
             if facts.outcomes or facts.breaches:
                 self._sensor.funnel_facts(facts.outcomes, facts.breaches)
@@ -417,10 +480,12 @@ class Pipeline:
         for call in batch.calls:
             started = time.perf_counter()
             encoded = encode_outputs(call.outputs, scored_at, call.records)
-            result = await self._redis(partial(self._store.commit, call.packed, encoded))
+            result = await self._redis(partial(call.lane.store.commit, call.packed, encoded))
             self._sensor.redis_call("commit", time.perf_counter() - started, batch.events or None)
             if not result.ok:
-                raise CommitConflict(f"group {call.group}: {result.conflict}")
+                raise CommitConflict(f"{call.lane.name} group {call.group}: {result.conflict}")
             if result.outbox_entry:
                 scored = [ScoredOutput(o, scored_at) for o in call.outputs]
-                await self._emitter.emit(call.group, result.outbox_entry, scored, call.records)
+                await self._emitter.emit(
+                    call.lane, call.group, result.outbox_entry, scored, call.records
+                )

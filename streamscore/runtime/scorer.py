@@ -53,10 +53,10 @@ from streamscore.outcomes.funnel import (
     record_handoff,
     to_wire,
 )
-from streamscore.outcomes.kpi import DEFAULT_MODEL
 from streamscore.outcomes.messages import sla_breach_message
 from streamscore.runtime.accounts import CachedAccount
 from streamscore.runtime.clock import now_ms
+from streamscore.runtime.lanes import Model
 from streamscore.runtime.leads import CachedLead
 from streamscore.scoring import accounts as acct
 from streamscore.scoring import story
@@ -68,6 +68,7 @@ from streamscore.scoring.state import (
     LeadState,
     advance,
     apply_event,
+    contributions_at,
     disarm,
     engagement_at,
     penalize,
@@ -142,23 +143,27 @@ class Scorer:
         ev: Event,
         clock_ms: int,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         facts: Facts,
     ) -> bool:
         """Score one event; False when its id was seen within the dedup window.
 
         An event of an id merged into another lead is forwarded there instead.
         """
+        rules = model.rules
+        cross = model.cross_lead
         state = lead.state
         ident = state.identity
-        if ident is not None and ident.merged_into is not None:
+        if cross and ident is not None and ident.merged_into is not None:
             key, value = forward_message(ident.merged_into, state.lead_id, ev)
             w.records.append(Record(self.identity_topic, key, value))
             facts.edges[("forwarded", "")] += 1
             return True
         note_event(state, ev.anonymous)
         first = len(w.outputs)
-        accounts = rules.accounts
+        # Cross-lead effects (identity merges, account roll-ups) belong to the live lane only:
+        # a shadow model or a replay scores each id on its own.
+        accounts = rules.accounts if cross else None
         before = (state.anchor_ms, state.positive) if accounts is not None else None
         fresh = apply_event(
             state, rules, ev.event_id, ev.time_ms, decide(ev, rules), self.dedup_ms, w.outputs
@@ -169,9 +174,9 @@ class Scorer:
                 self._contribute(state, rules, accounts, ev, changed, w)
             self._tell(state, rules, ev.time_ms, "event", ev.type)
             if len(w.outputs) > first:
-                self._after_outputs(lead, w, first, rules, clock_ms, facts)
+                self._after_outputs(lead, w, first, model, clock_ms, facts)
             link = ev.link
-            if link is not None and ev.type != "group" and link != state.lead_id:
+            if cross and link is not None and ev.type != "group" and link != state.lead_id:
                 self._link(state, link, ev, w, facts)
         return fresh
 
@@ -182,17 +187,17 @@ class Scorer:
         source: tuple[str, int, int],
         clock_ms: int,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         facts: Facts,
     ) -> None:
         """Apply one identity record; `source` is its (topic, partition, offset)."""
         if record.type == "event":
             assert record.event is not None  # parse_identity builds it
-            self.event(lead, record.event, clock_ms, w, rules, facts)
+            self.event(lead, record.event, clock_ms, w, model, facts)
         elif record.type == "merge_into":
-            self._merge_into(lead, record, source, clock_ms, w, rules, facts)
+            self._merge_into(lead, record, source, clock_ms, w, model.rules, facts)
         else:
-            self._absorb(lead, record, clock_ms, w, rules, facts)
+            self._absorb(lead, record, clock_ms, w, model, facts)
 
     def _link(self, state: LeadState, other: str, ev: Event, w: GroupWork, facts: Facts) -> None:
         """The known lead names another id: ask that id's owner to merge it, once."""
@@ -253,11 +258,12 @@ class Scorer:
         record: IdentityRecord,
         clock_ms: int,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         facts: Facts,
     ) -> None:
         """The known lead takes in a merged id's contributions, once."""
         assert record.state is not None  # parse_identity requires it
+        rules = model.rules
         state = lead.state
         first = len(w.outputs)
         other = decode_lead(record.state, record.other)
@@ -267,7 +273,7 @@ class Scorer:
                 self._contribute(state, rules, rules.accounts, None, True, w)
             self._tell(state, rules, record.time_ms, "merge", record.other)
             if len(w.outputs) > first:
-                self._after_outputs(lead, w, first, rules, clock_ms, facts)
+                self._after_outputs(lead, w, first, model, clock_ms, facts)
 
     def _contribute(
         self,
@@ -332,14 +338,15 @@ class Scorer:
         outcome: Outcome,
         clock_ms: int,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         facts: Facts,
     ) -> None:
         """Attribute one sales outcome to the lead's handoffs, once; apply its effects."""
+        rules = model.rules
         state = lead.state
         funnel = from_wire(state.funnel) if state.funnel else EMPTY
         known = state.last_ms is not None  # an outcome may come for a lead never scored
-        snapshot = self._snapshot(state, rules) if known else None
+        snapshot = self._snapshot(state, model) if known else None
         after, deltas, effects = apply_outcome(funnel, outcome, snapshot, rules.outcomes, clock_ms)
         duplicate = after.duplicates > funnel.duplicates
         overflow = after.overflow > funnel.overflow
@@ -353,29 +360,30 @@ class Scorer:
         _add(w.counters, deltas)
         if not duplicate:
             self._tell(state, rules, outcome.time_ms, "outcome", outcome.type.value)
-        self._effects(lead, effects, outcome.outcome_id, w, rules, clock_ms, facts)
+        self._effects(lead, effects, outcome.outcome_id, w, model, clock_ms, facts)
 
     def tick(
         self,
         lead: CachedLead,
         until_ms: int,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         facts: Facts,
     ) -> None:
         """Inactivity drops due by `until_ms`, and SLA breaches due by then."""
+        rules = model.rules
         state = lead.state
         first = len(w.outputs)
         advance(state, rules, until_ms, w.outputs)
         if len(w.outputs) > first:
-            self._after_outputs(lead, w, first, rules, until_ms, facts)
+            self._after_outputs(lead, w, first, model, until_ms, facts)
         if state.funnel:
             funnel = from_wire(state.funnel)
             after, deltas, effects = check_sla(funnel, rules.outcomes, until_ms)
             if after is not funnel:
                 state.funnel = to_wire(after) or None
                 _add(w.counters, deltas)
-                self._effects(lead, effects, "", w, rules, until_ms, facts)
+                self._effects(lead, effects, "", w, model, until_ms, facts)
 
     # ------------------------------------------------------------------ shared
 
@@ -384,11 +392,12 @@ class Scorer:
         lead: CachedLead,
         w: GroupWork,
         first: int,
-        rules: CompiledRules,
+        model: Model,
         clock_ms: int,
         facts: Facts | None,
     ) -> None:
         """Tell the new outputs, and open the funnel of each handoff among them."""
+        rules = model.rules
         state = lead.state
         for out in w.outputs[first:]:
             if self.story_keep:
@@ -402,9 +411,13 @@ class Scorer:
                 story.record(state, out.time_ms, kind, out.new_tier, out.score, self.story_keep)
             if out.kind != "handoff":
                 continue
+            features = tuple(
+                (rule, round(points, 6))
+                for rule, points in contributions_at(state, rules, out.time_ms)
+            )
             snapshot = ScoreSnapshot(
                 out.score, out.new_tier, out.grade, out.bant_mask, out.rules_version,
-                DEFAULT_MODEL, output_id(out.lead_id, out.seq), out.time_ms,
+                model.name, output_id(out.lead_id, out.seq), out.time_ms, features,
             )  # fmt: skip
             funnel = from_wire(state.funnel) if state.funnel else EMPTY
             after, deltas, effects = record_handoff(
@@ -412,7 +425,7 @@ class Scorer:
             )
             state.funnel = to_wire(after) or None
             _add(w.counters, deltas)
-            self._effects(lead, effects, "", w, rules, clock_ms, facts)
+            self._effects(lead, effects, "", w, model, clock_ms, facts)
 
     def _effects(
         self,
@@ -420,7 +433,7 @@ class Scorer:
         effects: tuple[Effect, ...],
         cause_id: str,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         clock_ms: int,
         facts: Facts | None,
     ) -> None:
@@ -431,9 +444,9 @@ class Scorer:
                 w.records.append(Record(self.sla_topic, key, value))
                 if facts is not None:
                     facts.breaches[effect.tier] += 1
-                self._tell(state, rules, clock_ms, "sla", effect.tier)
+                self._tell(state, model.rules, clock_ms, "sla", effect.tier)
             elif isinstance(effect, Recycle):
-                self._recycle(lead, effect, cause_id, w, rules, clock_ms, facts)
+                self._recycle(lead, effect, cause_id, w, model, clock_ms, facts)
 
     def _recycle(
         self,
@@ -441,10 +454,11 @@ class Scorer:
         effect: Recycle,
         cause_id: str,
         w: GroupWork,
-        rules: CompiledRules,
+        model: Model,
         clock_ms: int,
         facts: Facts | None,
     ) -> None:
+        rules = model.rules
         state = lead.state
         if effect.action == "disarm":
             disarm(state, effect.rearm_below)
@@ -452,7 +466,7 @@ class Scorer:
             first = len(w.outputs)
             penalize(state, rules, RECYCLE_RULE, effect.points, effect.time_ms, cause_id, w.outputs)
             if len(w.outputs) > first:
-                self._after_outputs(lead, w, first, rules, clock_ms, facts)
+                self._after_outputs(lead, w, first, model, clock_ms, facts)
         self._tell(state, rules, effect.time_ms, "recycle", effect.action)
 
     def _tell(
@@ -463,12 +477,13 @@ class Scorer:
             story.record(state, time_ms, kind, label, score_at(state, rules, last), self.story_keep)
 
     @staticmethod
-    def _snapshot(state: LeadState, rules: CompiledRules) -> ScoreSnapshot:
+    def _snapshot(state: LeadState, model: Model) -> ScoreSnapshot:
+        rules = model.rules
         last = state.last_ms if state.last_ms is not None else 0
         tier = rules.tiers[min(state.tier, len(rules.tiers) - 1)].name
         return ScoreSnapshot(
             score_at(state, rules, last), tier, rules.grade_of(state.fit), state.bant,
-            rules.version, DEFAULT_MODEL,
+            rules.version, model.name,
         )  # fmt: skip
 
 

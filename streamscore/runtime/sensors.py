@@ -62,8 +62,11 @@ class Sensor:
     ) -> None:
         """A batch's sales outcomes by (type, result) and SLA breaches by tier are committed."""
 
-    def output_emitted(self, kind: str, new_tier: str, direction: str) -> None:
-        """A handoff or tier change was handed to the producer."""
+    def output_emitted(self, kind: str, new_tier: str, direction: str, model: str) -> None:
+        """A handoff or tier change of `model` was handed to the producer."""
+
+    def models(self, names: Iterable[str]) -> None:
+        """The scoring models this worker runs (the live one, A/B arms, shadows)."""
 
     def kpis(self, kpis: Kpis) -> None:
         """The sales-outcome KPIs, as read from the stored counters."""
@@ -74,8 +77,11 @@ class Sensor:
     def redis_state(self, state: str) -> None:
         """Redis became `ok`, or is failing with a `transient` or `backpressure` failure."""
 
-    def rules_loaded(self, version: str, tiers: Iterable[str], result: str) -> None:
-        """Rules came into force (result `initial` or `applied`) or a reload was `rejected`."""
+    def rules_loaded(
+        self, version: str, tiers: Iterable[str], result: str, primary: bool = True
+    ) -> None:
+        """Rules came into force (result `initial` or `applied`) or a reload was `rejected`;
+        `primary` for the live rules, not an A/B arm's or a shadow model's."""
 
     def outbox_pending(self, entries: int) -> None:
         """Outputs recorded in Redis and not yet acknowledged by the broker."""
@@ -132,6 +138,8 @@ class PrometheusSensor(Sensor):
         for result in FORGET_RESULTS:
             m.forget_requests_total.labels(result=result)
         self.redis_state("ok")
+        self._models: tuple[str, ...] = ("live",)
+        self._tiers: tuple[str, ...] = ()
         m.ready.set(0)
 
     def partitions_assigned(self, count: int) -> None:
@@ -197,11 +205,25 @@ class PrometheusSensor(Sensor):
                     if seconds is not None:
                         m.kpi_time_to_touch_seconds.labels(*labels, percentile).set(seconds)
 
-    def output_emitted(self, kind: str, new_tier: str, direction: str) -> None:
+    def output_emitted(self, kind: str, new_tier: str, direction: str, model: str) -> None:
         if kind == "handoff":
-            self.metrics.handoffs_total.labels(tier=new_tier).inc()
+            self.metrics.handoffs_total.labels(tier=new_tier, model=model).inc()
         else:
-            self.metrics.tier_changes_total.labels(direction=direction, tier=new_tier).inc()
+            self.metrics.tier_changes_total.labels(
+                direction=direction, tier=new_tier, model=model
+            ).inc()
+
+    def models(self, names: Iterable[str]) -> None:
+        self._models = tuple(names)
+        self._zero_outputs()
+
+    def _zero_outputs(self) -> None:
+        m = self.metrics
+        for model in self._models:
+            for tier in self._tiers:
+                m.handoffs_total.labels(tier=tier, model=model)
+                for direction in ("up", "down"):
+                    m.tier_changes_total.labels(direction=direction, tier=tier, model=model)
 
     def retried(self, operation: str) -> None:
         self.metrics.retries_total.labels(operation=operation).inc()
@@ -210,20 +232,23 @@ class PrometheusSensor(Sensor):
         for failure in REDIS_FAILURES:
             self.metrics.redis_failing.labels(failure=failure).set(1 if failure == state else 0)
 
-    def rules_loaded(self, version: str, tiers: Iterable[str], result: str) -> None:
+    def rules_loaded(
+        self, version: str, tiers: Iterable[str], result: str, primary: bool = True
+    ) -> None:
         m = self.metrics
         if result == "rejected":
             m.rules_reloads_total.labels(result="rejected").inc()
             return
         if result == "applied":
             m.rules_reloads_total.labels(result="applied").inc()
-        m.rules_version_info.clear()
-        m.rules_version_info.labels(version=version).set(1)
-        for tier in tiers:  # tiers come from the rules: a closed set per version
-            m.handoffs_total.labels(tier=tier)
+        if primary:
+            m.rules_version_info.clear()
+            m.rules_version_info.labels(version=version).set(1)
+        # Tiers come from the rules: a closed set per version (and per model).
+        self._tiers = tuple(dict.fromkeys((*self._tiers, *tiers)))
+        for tier in self._tiers:
             m.sla_breaches_total.labels(tier=tier)
-            for direction in ("up", "down"):
-                m.tier_changes_total.labels(direction=direction, tier=tier)
+        self._zero_outputs()
 
     def outbox_pending(self, entries: int) -> None:
         self.metrics.outbox_pending.set(entries)

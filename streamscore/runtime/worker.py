@@ -25,11 +25,12 @@ from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.guard import RedisGuard
 from streamscore.runtime.intake import DeadLetterSender, Pending, Rejected, parse_fetched
 from streamscore.runtime.kafka import make_consumer
-from streamscore.runtime.leads import LeadCache
+from streamscore.runtime.lanes import LIVE, build_lanes
 from streamscore.runtime.ledger import OffsetLedger
 from streamscore.runtime.partitions import Partitions
 from streamscore.runtime.pipeline import Pipeline
 from streamscore.runtime.rules import RulesHolder
+from streamscore.runtime.scope import ReplayScope
 from streamscore.runtime.scorer import Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.runtime.tracking import TrackScreen
@@ -71,8 +72,11 @@ class ScoringWorker:
         rules: RulesHolder,
         store: RedisStore,
         producer: AIOKafkaProducer,
+        scope: ReplayScope | None = None,
     ) -> None:
         self.settings = settings
+        #: Set for a replay: the history it rescores; None live.
+        self.scope = scope
         self.sensor = sensor
         self.rules = rules
         self.store = store
@@ -80,17 +84,22 @@ class ScoringWorker:
         self.limits = Limits.from_settings(settings)
         self.kinds = settings.topic_kinds
         self.guard = RedisGuard(settings, sensor, on_health=self._report_readiness)
-        self.partitions = Partitions(settings.input_topics, sensor)
+        self.partitions = Partitions(settings.input_topics, sensor, scope)
         self.aligner: Aligner[TopicPartition, Pending] = Aligner(
             _merge_key, _offset, settings.align_max_wait_ms
         )
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)
         self.track = TrackScreen(settings.topic_track, settings.track_unknown, rules, sensor)
-        self.emitter = Emitter(settings, producer, store, rules, sensor, self.guard)
-        self.cache = LeadCache(store.keys, store, settings.lead_cache_max)
+        self.emitter = Emitter(producer, sensor, self.guard)
+        self.lanes = build_lanes(
+            settings, sensor, rules, store,
+            emit=scope is None or scope.emit, model=LIVE if scope is None else scope.model,
+            cross_lead=scope is None,
+        )  # fmt: skip
+        sensor.models(name for lane in self.lanes for name in lane.holders)
         self.pipeline = Pipeline(
-            store.keys, store, self.cache, self.ledger, self.emitter, sensor, self.guard,
+            self.lanes, self.ledger, self.emitter, sensor, self.guard,
             Scorer(
                 settings.dedup_window_s * 1000, settings.lead_story_max,
                 settings.topic_sla_breaches, settings.topic_identity,
@@ -147,7 +156,7 @@ class ScoringWorker:
         await consumer.start()
         try:
             async with self.pipeline.running():
-                while not stopping.is_set():
+                while not stopping.is_set() and not self.finished():
                     self.pipeline.check()  # re-raises the apply stage's failure
                     await self.step(consumer)
                 await self.pipeline.drain()
@@ -162,6 +171,15 @@ class ScoringWorker:
                 await consumer.stop()
                 self.consumer = None
 
+    def finished(self) -> bool:
+        """A replay's history is scored (live, never)."""
+        return (
+            self.scope is not None
+            and self.scope.reached(self.partitions.positions)
+            and not self.aligner.buffered()
+            and self.pipeline.idle
+        )
+
     async def step(self, consumer: AIOKafkaConsumer) -> int:
         """One fetch; hand what the aligner releases to the pipeline; returns its size."""
         settings = self.settings
@@ -172,6 +190,9 @@ class ScoringWorker:
         records = await consumer.getmany(
             timeout_ms=settings.fetch_timeout_ms, max_records=settings.batch_max_events
         )
+        scope = self.scope
+        if scope is not None:
+            records = scope.clip(records)  # what arrived after the replay started is not its own
         now = now_ms()
         valid, rejected = await parse_fetched(
             records,
@@ -187,15 +208,21 @@ class ScoringWorker:
                 position = records[tp][-1].offset + 1
                 self.partitions.positions[tp] = position
                 self.ledger.fetched(tp, position)
-                self.aligner.push(tp, pending)
+                if scope is not None:
+                    self.aligner.push(tp, [p for p in pending if scope.admits(p.event)])
+                else:
+                    self.aligner.push(tp, pending)
         if rejected:
-            await self._dead_letter(rejected, now)
+            if scope is None:
+                await self._dead_letter(rejected, now)
+            else:
+                scope.invalid += len(rejected)  # dead-lettered when the live worker met them
         for tp, position, highwater in await self.partitions.observe(consumer, self.aligner, now):
             await self.restart_partition(consumer, tp, position, highwater)
         ready = [] if self._holding else self.aligner.pop_ready(now, settings.batch_max_events)
         self.partitions.flow_control(consumer, self.aligner, settings.align_max_buffered)
         if ready:
-            await self.pipeline.submit(ready, self.rules.rules)
+            await self.pipeline.submit(ready)
         if time.monotonic() >= self._next_tick:
             await self.tick()
         if time.monotonic() >= self._next_commit:
@@ -323,7 +350,9 @@ class ScoringWorker:
         """
         self._next_tick = time.monotonic() + self.settings.decay_tick_s
         now = now_ms()
-        caught_up = self.aligner.caught_up() and self.pipeline.idle
+        # A replay never judges beyond its events' times: its state is history's, and two
+        # replays of the same history end in the same state.
+        caught_up = self.scope is None and self.aligner.caught_up() and self.pipeline.idle
         times = self.pipeline.partition_time_ms
 
         def until(partition: int) -> int:
@@ -331,7 +360,7 @@ class ScoringWorker:
 
         owned = {tp.partition for tp in self.partitions.assigned}
         advanced = await self.pipeline.submit_tick(
-            sorted(owned), until, self.settings.decay_tick_max_leads, self.rules.rules
+            sorted(owned), until, self.settings.decay_tick_max_leads
         )
         due = await self.guard(partial(self.store.due_count, owned, now))
         self.sensor.decay_due(due)
@@ -340,20 +369,42 @@ class ScoringWorker:
     async def redrive_outbox(self) -> int:
         """Re-send outputs recorded in Redis whose send was never acknowledged (e.g. a crash)."""
         older_than = now_ms() - int(self.settings.outbox_redrive_s * 1000)
-        return await self.emitter.redrive(older_than)
+        return await self.emitter.redrive(self.lanes, older_than)
+
+    def reload_rules(self) -> None:
+        """Re-read every rules file (live, A/B arms, shadows) that changed on disk."""
+        for lane in self.lanes:
+            lane.reload_rules()
+
+    def reload_all_rules(self) -> None:
+        """Re-read every rules file now (SIGHUP)."""
+        self.rules.reload()
+        for lane in self.lanes:
+            for holder in lane.holders.values():
+                if holder is not self.rules:
+                    holder.reload()
+
+    async def kpi_counters(self) -> dict[str, int]:
+        """The KPI counters of every lane (model names keep them apart), summed over groups."""
+        total: dict[str, int] = {}
+        for lane in self.lanes:
+            for name, n in (await self.guard(lane.store.kpi_counters)).items():
+                total[name] = total.get(name, 0) + n
+        return total
 
     async def refresh_kpis(self) -> None:
-        """Read the KPI counters (summed over key groups) and hand the KPIs to the sensor."""
-        counters = await self.guard(self.store.kpi_counters)
+        """Read the KPI counters of every lane and hand the KPIs to the sensor."""
         tiers = [t.name for t in self.rules.rules.tiers]
-        self.sensor.kpis(compute_kpis(counters, tiers))
+        self.sensor.kpis(compute_kpis(await self.kpi_counters(), tiers))
 
     async def maintain(self) -> None:
         """Periodic upkeep: keep each tier index (the console's queue) to its best leads."""
         keep = self.settings.tier_index_max
-        for group in range(self.store.keys.groups):
-            for tier in self.rules.rules.tiers[1:]:
-                await self.guard(partial(self.store.trim_tier_index, group, tier.name, keep))
+        for lane in self.lanes:
+            tiers = {t.name for model in lane.models for t in model.rules.tiers[1:]}
+            for group in range(lane.keys.groups):
+                for tier in sorted(tiers):
+                    await self.guard(partial(lane.store.trim_tier_index, group, tier, keep))
 
     def describe(self) -> dict[str, Any]:
         """State for /readyz."""

@@ -18,8 +18,8 @@ Semantics, in one place:
 - Handoff fires when the lead is qualified (handoff tier or above, grade and BANT gates, not
   disqualified) while armed; it disarms, and re-arms once the score falls below `rearm_below`.
 - Profile attributes and the event-level disqualify flag are last-writer-wins by event time.
-- Reasons: the top TOP_REASONS rules by points at the time of the output, points descending,
-  then rule id ascending.
+- Reasons: the top TOP_REASONS rules by points at the time of the output, points (rounded to
+  REASON_DECIMALS) descending, then rule id ascending: state.top_reasons, shared.
 - With decaying penalties, a fading net penalty raises the score between events, but tiers
   still rise only when an event is applied; inactivity only ever drops a tier.
 """
@@ -33,7 +33,7 @@ from typing import Literal
 from streamscore.scoring.engine import DISQUALIFY, Decision
 from streamscore.scoring.outputs import Output
 from streamscore.scoring.rules import CompiledRules
-from streamscore.scoring.state import CAP_WINDOWS_KEPT, TOP_REASONS
+from streamscore.scoring.state import CAP_WINDOWS_KEPT, top_reasons
 
 
 @dataclass
@@ -105,7 +105,7 @@ def score_at(state: LeadState, rules: CompiledRules, t_ms: int) -> float:
 
 
 def reasons_at(state: LeadState, rules: CompiledRules, t_ms: int) -> tuple[tuple[str, float], ...]:
-    """Top contributing rules at t_ms, by points, highest first."""
+    """Top contributing rules at t_ms, ranked by state.top_reasons."""
     h_ms = rules.half_life_s * 1000.0
     by_rule: dict[str, float] = {}
     for ti, rule, p in state.awards:
@@ -115,8 +115,7 @@ def reasons_at(state: LeadState, rules: CompiledRules, t_ms: int) -> tuple[tuple
     for a in state.attributes.values():
         for rule_id, p in a.reasons:
             by_rule[rule_id] = by_rule.get(rule_id, 0.0) + p
-    ranked = sorted(by_rule.items(), key=lambda kv: (-kv[1], kv[0]))
-    return tuple(ranked[:TOP_REASONS])
+    return top_reasons(by_rule.items())
 
 
 def due_ms(state: LeadState, rules: CompiledRules) -> int | None:

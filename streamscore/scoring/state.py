@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,6 +53,12 @@ CAP_WINDOWS_KEPT = 8
 REANCHOR_HALF_LIVES = 500.0
 #: Reasons carried by an output: the top rules by points.
 TOP_REASONS = 3
+#: Reasons rank by points rounded to this many decimals (what an output publishes), then by rule
+#: id. Ranking the raw floats let rounding decide: the incremental sums here and the reference's
+#: per-award sums differ in the last bits, and far past the points anchor the decay factor alone
+#: underflows to 0.0 while the reference still has 3e-289 for one rule, so two rules both worth
+#: nothing ranked in a different order on each side.
+REASON_DECIMALS = 6
 #: A score this far (relative) above its tier's exit at t is not due to drop by t: due_ms's
 #: rounding is orders of magnitude smaller. Nearer than that, due_ms itself decides.
 DUE_MARGIN = 1e-6
@@ -247,13 +254,18 @@ def contributions_at(state: LeadState, rules: CompiledRules, t_ms: int) -> list[
 
 
 def _ranking(item: tuple[str, float]) -> tuple[float, str]:
-    return -item[1], item[0]
+    return -round(item[1], REASON_DECIMALS), item[0]
+
+
+def top_reasons(contributions: Iterable[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """The TOP_REASONS (rule id, points) pairs: points rounded to REASON_DECIMALS descending,
+    then rule id ascending. The one ranking of reasons, for this module and the reference."""
+    return tuple(sorted(contributions, key=_ranking)[:TOP_REASONS])
 
 
 def reasons_at(state: LeadState, rules: CompiledRules, t_ms: int) -> tuple[tuple[str, float], ...]:
-    """Top contributing rules at t_ms: points descending, then rule id ascending."""
-    ranked = sorted(contributions_at(state, rules, t_ms), key=_ranking)
-    return tuple(ranked[:TOP_REASONS])
+    """Top contributing rules at t_ms, ranked by top_reasons."""
+    return top_reasons(contributions_at(state, rules, t_ms))
 
 
 def disqualified(state: LeadState) -> bool:

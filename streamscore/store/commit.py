@@ -19,9 +19,9 @@ from streamscore.store.keys import KeySpace
 #: KEYS[1..4] of every call: the group's offsets hash, outbox stream, KPI counters hash and
 #: forgotten set.
 FIXED_KEYS: Final = 4
-#: ARGV[1..6]: how many sorted sets, topic-partitions, writes, counters, deletes and outbox
-#: rewrites follow.
-COUNT_ARGS: Final = 6
+#: ARGV[1..7]: how many sorted sets, topic-partitions, writes, counters, deletes and outbox
+#: rewrites follow, and the size the forgotten set must have ("" for unchecked).
+COUNT_ARGS: Final = 7
 #: Arguments per topic-partition: name, expected recorded offset ("" if none), new offset.
 TP_ARGS: Final = 3
 #: Arguments per lead before its sorted-set changes: expected value prefix, new value, number
@@ -139,6 +139,9 @@ class GroupCommit:
     counters: dict[str, int] = field(default_factory=dict)
     deletes: list[DeleteWrite] = field(default_factory=list)
     rewrites: list[OutboxRewrite] = field(default_factory=list)
+    #: The forgotten set's size the writes were decided with; the call conflicts if it has
+    #: grown since (a forget landed meanwhile). None: not checked.
+    forgotten_size: int | None = None
 
     def pack(self, keys: KeySpace) -> PackedCall:
         """The EVALSHA call, all but its tail argument (the outbox entry, known at send time)."""
@@ -160,6 +163,7 @@ class GroupCommit:
         head: list[Any] = [
             len(sets), len(self.offsets), len(self.leads), len(self.counters),
             len(self.deletes), len(self.rewrites),
+            "" if self.forgotten_size is None else self.forgotten_size,
         ]  # fmt: skip
         for o in self.offsets:
             head += [o.tp, "" if o.expected is None else o.expected, o.new]

@@ -27,11 +27,14 @@ class KeySpace:
     """Key builder for one prefix (e.g. ss:v1) split into `groups` hash-tagged groups.
 
     Every key of a group carries the hash tag {gN}, so one script call that touches one group
-    stays within one Redis Cluster slot.
+    stays within one Redis Cluster slot. The forgotten sets may sit under another prefix
+    (`forgotten_prefix`, the live one's for a replay into its own prefix): the hash tag is the
+    same, so they stay in the group's slot, and a forget holds for every prefix that shares it.
     """
 
     prefix: str
     groups: int = 1
+    forgotten_prefix: str = ""
 
     def lead_ref(self, lead_id: str) -> LeadRef:
         """Hash a lead id (any characters) to its group and digest."""
@@ -73,8 +76,9 @@ class KeySpace:
         return f"{self._tag(group)}:outbox"
 
     def forgotten(self, group: int) -> str:
-        """Set of the digests of the group's forgotten leads: their records are dropped."""
-        return f"{self._tag(group)}:forgotten"
+        """Set of the group's forgotten leads ("digest@forget ms"): their older records are
+        dropped."""
+        return f"{self.forgotten_prefix or self.prefix}:{{g{group}}}:forgotten"
 
     def account_ref(self, account_id: str) -> LeadRef:
         """Hash an account id to its group and digest (accounts share the leads' groups)."""

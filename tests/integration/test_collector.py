@@ -601,8 +601,15 @@ async def test_dev_runs_the_collector_and_prints_its_url(tmp_path: Path) -> None
         assert metrics_url
 
         async def scored() -> bool:
-            async with aiohttp.ClientSession() as session, session.get(metrics_url.group(1)) as r:
-                text = await r.text()
+            # The collector answers before the worker's web server binds: not up yet is "not yet".
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(metrics_url.group(1)) as r,
+                ):
+                    text = await r.text()
+            except aiohttp.ClientConnectionError:
+                return False
             return metric_total(text, "streamscore_events_total", outcome="scored") >= 1
 
         assert await wait_for(scored, 60), log.read_text()[-4000:]

@@ -2,7 +2,7 @@
 
 librdkafka (confluent-kafka, and most CRM and chat bridges) defaults to session.timeout.ms=45000,
 and the embedded broker holds a group's first join for about half the session timeout: about
-23 s before the first record. With session.timeout.ms=6000, as docs/readme/tidy.md tells
+23 s before the first record. With session.timeout.ms=6000, as the README tells
 consumers to set, it is about 3 s; this test holds that figure to a generous bound.
 """
 

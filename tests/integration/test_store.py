@@ -247,7 +247,7 @@ async def test_a_lua_error_names_commit_lua_and_its_line(redis_url: str) -> None
     try:
         # One lead announced and no lead arguments given: its counts read as nil.
         packed = pack_script_call(
-            COMMIT_LUA, ["{t}o", "{t}x", "{t}k", "{t}f", "{t}lead"], [0, 0, 1, 0, 0, 0]
+            COMMIT_LUA, ["{t}o", "{t}x", "{t}k", "{t}f", "{t}lead"], [0, 0, 1, 0, 0, 0, ""]
         )
         with pytest.raises(ScriptError) as info:
             await client.run_packed(packed, b"")

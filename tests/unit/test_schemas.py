@@ -69,6 +69,7 @@ def test_the_expected_schemas_exist() -> None:
         "identity.v1.json",
         "account.v1.json",
         "account-handoff.v1.json",
+        "forgotten.v1.json",
     }
 
 

@@ -8,14 +8,16 @@
 -- KEYS[1]            the group's offsets hash ("topic:partition" -> last applied offset)
 -- KEYS[2]            the group's outbox stream
 -- KEYS[3]            the group's KPI counters hash
--- KEYS[4]            the group's forgotten set (digests of forgotten leads)  (FIXED_KEYS = 4)
+-- KEYS[4]            the group's forgotten set ("digest@forget ms" of forgotten leads; it may
+--                    sit under another prefix, the live one's for a replay)  (FIXED_KEYS = 4)
 -- KEYS[5 .. 4+Z]     sorted sets the leads below are added to or removed from (due sets, tier
 --                    indexes; Z = ARGV[1])
 -- KEYS[5+Z .. ]      keys written (leads, accounts), one per write entry below, in order,
 --                    then keys deleted, one per delete entry
 -- ARGV[1] Z, ARGV[2] T (topic-partitions), ARGV[3] L (writes), ARGV[4] C (KPI counters),
--- ARGV[5] D (deletes), ARGV[6] X (outbox rewrites)
---                    (COUNT_ARGS = 6; TP_ARGS, COUNTER_ARGS, REWRITE_ARGS per entry,
+-- ARGV[5] D (deletes), ARGV[6] X (outbox rewrites), ARGV[7] F: the size the forgotten set
+-- must have ("" for unchecked; the worker scored the batch knowing that many forgets)
+--                    (COUNT_ARGS = 7; TP_ARGS, COUNTER_ARGS, REWRITE_ARGS per entry,
 --                    LEAD_ARGS + pairs, DELETE_ARGS + removals)
 -- then T times:      topic:partition, expected recorded offset ("" if none), new offset
 -- then L times:      expected value prefix (its first 8 bytes, "" if absent), new value,
@@ -31,10 +33,11 @@
 --                    one already acknowledged (gone) is left gone
 -- last:              the outbox entry ("" for none), appended at send time
 -- Returns {"ok", outbox entry id or ""} or {"conflict", what, which}: nothing was written.
+-- "forgotten": a lead of the group was forgotten since the worker read the set (it only grows).
 local offsets_key, outbox_key, kpi_key, forgotten_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local n_sets, n_tps, n_leads, n_counters = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4])
-local n_deletes, n_rewrites = tonumber(ARGV[5]), tonumber(ARGV[6])
+local n_deletes, n_rewrites, forgotten_size = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local outbox = ARGV[#ARGV]
 local first_tp, first_lead_key = COUNT_ARGS + 1, FIXED_KEYS + 1 + n_sets
 local first_lead = first_tp + TP_ARGS * n_tps
@@ -42,7 +45,11 @@ local first_delete_key = first_lead_key + n_leads
 
 -- Fencing: every check before any write, so a conflict leaves the group as it was. An offset
 -- or a lead that moved since the worker read it means another writer (a zombie, a mis-keyed
--- producer's other worker, or this very call already applied before a timeout).
+-- producer's other worker, or this very call already applied before a timeout). A forgotten
+-- set that grew means a forget the batch was scored without: it may hold the forgotten lead.
+if forgotten_size ~= '' and redis.call('SCARD', forgotten_key) ~= tonumber(forgotten_size) then
+  return {'conflict', 'forgotten', forgotten_key}
+end
 for t = 0, n_tps - 1 do
   local a = first_tp + TP_ARGS * t
   local recorded = redis.call('HGET', offsets_key, ARGV[a]) or ''

@@ -83,9 +83,8 @@ def test_diff_prints_tables_and_writes_the_page(
         write_lines(tmp_path / f"{name}.jsonl", rows)
     html = tmp_path / "diff.html"
     code = main(
-        ["diff", "--live", str(tmp_path / "live.jsonl"), "--candidate",
-         str(tmp_path / "candidate.jsonl"), "--outcomes", str(tmp_path / "outcomes.jsonl"),
-         "--html", str(html)]
+        ["diff", str(tmp_path / "live.jsonl"), str(tmp_path / "candidate.jsonl"),
+         "--outcomes", str(tmp_path / "outcomes.jsonl"), "--html", str(html)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
@@ -104,7 +103,7 @@ def test_diff_names_the_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     write_lines(good, [{"lead_id": "a", "tier": "hot", "score": 1.0}])
     bad = tmp_path / "candidate.jsonl"
     bad.write_text('{"lead_id": "a", "tier": "hot", "score": 1.0}\n{"lead_id": 3}\n')
-    assert main(["diff", "--live", str(good), "--candidate", str(bad)]) == 1
+    assert main(["diff", str(good), str(bad)]) == 1
     assert f"{bad}:2: 'lead_id' must be a non-empty string" in capsys.readouterr().err
 
 

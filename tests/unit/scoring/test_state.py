@@ -230,6 +230,23 @@ def test_reasons_rank_by_points_then_rule_id(make: Make) -> None:
     assert lead.reasons(T0) == (("pricing", 12.0), ("view", 6.0), ("docs", 3.0))
 
 
+def test_reasons_equal_in_their_published_points_tie_on_rule_id() -> None:
+    # Last-bit differences and an underflowed 3e-289 are not points: the rule id decides.
+    assert state.top_reasons([("view", 3e-289), ("docs", 0.0), ("unsub", -15.0)]) == (
+        ("docs", 0.0),
+        ("view", 3e-289),
+        ("unsub", -15.0),
+    )
+    assert [r for r, _ in state.top_reasons([("view", 3.0000000000000004), ("docs", 3.0)])] == [
+        "docs",
+        "view",
+    ]
+    assert [r for r, _ in state.top_reasons([("docs", 2.999999), ("view", 3.0)])] == [
+        "view",
+        "docs",
+    ]
+
+
 @BOTH
 def test_fresh_points_on_top_of_long_decayed_ones_meet_a_threshold_exactly(make: Make) -> None:
     """20 fit + 25 fresh points is 45.0 (hot's enter), whatever older points decayed to."""

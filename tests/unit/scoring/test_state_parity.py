@@ -24,6 +24,8 @@ from tests.state_support import (
 )
 
 VIEW_SHAPE = 0  # SHAPES[0]: a /blog page view, 3 capped points
+DOCS_SHAPE = 1  # SHAPES[1]: a /docs page view, view's 3 capped points and docs' 3
+UNSUBSCRIBE_SHAPE = 8  # SHAPES[8]: unsub's -15 points
 
 
 def close(a: float, b: float) -> bool:
@@ -95,6 +97,20 @@ CAP_WINDOW_CASE = [
     Step("ann", 0, 10 * HOUR - 3 * MIN, VIEW_SHAPE, None),
 ]
 
+# bob's /docs view earns view and docs 3 points each, a /blog view 5 days on earns view 3 more;
+# 40 days after the first, with a 1 h half-life, the reference's docs is 0.0 and its view 3e-289,
+# while state.py's decay factor from its points anchor underflows to 0.0 for both: ranked by raw
+# points, the reference listed view, docs and state.py docs, view. Reasons rank by published
+# (rounded) points, then rule id: docs, view on both sides.
+REASONS_UNDERFLOW_CASE = [
+    *[Step("ann", 0, 0, VIEW_SHAPE, None)] * 14,
+    Step("bob", 0, 0, DOCS_SHAPE, None),
+    *[Step("ann", DAY, 0, VIEW_SHAPE, None)] * 5,
+    Step("bob", 0, 0, VIEW_SHAPE, None),
+    Step("ann", 30 * DAY, 0, VIEW_SHAPE, None),
+    Step("bob", 0, 0, UNSUBSCRIBE_SHAPE, None),
+]
+
 
 @settings(max_examples=600, deadline=None)
 @given(
@@ -104,6 +120,7 @@ CAP_WINDOW_CASE = [
     after_ms=st.sampled_from([0, HOUR, 10 * DAY, 400 * DAY]),
 )
 @example(rules=RULE_VARIANTS[0], steps=CAP_WINDOW_CASE, dedup_ms=HOUR, after_ms=0)
+@example(rules=RULE_VARIANTS[0], steps=REASONS_UNDERFLOW_CASE, dedup_ms=0, after_ms=10 * DAY)
 def test_state_matches_the_reference(
     rules: CompiledRules, steps: list[Step], dedup_ms: int, after_ms: int
 ) -> None:

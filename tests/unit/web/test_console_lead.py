@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from streamscore.events.envelope import Event
+from streamscore.runtime.lanes import Model
 from streamscore.runtime.leads import CachedLead
 from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.scoring import state
@@ -28,7 +29,7 @@ def told_lead() -> state.LeadState:
     lead = CachedLead("key", 0, state.new_lead("<b>ann</b>"), 0, b"", None)
     for i, (t, ev) in enumerate(EVENTS):
         event = Event(f"e{i}", "<b>ann</b>", ev.type, t, ev.properties, ev.context, ev.traits)
-        assert scorer.event(lead, event, t, GroupWork(), RULES, Facts())
+        assert scorer.event(lead, event, t, GroupWork(), Model("live", RULES), Facts())
     return lead.state
 
 
