@@ -13,6 +13,7 @@ from streamscore.events.schemas import compile_schema
 from streamscore.events.timefmt import format_time_ms
 from streamscore.events.types import TopicKind
 from streamscore.runtime.accounts import CachedAccount
+from streamscore.runtime.lanes import Model
 from streamscore.runtime.leads import CachedLead
 from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.scoring import state
@@ -57,8 +58,8 @@ def warm_up(lead: CachedLead, email: str, rules: CompiledRules, w: GroupWork) ->
                     messageId=f"i-{email}", traits={"email": email})  # fmt: skip
     trial = segment(TopicKind.DOWNLOADS, T0 + 5, type="track", userId=lead.state.lead_id,
                     event="Trial Started", messageId=f"t-{email}")  # fmt: skip
-    assert s.event(lead, ident, T0, w, rules, facts)
-    assert s.event(lead, trial, T0, w, rules, facts)
+    assert s.event(lead, ident, T0, w, Model("live", rules), facts)
+    assert s.event(lead, trial, T0, w, Model("live", rules), facts)
 
 
 def test_rules_without_accounts_send_nothing() -> None:
@@ -100,17 +101,17 @@ def test_a_group_call_assigns_the_account_and_a_later_one_leaves_it() -> None:
     lead = cached("dora")
     call = segment(TopicKind.PROFILES, type="group", userId="dora", groupId="initech",
                    messageId="g1", traits={"employees": 500})  # fmt: skip
-    s.event(lead, call, T0, w, WITH_ACCOUNTS, facts)
+    s.event(lead, call, T0, w, Model("live", WITH_ACCOUNTS), facts)
     assert lead.state.account == ("initech", True)
     (joined,) = [parse_account(r.value) for r in w.records]
     assert joined.contribution.traits == {"employees": 500}
     email = segment(TopicKind.PROFILES, T0 + 1, type="identify", userId="dora",
                     messageId="i1", traits={"email": "dora@acme.com"})  # fmt: skip
-    s.event(lead, email, T0, w, WITH_ACCOUNTS, facts)
+    s.event(lead, email, T0, w, Model("live", WITH_ACCOUNTS), facts)
     assert lead.state.account == ("initech", True) and len(w.records) == 1
     moved = segment(TopicKind.PROFILES, T0 + 2, type="group", userId="dora", groupId="hooli",
                     messageId="g2", traits={})  # fmt: skip
-    s.event(lead, moved, T0, w, WITH_ACCOUNTS, facts)
+    s.event(lead, moved, T0, w, Model("live", WITH_ACCOUNTS), facts)
     leave, join = (parse_account(r.value) for r in w.records[1:])
     assert (leave.type, leave.account_id, join.type, join.account_id) == (
         "leave", "initech", "member", "hooli",
