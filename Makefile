@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps demo dev test test-unit lint bench bench-deps clean
+.PHONY: help install system-deps demo dev test test-cluster test-unit lint bench bench-deps capacity clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ demo: install ## run the embedded stack with synthetic traffic; handoffs print l
 dev: install ## run the embedded stack and the worker, without traffic
 	$(BIN)/streamscore dev
 
-test: install system-deps ## run every test: unit, property and integration (real broker and Valkey)
+test: install system-deps ## run every test: unit, property, integration (real broker and Valkey) and scale (Redis Cluster, groups of workers)
 	$(BIN)/pytest
+
+test-cluster: install system-deps ## a subset of test: the Redis Cluster and group-of-workers tests alone (marker scale, about 5 min)
+	$(BIN)/pytest -m scale
 
 test-unit: install ## run the fast pure tests only
 	$(BIN)/pytest tests/unit
@@ -47,6 +50,9 @@ lint: install ## ruff lint and format check, mypy strict
 
 bench: install bench-deps ## the benchmark: streamscore vs Quix Streams, a minimal loop and Faust; full rules; latency
 	$(PY) -m benchmarks.bench
+
+capacity: install bench-deps ## the capacity model: CPU per event and 1-3 workers on a 3-primary Redis Cluster
+	$(PY) -m benchmarks.capacity
 
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e ".[embedded,test,dev,bench]"

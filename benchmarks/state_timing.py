@@ -32,6 +32,7 @@ T0 = 1_760_000_000_000
 class _Ev:
     def __init__(self, kind: str, traits: dict[str, str] | None = None) -> None:
         self.type = kind
+        self.name: str | None = None
         self.properties: dict[str, object] = {"path": "/blog"}
         self.context: dict[str, object] = {}
         self.traits: dict[str, object] = dict(traits or {})

@@ -45,7 +45,12 @@ async def open_store(settings: Settings) -> RedisStore:
     call by redis_timeout_s itself (runtime.guard).
     """
     client = await open_settings_client(settings)
-    return RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
+    return RedisStore(
+        client,
+        KeySpace(
+            settings.redis_key_prefix, settings.redis_key_groups, settings.redis_forgotten_prefix
+        ),
+    )
 
 
 @dataclass

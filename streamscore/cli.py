@@ -1,4 +1,4 @@
-"""The `streamscore` command: worker, collector, deliver, console, dev, rules check, lead..."""
+"""The `streamscore` command: worker, collector, deliver, console, dev, lead, forget..."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from streamscore.lab.commands import add_lab_commands
 if TYPE_CHECKING:
     from streamscore.config import Settings
     from streamscore.dev.state import ClientSettings
+    from streamscore.outcomes.kpi import Kpis
 
 # Imports that take time (pydantic, Faust, asyncio) happen inside the commands, after main() has
 # installed its signal handlers: a Ctrl-C during them must stop the command, not be lost.
@@ -265,6 +266,93 @@ async def _show_lead(located: ClientSettings, lead_id: str, as_json: bool) -> in
     print("  top contributing rules:")
     for c in info["contributions"][:5]:
         print(f"    {c['points']:+9.2f}  {c['rule']}")
+    identity = info["identity"]
+    if identity["merged_ids"]:
+        merged = ", ".join(f"{m['id']} ({m['linked_at']})" for m in identity["merged_ids"])
+        print(f"  merged ids: {merged}")
+    if identity["merged_into"] is not None:
+        print(f"  merged into {identity['merged_into']}: its events score there")
+    account = info.get("account")
+    if account:
+        print(f"  account {account['id']} (from its {account['from']})")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Forget a lead: its state, de-duplication ids, sorted-set memberships and pending outputs
+    are deleted, its records up to now dropped from then on, and a tombstone is emitted."""
+    import asyncio
+
+    located = located_settings(args.config)
+    return asyncio.run(_forget_lead(located, args.lead_id, args.reason, args.json))
+
+
+#: How long `streamscore forget` waits for the broker to take the tombstone.
+TOMBSTONE_TIMEOUT_S = 20.0
+
+
+async def _forget_lead(
+    located: ClientSettings, lead_id: str, reason: str | None, as_json: bool
+) -> int:
+    import asyncio
+
+    import orjson
+    from aiokafka.errors import KafkaError
+
+    from streamscore.events.timefmt import format_time_ms
+    from streamscore.runtime.clock import now_ms
+    from streamscore.runtime.forget import forget_lead, send_tombstone
+    from streamscore.runtime.kafka import make_producer
+    from streamscore.scoring.rules import load_rules
+
+    settings = located.settings
+    tiers = [t.name for t in load_rules(settings.rules_file).tiers]
+    async with open_store(located) as store:
+        forgotten = await forget_lead(
+            store,
+            lead_id,
+            topic=settings.topic_forgotten,
+            tier_names=tiers,
+            forget_ms=now_ms(),
+            reason=reason,
+        )
+        sent = True
+        producer = make_producer(settings)
+        try:
+            async with asyncio.timeout(TOMBSTONE_TIMEOUT_S):
+                # Not ensure_topics: a command must not create the worker's topics with its
+                # own partition count; a missing topic leaves the tombstone to the re-drive.
+                await producer.start()
+                await send_tombstone(store, producer, forgotten)
+        except (TimeoutError, KafkaError) as exc:
+            sent = False
+            print(
+                f"streamscore: the broker at {settings.kafka_bootstrap} did not take the "
+                f"tombstone ({type(exc).__name__}); it waits in the outbox, and a running "
+                "worker sends it (set STREAMSCORE_KAFKA_BOOTSTRAP if the broker is elsewhere)",
+                file=sys.stderr,
+            )
+        finally:
+            await producer.stop()
+    if as_json:
+        print(
+            orjson.dumps(
+                orjson.loads(forgotten.tombstone.value), option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+        return 0
+    what = {
+        "forgotten": "its state is deleted",
+        "already_forgotten": "it had no state (forgotten before)",
+        "not_found": "it had no state (unknown so far)",
+    }[forgotten.result]
+    print(f"forgot lead {lead_id}: {what}; {forgotten.withdrawn} pending outputs withdrawn")
+    print(
+        f"  its records up to {format_time_ms(forgotten.forget_ms)} are dropped from now on; "
+        "later ones start a new lead"
+    )
+    where = "sent to" if sent else "waiting in the outbox for"
+    print(f"  tombstone {where} {forgotten.tombstone.topic}")
     return 0
 
 
@@ -274,7 +362,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from streamscore.outcomes.report import render_report
 
     counters, tiers = _kpi_counters(args)
-    html_path, json_path = render_report(compute_kpis(counters, tiers), args.out, tiers=tiers)
+    kpis = compute_kpis(counters, tiers)
+    notes = _ab_statements(kpis, args.control)
+    html_path, json_path = render_report(kpis, args.out, tiers=tiers, notes=notes)
     print(f"report: {html_path}\nfigures: {json_path}")
     return 0
 
@@ -304,7 +394,21 @@ def cmd_kpis(args: argparse.Namespace) -> int:
         print(f"  lead-to-opportunity {_rate(cohort.lead_to_opportunity.value)}, "
               f"opportunity-to-won {_rate(cohort.opportunity_to_won.value)}")  # fmt: skip
     print(f"unattributed: {sum(kpis.unattributed.values())}, duplicates: {kpis.duplicates}")
+    comparisons = _ab_statements(kpis, args.control)
+    if comparisons:
+        print("A/B, each arm against the control (Wilson intervals, z or Fisher test):")
+        for line in comparisons:
+            print(f"  {line}")
     return 0
+
+
+def _ab_statements(kpis: Kpis, control: str | None) -> list[str]:
+    from streamscore.lab.stats import ab_statements
+
+    try:
+        return ab_statements(kpis, control)
+    except ValueError as exc:
+        raise ConfigError(f"--control: {exc}") from None
 
 
 def _rate(value: float | None) -> str:
@@ -381,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("--json", action="store_true", help="print the full explanation as JSON")
     lead.set_defaults(func=cmd_lead)
 
+    forget = sub.add_parser("forget", help=cmd_forget.__doc__)
+    forget.add_argument("lead_id")
+    forget.add_argument("--reason", help="free text carried by the tombstone (max 512 chars)")
+    forget.add_argument("--json", action="store_true", help="print the tombstone as JSON")
+    forget.set_defaults(func=cmd_forget)
+
     report = sub.add_parser("report", help=cmd_report.__doc__)
     report.add_argument(
         "--from-json", type=Path, metavar="KPIS.json",
@@ -388,11 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
         "field -> count map) instead of the worker's Redis",
     )  # fmt: skip
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.add_argument(
+        "--control", metavar="ARM", help="A/B control arm (default: live, or first)"
+    )
     report.set_defaults(func=cmd_report)
 
     kpis = sub.add_parser("kpis", help=cmd_kpis.__doc__)
     kpis.add_argument("--json", action="store_true", help="every figure, as JSON")
     kpis.add_argument("--from-json", type=Path, metavar="KPIS.json", help="as for report")
+    kpis.add_argument("--control", metavar="ARM", help="A/B control (default: live, or first)")
     kpis.set_defaults(func=cmd_kpis)
 
     add_lab_commands(sub)

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     topic_tier_changes: str = "ss.v1.tier-changes"
     topic_dead_letter: str = "ss.v1.dead-letter"
     topic_delivery_dead_letter: str = "ss.v1.delivery-dead-letter"
+    # The edges (issue 14): forget requests in (`streamscore forget`, DELETE /leads/{id}), the
+    # workers' own repartition topics (keyed by the target lead or account, read back by the
+    # worker that owns the key), and what they emit.
+    topic_forget_requests: str = "ss.v1.forget-requests"
+    topic_identity: str = "ss.v1.internal.identity"
+    topic_account_updates: str = "ss.v1.internal.accounts"
+    topic_forgotten: str = "ss.v1.forgotten"
+    topic_account_handoffs: str = "ss.v1.account-handoffs"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     topic_replication_factor: int = Field(default=1, ge=1, le=16)
 
@@ -63,6 +71,10 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_key_prefix: str = Field(default="ss:v1", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_key_groups: int = Field(default=1, ge=1, le=16384)
+    #: Where the forgotten sets live when not under redis_key_prefix: a replay into its own
+    #: prefix names the live one here, so that the leads forgotten there stay forgotten (same
+    #: redis_key_groups needed). Empty: redis_key_prefix.
+    redis_forgotten_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9_.:-]{1,64})?$")
     redis_cluster: Literal["auto", "true", "false"] = "auto"
     """Redis Cluster client or not; auto asks the server once at start (INFO cluster)."""
     redis_ssl_ca_certs: Path | None = None
@@ -90,6 +102,18 @@ class Settings(BaseSettings):
     lead_story_max: int = Field(default=12, ge=0, le=1000)
     tier_index_max: int = Field(default=10_000, ge=10, le=10_000_000)
     lead_cache_max: int = Field(default=200_000, ge=1000, le=100_000_000)
+
+    # The edges (issue 14)
+    #: A custom track event whose name no rule mentions: counted, then dropped or dead-lettered.
+    track_unknown: Literal["ignore", "dead_letter"] = "ignore"
+    #: Merging a lead that is itself known (it has been a userId) into another: refused, or
+    #: merged like an anonymous one.
+    identity_merge_known: Literal["refuse", "merge"] = "refuse"
+    #: Ids one lead may absorb; later merges into it are refused.
+    identity_max_links: int = Field(default=100, ge=1, le=10_000)
+    #: Leads an account keeps contributions of (its best ones; the others come back with their
+    #: next contribution, which carries their whole history).
+    account_members_max: int = Field(default=200, ge=1, le=100_000)
 
     # Input limits (beyond them an event is dead-lettered)
     max_event_bytes: int = Field(default=64 * 1024, ge=256)
@@ -304,14 +328,27 @@ class Settings(BaseSettings):
         )
 
     @property
+    def internal_topics(self) -> tuple[str, ...]:
+        """Topics the worker consumes besides the inputs: forget requests and its own
+        repartition topics, all keyed by the id whose owner applies them."""
+        return (self.topic_forget_requests, self.topic_identity, self.topic_account_updates)
+
+    @property
+    def consumed_topics(self) -> tuple[str, ...]:
+        """Everything the worker consumes; one partition count for all (co-partitioned)."""
+        return (*self.input_topics, *self.internal_topics)
+
+    @property
     def all_topics(self) -> tuple[str, ...]:
         """Every topic streamscore reads or writes."""
         return (
-            *self.input_topics,
+            *self.consumed_topics,
             self.topic_handoffs,
             self.topic_tier_changes,
             self.topic_dead_letter,
             self.topic_delivery_dead_letter,
+            self.topic_forgotten,
+            self.topic_account_handoffs,
             self.topic_sla_breaches,
         )
 

@@ -74,7 +74,12 @@ async def open_store(located: ClientSettings) -> AsyncIterator[RedisStore]:
 
     with one_line_errors():
         client = await open_settings_client(settings)
-    store = RedisStore(client, KeySpace(settings.redis_key_prefix, settings.redis_key_groups))
+    store = RedisStore(
+        client,
+        KeySpace(
+            settings.redis_key_prefix, settings.redis_key_groups, settings.redis_forgotten_prefix
+        ),
+    )
     try:
         with one_line_errors():
             await store.ping()

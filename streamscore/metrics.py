@@ -21,10 +21,21 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 SCRIPT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 #: Closed label sets, so a dashboard can rely on them and cardinality stays bounded.
-OUTCOMES = ("scored", "rejected", "duplicate")
+OUTCOMES = ("scored", "rejected", "duplicate", "forgotten")
 SCRIPTS = ("commit",)
 OPERATIONS = ("redis", "kafka_produce", "kafka_commit")
 REDIS_FAILURES = ("transient", "backpressure")
+#: Custom track events at intake (runtime.tracking): scored, dropped, or dead-lettered.
+TRACK_OUTCOMES = ("accepted", "ignored", "dead_lettered")
+#: What became of an identity merge request (runtime.edges, scoring.identity).
+IDENTITY_RESULTS = (
+    "requested", "merged", "refused_known", "refused_taken", "refused_cycle", "refused_limit",
+)  # fmt: skip
+ACCOUNT_UPDATE_KINDS = ("member", "leave")
+ACCOUNT_UPDATE_RESULTS = ("applied", "stale")
+#: A forget found the lead's state (forgotten), found none but an earlier forget
+#: (already_forgotten), or found neither (not_found; recorded all the same).
+FORGET_RESULTS = ("forgotten", "already_forgotten", "not_found")
 OUTCOME_RESULTS = ("applied", "duplicate", "overflow")
 
 
@@ -60,6 +71,13 @@ class Metrics:
     decay_due_leads: Gauge
     pipeline_stalled_seconds: Gauge
     handoff_visible_seconds: Histogram
+    track_events_total: Counter
+    identity_merges_total: Counter
+    identity_forwarded_total: Counter
+    account_updates_total: Counter
+    account_handoffs_total: Counter
+    forget_requests_total: Counter
+    forgotten_dropped_total: Counter
 
 
 def _ms_within(bound_s: float) -> int:
@@ -113,7 +131,8 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
         registry=reg,
         events_total=Counter(
             "streamscore_events_total",
-            "Input events handled, by source topic and outcome (scored, rejected, duplicate).",
+            "Input events handled, by source topic and outcome (scored, rejected, duplicate, "
+            "forgotten).",
             ["topic", "outcome"],
             registry=reg,
         ),
@@ -275,6 +294,52 @@ def create_metrics(registry: CollectorRegistry | None = None, *, process: bool =
             buckets=LATENCY_BUCKETS_S,
             registry=reg,
         ),
+        track_events_total=Counter(
+            "streamscore_track_events_total",
+            "Custom track events at intake, by name (the names the rules give; any other is "
+            "`other`) and outcome (accepted for scoring, ignored, dead_lettered).",
+            ["event", "outcome"],
+            registry=reg,
+        ),
+        identity_merges_total=Counter(
+            "streamscore_identity_merges_total",
+            "Identity merges by step: requested (by the known lead's owner), merged (applied "
+            "once to the known lead), refused_* (known: the other lead is known; taken: it "
+            "was merged elsewhere; cycle; limit: identity_max_links).",
+            ["result"],
+            registry=reg,
+        ),
+        identity_forwarded_total=Counter(
+            "streamscore_identity_forwarded_total",
+            "Events of a merged id forwarded to the lead it was merged into.",
+            registry=reg,
+        ),
+        account_updates_total=Counter(
+            "streamscore_account_updates_total",
+            "Lead contributions applied by the account's owner, by kind (member, leave) and "
+            "result (applied, stale: an older or repeated contribution, ignored).",
+            ["kind", "result"],
+            registry=reg,
+        ),
+        account_handoffs_total=Counter(
+            "streamscore_account_handoffs_total",
+            "Account handoffs emitted, by account tier.",
+            ["tier"],
+            registry=reg,
+        ),
+        forget_requests_total=Counter(
+            "streamscore_forget_requests_total",
+            "Forgets applied through the worker's DELETE /leads/{id}, by result (forgotten, "
+            "already_forgotten, not_found).",
+            ["result"],
+            registry=reg,
+        ),
+        forgotten_dropped_total=Counter(
+            "streamscore_forgotten_dropped_total",
+            "Records dropped because their lead was forgotten after their event time (a "
+            "replay, a redelivery, a late event).",
+            registry=reg,
+        ),
     )
 
 
@@ -306,6 +371,13 @@ METRIC_NAMES: tuple[str, ...] = (
     "streamscore_decay_due_leads",
     "streamscore_pipeline_stalled_seconds",
     "streamscore_handoff_visible_seconds",
+    "streamscore_track_events_total",
+    "streamscore_identity_merges_total",
+    "streamscore_identity_forwarded_total",
+    "streamscore_account_updates_total",
+    "streamscore_account_handoffs_total",
+    "streamscore_forget_requests_total",
+    "streamscore_forgotten_dropped_total",
 )
 
 

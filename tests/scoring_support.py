@@ -73,6 +73,7 @@ class FakeEvent:
     properties: dict[str, object]
     context: dict[str, object]
     traits: dict[str, object]
+    name: str | None = None  # a custom track event's name
 
 
 EVENT_SHAPES = st.sampled_from(

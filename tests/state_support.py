@@ -27,6 +27,9 @@ ENGAGEMENT = """  - {id: view, when: {type: page_view}, points: 3, cap: {points:
   - {id: trial, when: {type: trial_signup}, points: 25, requalify: true}
   - {id: unsub, when: {type: unsubscribe}, points: -15}
   - {id: bot, when: {context.user_agent: {contains: bot}}, disqualify: true}
+  - {id: form, when: {event: Form Submitted, properties.form: contact-sales}, points: 20}
+  - {id: liked, when: {event: [Post Liked, Post Shared]}, points: 3, cap: {points: 6, window: 1d}}
+  - {id: webinar_any, when: {event: {prefix: "Webinar "}}, points: 5}
 """
 
 
@@ -65,6 +68,7 @@ class Ev:
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     traits: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None  # a custom track event's name
 
 
 VIEW = Ev("page_view", {"path": "/blog"})
@@ -84,6 +88,15 @@ SHAPES: tuple[Ev, ...] = (
     Ev("identify", traits={"title": "Intern"}),
     Ev("identify", traits={"title": "competitor"}),
     Ev("identify", traits={"size": "120"}),
+    # Custom track events (item 2): scored by name, by name and property, by name prefix, and
+    # a name no rule mentions.
+    Ev("track", {"form": "contact-sales"}, name="Form Submitted"),
+    Ev("track", {"form": "newsletter"}, name="Form Submitted"),
+    Ev("track", name="Post Liked"),
+    Ev("track", name="Post Shared"),
+    Ev("track", name="Webinar Attended"),
+    Ev("track", name="Order Completed"),
+    Ev("track", {"path": "/docs"}, {"user_agent": "a bot"}, name="Post Liked"),
 )
 
 #: Gaps between steps (ms): bursts, hours, days and months, so spans reach years.

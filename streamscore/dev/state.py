@@ -37,6 +37,7 @@ SHARED_FIELDS: Final = (
     "redis_url",
     "redis_key_prefix",
     "redis_key_groups",
+    "redis_forgotten_prefix",
     "rules_file",
     "consumer_group",
     *sorted(

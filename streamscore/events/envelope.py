@@ -17,7 +17,13 @@ MAX_LEAD_ID_CHARS: Final = 256
 
 
 class Event(NamedTuple):
-    """One validated input event; `type` is an EventType member, `time_ms` epoch milliseconds."""
+    """One validated input event; `type` is an EventType member, `time_ms` epoch milliseconds.
+
+    `name` is a custom track event's name (rules read it as the field `event`); `link` is the
+    other id an event names: the anonymous id an identify or alias merges into this lead, or
+    the account of a group call; `anonymous` is set when the lead id is a Segment anonymousId
+    (no userId), which is what makes a lead anonymous (identity merge).
+    """
 
     event_id: str
     lead_id: str
@@ -26,6 +32,9 @@ class Event(NamedTuple):
     properties: Mapping[str, Any]
     context: Mapping[str, Any]
     traits: Mapping[str, Any]
+    name: str | None = None
+    link: str | None = None
+    anonymous: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,9 @@
-"""The native envelope (event_id, lead_id, type, time, ...) of a schema-valid message -> Event."""
+"""The native envelope (event_id, lead_id, type, time, ...) of a schema-valid message -> Event.
+
+A custom `track` event carries its name in `event`; an `alias` links `previous_id`, an
+`identify` may link `anonymous_id`, and a `group` call its `group_id`. Native leads are known
+(not anonymous): a producer that writes the envelope names leads it knows.
+"""
 
 from __future__ import annotations
 
@@ -26,4 +31,26 @@ def from_native(doc: dict[str, Any], kind: TopicKind, now_ms: int, limits: Limit
     context = doc.get("context", _EMPTY)
     traits = doc.get("traits", _EMPTY)
     check_counts(properties, context, traits, limits)
+    if event_type is EventType.TRACK:
+        return Event(
+            doc["event_id"], doc["lead_id"], event_type, time_ms, properties, context, traits,
+            doc["event"],
+        )  # fmt: skip
+    link_field = _LINK_FIELDS.get(event_type)
+    if link_field is not None:
+        link = doc.get(link_field)
+        # An id linked to itself links nothing (a group id may equal the lead's, though).
+        if link is not None and (event_type is EventType.GROUP or link != doc["lead_id"]):
+            return Event(
+                doc["event_id"], doc["lead_id"], event_type, time_ms, properties, context,
+                traits, None, str(link),
+            )  # fmt: skip
     return Event(doc["event_id"], doc["lead_id"], event_type, time_ms, properties, context, traits)
+
+
+#: The field naming the other id of an alias, identify or group event.
+_LINK_FIELDS: dict[EventType, str] = {
+    EventType.ALIAS: "previous_id",
+    EventType.IDENTIFY: "anonymous_id",
+    EventType.GROUP: "group_id",
+}

@@ -41,6 +41,8 @@ RejectReason = Literal[
     "too_many_properties",
     "bad_lead_id",
     "bad_amount",  # outcomes only (streamscore.outcomes.events)
+    "unknown_event",  # a custom track event no rule names, with track_unknown = dead_letter
+    "merge_refused",  # an identity merge the anonymous id's owner refused (scoring/identity.py)
 ]
 REJECT_REASONS: Final[tuple[RejectReason, ...]] = get_args(RejectReason)
 
@@ -100,7 +102,7 @@ def schema_rejection(doc: dict[str, Any], kind: TopicKind, segment: bool) -> Inv
 def _refine_schema_error(doc: dict[str, Any], kind: TopicKind, segment: bool) -> None:
     """Raise a more specific InvalidEvent when the type, lead id or time field is the problem."""
     if _type_fields_are_strings(doc, segment):
-        event_type = segment_type(doc) if segment else native_type(doc["type"])
+        event_type = segment_type(doc, kind) if segment else native_type(doc["type"])
         if event_type is None or TOPIC_BY_TYPE[event_type] != kind:
             raise type_error(event_type, doc, segment, kind)
     lead_fields = ("userId", "anonymousId") if segment else ("lead_id",)

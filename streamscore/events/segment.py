@@ -1,8 +1,10 @@
-"""A schema-valid Segment message (page, identify, track) -> Event, mapped to our fields.
+"""A schema-valid Segment message (page, identify, alias, group, track) -> Event.
 
-The lead is `userId`, else `anonymousId`; the time `timestamp`, else `originalTimestamp`;
-`context.traits` are merged under explicit `traits`; `context.userAgent` is copied to
-`context.user_agent`, and a page view's `context.page.path` to `properties.path`.
+The lead is `userId`, else `anonymousId` (the event is then `anonymous`); the time `timestamp`,
+else `originalTimestamp`; `context.traits` are merged under explicit `traits`;
+`context.userAgent` is copied to `context.user_agent`, and a page view's `context.page.path` to
+`properties.path`. A custom track event keeps its name; an alias links its `previousId`, an
+identify carrying both ids its `anonymousId`, and a group call its `groupId`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ _TOPIC_BY_TYPE: dict[EventType, TopicKind] = dict(TOPIC_BY_TYPE)
 
 def from_segment(doc: dict[str, Any], kind: TopicKind, now_ms: int, limits: Limits) -> Event:
     """The Event of a Segment message the `kind` topic's schema has accepted."""
-    event_type = segment_type(doc)
+    event_type = segment_type(doc, kind)
     if event_type is None or _TOPIC_BY_TYPE[event_type] != kind:
         raise type_error(event_type, doc, True, kind)
     # The schema allows userId null or absent only when anonymousId is a (valid) string.
-    lead_id = doc.get("userId") or doc["anonymousId"]
+    user_id = doc.get("userId")
+    lead_id = user_id or doc["anonymousId"]
     field = "timestamp" if "timestamp" in doc else "originalTimestamp"
     time_ms = event_time_ms(doc[field], field, now_ms, limits)
     properties = doc.get("properties", _EMPTY)
@@ -47,4 +50,27 @@ def from_segment(doc: dict[str, Any], kind: TopicKind, now_ms: int, limits: Limi
             path = page.get("path") if page else None
             if path is not None and "path" not in properties:
                 properties = {**properties, "path": path}
-    return Event(doc["messageId"], lead_id, event_type, time_ms, properties, context, traits)
+    if event_type is EventType.TRACK:
+        return Event(
+            doc["messageId"], lead_id, event_type, time_ms, properties, context, traits,
+            doc["event"], None, not user_id,
+        )  # fmt: skip
+    link = _link(doc, event_type, user_id)
+    return Event(
+        doc["messageId"], lead_id, event_type, time_ms, properties, context, traits,
+        None, link, not user_id,
+    )  # fmt: skip
+
+
+def _link(doc: dict[str, Any], event_type: EventType, user_id: str | None) -> str | None:
+    """The other id an alias, identify or group call names (None for any other event)."""
+    if event_type is EventType.ALIAS:
+        previous = str(doc["previousId"])
+        return previous if previous != (user_id or doc["anonymousId"]) else None
+    if event_type is EventType.GROUP:
+        return str(doc["groupId"])
+    if event_type is EventType.IDENTIFY and user_id:
+        anonymous_id = doc.get("anonymousId")
+        if isinstance(anonymous_id, str) and anonymous_id != user_id:
+            return anonymous_id
+    return None

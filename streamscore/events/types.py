@@ -21,6 +21,12 @@ class EventType(StrEnum):
     CONTACT_REQUEST = "contact_request"
     UNSUBSCRIBE = "unsubscribe"
     IDENTIFY = "identify"
+    #: An anonymous id is the same person as this lead (Segment alias; identity merge).
+    ALIAS = "alias"
+    #: The lead belongs to an account (Segment group; account roll-up).
+    GROUP = "group"
+    #: A custom tracker event; rules match its name as the field `event`.
+    TRACK = "track"
 
 
 class TopicKind(StrEnum):
@@ -46,10 +52,10 @@ TYPES_BY_TOPIC: Mapping[TopicKind, tuple[EventType, ...]] = MappingProxyType(
             EventType.CONTACT_REQUEST,
         ),
         TopicKind.UNSUBSCRIBES: (EventType.UNSUBSCRIBE,),
-        TopicKind.PROFILES: (EventType.IDENTIFY,),
-        # Custom Segment `track` events (any name not in SEGMENT_TRACK_ALIASES); no native type
-        # yet: the worker dead-letters them as unknown_type until rules can match event names.
-        TopicKind.TRACK: (),
+        TopicKind.PROFILES: (EventType.IDENTIFY, EventType.ALIAS, EventType.GROUP),
+        # Custom tracker events (a Segment `track` whose name is not in SEGMENT_TRACK_ALIASES,
+        # or the native type `track`): rules match their name as the field `event`.
+        TopicKind.TRACK: (EventType.TRACK,),
     }
 )
 
@@ -71,8 +77,17 @@ SCHEMA_FILE_BY_TOPIC: Mapping[TopicKind, str] = MappingProxyType(
 
 # Segment `type` values that map straight to one of ours; `track` goes through the alias table.
 SEGMENT_TYPE_ALIASES: Mapping[str, EventType] = MappingProxyType(
-    {"page": EventType.PAGE_VIEW, "identify": EventType.IDENTIFY}
+    {
+        "page": EventType.PAGE_VIEW,
+        "identify": EventType.IDENTIFY,
+        "alias": EventType.ALIAS,
+        "group": EventType.GROUP,
+    }
 )
+
+#: Our types that a Segment `track` call cannot take by name: alias and group are calls of their
+#: own, and a track call named "track" is a custom event like any other.
+_NOT_TRACK_NAMES = frozenset({EventType.ALIAS, EventType.GROUP, EventType.TRACK})
 
 # Segment `track` event names (exact, case-sensitive: the schemas list them in `enum`s) -> our
 # type. Only names whose meaning is unambiguous; a generic "Form Submitted" is left out on
@@ -93,7 +108,7 @@ SEGMENT_TRACK_ALIASES: Mapping[str, EventType] = MappingProxyType(
         "Trial Started": EventType.TRIAL_SIGNUP,
         "Demo Requested": EventType.DEMO_REQUEST,
         "Contact Requested": EventType.CONTACT_REQUEST,
-        **{t.value: t for t in EventType},
+        **{t.value: t for t in EventType if t not in _NOT_TRACK_NAMES},
     }
 )
 
@@ -108,10 +123,19 @@ _TRACK_ALIASES: dict[str, EventType] = dict(SEGMENT_TRACK_ALIASES)
 native_type: Final[Callable[[str], EventType | None]] = _TYPE_BY_NAME.get
 
 
-def segment_type(doc: Mapping[str, Any]) -> EventType | None:
-    """Our type for a Segment message (None if unknown or not strings): `type`, or track `event`."""
+def segment_type(doc: Mapping[str, Any], kind: TopicKind | None = None) -> EventType | None:
+    """Our type for a Segment message (None if unknown or not strings): `type`, or track `event`.
+
+    On the custom track topic (`kind` TRACK) a track call whose name is not a known alias is a
+    custom event, EventType.TRACK; elsewhere such a name is unknown.
+    """
     call = doc.get("type")
     if call == "track":
         name = doc.get("event")
-        return _TRACK_ALIASES.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            return None
+        known = _TRACK_ALIASES.get(name)
+        if known is None and kind is TopicKind.TRACK:
+            return EventType.TRACK
+        return known
     return _TYPE_ALIASES.get(call) if isinstance(call, str) else None

@@ -181,6 +181,23 @@ def compare_arms(
     return [compare((control, k1, n1), (arm, *counts[arm]), level, power) for arm in others]
 
 
+def ab_statements(kpis: Kpis, control: str | None = None) -> list[str]:
+    """The A/B verdicts a report prints: each arm against the control, for opportunity and won
+    per handoff; none when the counters hold one model only. The control defaults to `live`
+    when it is an arm, else the first arm by name."""
+    models = sorted({cohort.model for cohort in kpis.cohorts})
+    if len(models) < 2:
+        return []
+    chosen = control or ("live" if "live" in models else models[0])
+    if chosen not in models:
+        raise ValueError(f"control arm {chosen!r} is not among the models {', '.join(models)}")
+    lines = []
+    for stage in ("opportunity", "won"):
+        for comparison in compare_arms(arm_counts(kpis, stage), chosen):
+            lines.append(f"{stage} per handoff: {comparison.statement()}")
+    return lines
+
+
 def arm_counts(kpis: Kpis, stage: Literal["opportunity", "won"]) -> dict[str, tuple[int, int]]:
     """Per model (arm): (handoffs that reached `stage`, handoffs), over its rules versions.
 

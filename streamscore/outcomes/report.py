@@ -415,7 +415,7 @@ def chart_html(chart: Chart) -> str:
     return f'<section class="card"><p class="what">{html.escape(chart.what)}</p>{div}</section>'
 
 
-def render_html(kpis: Kpis, title: str, generated_at: datetime) -> str:
+def render_html(kpis: Kpis, title: str, generated_at: datetime, notes: Sequence[str] = ()) -> str:
     """The whole page as one string: plotly.js inlined, nothing fetched when it is viewed."""
     sections = []
     for i, cohort in enumerate(ordered(kpis)):
@@ -435,9 +435,16 @@ def render_html(kpis: Kpis, title: str, generated_at: datetime) -> str:
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="sub">What sales did with the leads streamscore handed off, by model and '
         f"rules version. Generated {stamp}.</p>"
-        f'<section class="card">{summary_html(kpis)}{notes_html(kpis)}</section>'
+        f'<section class="card">{summary_html(kpis)}{notes_html(kpis)}{_verdicts(notes)}</section>'
         f"{''.join(sections)}</main></body></html>\n"
     )
+
+
+def _verdicts(notes: Sequence[str]) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    return f'<h3>A/B comparison</h3><ul class="ab-verdicts">{items}</ul>'
 
 
 def report_json(kpis: Kpis, tiers: Sequence[str], generated_at: datetime) -> dict[str, Any]:
@@ -458,11 +465,14 @@ def render_report(
     tiers: Sequence[str] = (),
     title: str = "streamscore: sales outcomes",
     generated_at: datetime | None = None,
+    notes: Sequence[str] = (),
 ) -> tuple[Path, Path]:
-    """Write the HTML report at `path` and its figures next to it (.json); return both paths."""
+    """Write the HTML report at `path` and its figures next to it (.json); return both paths.
+
+    `notes`: verdicts computed elsewhere (the A/B comparisons), listed under the summary."""
     when = generated_at or datetime.now(UTC)
     json_path = path.with_suffix(".json")
-    path.write_text(render_html(kpis, title, when), encoding="utf-8")
+    path.write_text(render_html(kpis, title, when, notes), encoding="utf-8")
     # Infinite band edges (the open first and last bands) are written as null.
     json_path.write_bytes(
         orjson.dumps(report_json(kpis, tiers, when), option=orjson.OPT_INDENT_2, default=_float)

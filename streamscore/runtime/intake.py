@@ -18,11 +18,14 @@ from aiokafka.errors import KafkaError
 from streamscore.config import Settings
 from streamscore.errors import InvalidEvent
 from streamscore.events import Event, Limits, parse_event
+from streamscore.events.accounts import AccountRecord, parse_account
 from streamscore.events.deadletter import dead_letter_record
+from streamscore.events.identity import IdentityRecord, parse_identity
 from streamscore.events.types import TopicKind
 from streamscore.outcomes.events import Outcome, parse_outcome
 from streamscore.runtime.kafka import DEAD_LETTER_MAX_BYTES
 from streamscore.runtime.sensors import Sensor
+from streamscore.runtime.tracking import TrackScreen
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,12 @@ DEAD_LETTER_ATTEMPTS = 5
 class Pending(NamedTuple):
     """A valid record waiting in the aligner, with its source offset and broker append time.
 
-    A record is a scoring event or a sales outcome: both have their id, lead id, type and time
-    in their first four fields, which is all the aligner and the pipeline's dispatch read.
+    A record is a scoring event, a sales outcome or an identity record: all have their id,
+    lead id, type and time in their first four fields, which is all the aligner and the
+    pipeline's dispatch read.
     """
 
-    event: Event | Outcome
+    event: Event | Outcome | IdentityRecord | AccountRecord
     offset: int
     append_ms: int
 
@@ -60,31 +64,48 @@ async def parse_fetched(
     kinds: Mapping[str, TopicKind],
     limits: Limits,
     now_ms: int,
+    track: TrackScreen | None = None,
+    identity_topic: str | None = None,
+    account_topic: str | None = None,
 ) -> tuple[list[tuple[TopicPartition, list[Pending]]], list[Rejected]]:
     """Parse every fetched message: valid ones per partition (in offset order), and rejects.
 
     A topic missing from `kinds` is the outcomes topic: its messages are sales outcomes.
+    `track` judges the custom track topic's events by name: kept, dropped, or rejected.
+    `identity_topic`'s messages are identity merge records (events/identity.py), and
+    `account_topic`'s account contributions (events/accounts.py).
     """
     valid_by_tp: list[tuple[TopicPartition, list[Pending]]] = []
     rejected: list[Rejected] = []
     parsed = 0
     for tp, messages in records.items():
         kind = kinds.get(tp.topic)  # None: the outcomes topic
+        screen = track if track is not None and tp.topic == track.topic else None
         valid = []
         for m in messages:
             try:
-                record = (
-                    parse_event(m.value, kind, now_ms, limits)
-                    if kind is not None
-                    else parse_outcome(m.value, now_ms, limits)
-                )
-                valid.append(Pending(record, m.offset, m.timestamp))
+                if tp.topic == identity_topic:
+                    valid.append(Pending(parse_identity(m.value), m.offset, m.timestamp))
+                    continue
+                if tp.topic == account_topic:
+                    valid.append(Pending(parse_account(m.value), m.offset, m.timestamp))
+                    continue
+                if kind is None:
+                    valid.append(
+                        Pending(parse_outcome(m.value, now_ms, limits), m.offset, m.timestamp)
+                    )
+                    continue
+                event = parse_event(m.value, kind, now_ms, limits)
+                if screen is None or screen.keep(event):
+                    valid.append(Pending(event, m.offset, m.timestamp))
             except InvalidEvent as exc:
                 rejected.append(Rejected(tp, m.offset, m.key, m.value, exc))
             parsed += 1
             if parsed % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         valid_by_tp.append((tp, valid))
+    if track is not None:
+        track.flush()
     return valid_by_tp, rejected
 
 

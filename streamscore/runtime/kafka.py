@@ -83,7 +83,10 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
         partition_assignment_strategy=(RangePartitionAssignor,),
         **security_kwargs(settings),
     )
-    consumer.subscribe(list(settings.input_topics), listener=listener)
+    # The identity and account topics are inputs too: keyed by lead or account id and
+    # co-partitioned with the others.
+    topics = [*settings.input_topics, settings.topic_identity, settings.topic_account_updates]
+    consumer.subscribe(topics, listener=listener)
     return consumer
 
 

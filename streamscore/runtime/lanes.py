@@ -41,6 +41,9 @@ class Model(NamedTuple):
 
     name: str
     rules: CompiledRules
+    #: Cross-lead effects (identity merges, account roll-ups) apply: the live lane of a live
+    #: worker only; a shadow model or a replay scores each id on its own.
+    cross_lead: bool = True
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Lane:
     #: Model name -> its rules (one entry, or one per A/B arm).
     holders: dict[str, RulesHolder]
     experiment: Experiment | None = None
+    #: Identity merges and account roll-ups apply in this lane (see Model.cross_lead).
+    cross_lead: bool = True
     #: (key group, "topic:partition") -> the last offset applied in this namespace, as Redis
     #: will hold it once the calls already packed have landed.
     recorded: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -71,7 +76,7 @@ class Lane:
     def model_for(self, lead_id: str) -> Model:
         """The model that scores `lead_id` in this lane (its arm's, during an experiment)."""
         name = self._arm(lead_id) if self.experiment is not None else next(iter(self.holders))
-        return Model(name, self.holders[name].rules)
+        return Model(name, self.holders[name].rules, self.cross_lead)
 
     def _assign(self, lead_id: str) -> str:
         assert self.experiment is not None
@@ -80,7 +85,7 @@ class Lane:
     @property
     def models(self) -> list[Model]:
         """Every model of the lane, with its rules in force."""
-        return [Model(name, holder.rules) for name, holder in self.holders.items()]
+        return [Model(name, holder.rules, self.cross_lead) for name, holder in self.holders.items()]
 
     def reload_rules(self) -> None:
         """Re-read every rules file of the lane that changed on disk."""
@@ -96,6 +101,7 @@ def build_lanes(
     *,
     emit: bool = True,
     model: str = LIVE,
+    cross_lead: bool = True,
 ) -> list[Lane]:
     """The live lane (split into A/B arms when an experiment is set), then any shadow lane.
 
@@ -123,12 +129,16 @@ def build_lanes(
         else None,
         holders,
         experiment,
+        cross_lead,
     )
     lanes = [live]
     if settings.shadow_rules_file is not None:
         name = settings.shadow_model
+        # A lead forgotten live is forgotten in every model: the lanes share live's sets.
         keys = KeySpace(
-            shadow_namespace(settings.redis_key_prefix, name).prefix, settings.redis_key_groups
+            shadow_namespace(settings.redis_key_prefix, name).prefix,
+            settings.redis_key_groups,
+            store.keys.forgotten_prefix or store.keys.prefix,
         )
         shadow_store = RedisStore(store.client, keys)
         lanes.append(
@@ -139,6 +149,7 @@ def build_lanes(
                 LeadCache(keys, shadow_store, settings.lead_cache_max),
                 shadow_topics(settings),
                 {name: RulesHolder(settings.shadow_rules_file, sensor, dedup, primary=False)},
+                cross_lead=False,
             )
         )
     return lanes

@@ -78,6 +78,9 @@ class LeadCache:
     def __len__(self) -> int:
         return len(self.by_id)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
     def ref(self, lead_id: str) -> tuple[int, str]:
         """(group, key) of a lead id."""
         lead = self.by_id.get(lead_id)
@@ -130,6 +133,8 @@ class LeadCache:
             for (key, lead_id), raw in zip(wanted, values, strict=True):
                 if key in self._by_key:  # listed twice
                     continue
+                if raw is None and lead_id is None:
+                    continue  # a due key deleted (forgotten) since it was read: nothing to load
                 lead = self._cached(key, group, raw, lead_id)
                 lead.stamp = stamp
                 self.by_id[lead_id or lead.state.lead_id] = lead

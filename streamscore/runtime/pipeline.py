@@ -27,7 +27,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from streamscore.events.accounts import AccountRecord
+from streamscore.events.identity import IdentityRecord
 from streamscore.outcomes.events import Outcome
+from streamscore.runtime.accounts import AccountCache
 from streamscore.runtime.clock import now_ms
 from streamscore.runtime.emitter import Emitter
 from streamscore.runtime.intake import YIELD_EVERY, Pending
@@ -41,8 +44,15 @@ from streamscore.runtime.scorer import Facts, GroupWork, Scorer
 from streamscore.runtime.sensors import Sensor
 from streamscore.scoring.outputs import Output
 from streamscore.store.client import PackedCall
-from streamscore.store.codec import SeenMemo, encode_lead
-from streamscore.store.commit import VALUE_PREFIX_BYTES, GroupCommit, LeadWrite, OffsetWrite
+from streamscore.store.codec import SeenMemo, encode_account, encode_lead
+from streamscore.store.commit import (
+    VALUE_PREFIX_BYTES,
+    GroupCommit,
+    LeadWrite,
+    OffsetWrite,
+    versioned,
+)
+from streamscore.store.forgotten import ForgottenLeads
 from streamscore.store.outbox import Record, ScoredOutput, encode_outputs
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,8 @@ log = logging.getLogger(__name__)
 #: A lead keeping this many seen event ids or more keeps their packed form between writes: a
 #: busy lead's hundreds of ids are then extended by the few of each batch, not packed again.
 MEMO_SEEN_IDS = 32
+#: Account states kept in memory (least recently used evicted).
+ACCOUNT_CACHE_MAX = 100_000
 RedisCall = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -100,10 +112,15 @@ class Pipeline:
         self._sensor = sensor
         self._redis = redis
         self._scorer = scorer
+        #: Accounts (scoring/accounts.py) of the account records the live lane applies.
+        self._accounts = AccountCache(lanes[0].keys, lanes[0].store, ACCOUNT_CACHE_MAX)
         #: Input partition number -> latest event time committed, for ticks while behind.
         self.partition_time_ms: dict[int, int] = {}
         #: Set by stage two when a commit conflicts; the worker rewinds, then calls reset().
         self.conflict: str | None = None
+        #: The forgotten sets as last read (None: read them before scoring). Every commit call
+        #: is fenced on its group's size, so a forget since then voids the batch (a conflict).
+        self.forgotten: ForgottenLeads | None = None
         self._generation = 0
         #: When stage two last finished a batch, or the pipeline was last seen empty.
         self._progress_s = time.monotonic()
@@ -160,7 +177,9 @@ class Pipeline:
         for lane in self.lanes:
             lane.cache.clear()
             lane.recorded.clear()
+        self._accounts.clear()
         self.conflict = None
+        self.forgotten = None
 
     async def load_offsets(self, partitions: Iterable[TopicPartition]) -> None:
         """Read the applied offsets of newly owned partitions from Redis, in every lane."""
@@ -176,6 +195,7 @@ class Pipeline:
         for lane in self.lanes:
             lane.recorded = {k: v for k, v in lane.recorded.items() if k[1] not in names}
             lane.cache.evict_partitions(numbers)
+        self._accounts.clear()  # read again from Redis when next needed
         for number in numbers:
             self.partition_time_ms.pop(number, None)
 
@@ -199,10 +219,13 @@ class Pipeline:
             facts = Facts()
             times: dict[int, int] = {}
             calls: list[GroupCall] = []
+            forgotten = await self._forgotten()
+            # None unless some lead was forgotten: the hot path pays one test per event.
+            blocked = forgotten.blocks if forgotten else None
             for n, lane in enumerate(self.lanes):
                 # The live lane's outcomes are the event counts; shadow lanes are not counted.
                 counted = outcomes if n == 0 else Tally()
-                calls += await self._score(lane, ready, firsts, counted, facts, times)
+                calls += await self._score(lane, ready, firsts, counted, facts, times, blocked)
             batch = Batch(
                 generation,
                 hold,
@@ -223,10 +246,28 @@ class Pipeline:
         outcomes: Tally[tuple[str, str]],
         facts: Facts,
         times: dict[int, int],
+        blocked: Callable[[str, int], bool] | None,
     ) -> list[GroupCall]:
-        """Apply a batch's records to one lane's leads; its commit calls."""
+        """Apply a batch's records to one lane's leads; its commit calls.
+
+        Identity and account records (internal topics) are the live lane's: a lane without
+        cross-lead effects (a shadow model, a replay) passes over them.
+        """
         cache = lane.cache
-        await cache.load({p.event.lead_id for _, p in ready}, self._redis)
+        cross = lane.cross_lead
+        accounts = self._accounts
+        lead_ids = set()
+        account_refs = set()
+        for _, p in ready:
+            record = p.event
+            if isinstance(record, AccountRecord):
+                if cross:
+                    account_refs.add((*accounts.ref(record.account_id), record.account_id))
+            elif cross or not isinstance(record, IdentityRecord):
+                lead_ids.add(record.lead_id)
+        await cache.load(lead_ids, self._redis)
+        if account_refs:
+            await accounts.load(account_refs, self._redis)
         leads = cache.by_id  # one lookup a record from here on
         # Redelivered records (at or below an offset Redis recorded) can only be in a
         # partition whose recorded offset reaches the batch's first one: a replay after a
@@ -239,12 +280,36 @@ class Pipeline:
         committed_times = self.partition_time_ms
         scorer = self._scorer
         tp_name = self._tp_name
+        digest_of = lane.keys.digest_of
         for i, (tp, p) in enumerate(ready, 1):
             record = p.event
+            if isinstance(record, AccountRecord):
+                if not cross:
+                    continue
+                group, key = accounts.ref(record.account_id)
+                if suspect and tp in suspect and self._applied(lane, group, tp, p.offset):
+                    outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
+                    continue
+                w = work.get(group)
+                if w is None:
+                    w = work[group] = GroupWork()
+                w.offsets[tp_name(tp)] = p.offset
+                account = w.accounts[key] = accounts.get(key)
+                rules = (fixed or lane.model_for(record.account_id)).rules
+                scorer.account(account, record, w, rules, facts)
+                outcomes[(tp.topic, "scored")] += 1
+                continue
+            if not cross and isinstance(record, IdentityRecord):
+                continue
             lead = leads[record.lead_id]
             group = lead.group
             if suspect and tp in suspect and self._applied(lane, group, tp, p.offset):
                 outcomes[(tp.topic, "duplicate")] += 1  # redelivered: already in Redis
+                continue
+            if blocked is not None and blocked(digest_of(lead.key), record.time_ms):
+                # A forgotten lead's record from before the forget (late, redelivered or
+                # replayed): dropped, so it cannot bring the lead back.
+                outcomes[(tp.topic, "forgotten")] += 1
                 continue
             w = work.get(group)
             if w is None:
@@ -260,6 +325,10 @@ class Pipeline:
             model = fixed or lane.model_for(record.lead_id)
             if isinstance(record, Outcome):
                 scorer.outcome(lead, record, clock, w, model, facts)
+                outcomes[(tp.topic, "scored")] += 1
+            elif isinstance(record, IdentityRecord):
+                source = (tp.topic, tp.partition, p.offset)
+                scorer.identity(lead, record, source, clock, w, model, facts)
                 outcomes[(tp.topic, "scored")] += 1
             else:
                 fresh = scorer.event(lead, record, clock, w, model, facts)
@@ -300,6 +369,7 @@ class Pipeline:
         owned = [(p, until_ms(p)) for p in partitions]
         async with self._stage_one():
             generation = self._generation
+            await self._forgotten()
             facts = Facts()
             calls: list[GroupCall] = []
             advanced = 0
@@ -321,6 +391,8 @@ class Pipeline:
                 await lane.cache.load_keys(refs, self._redis)
                 work: dict[int, GroupWork] = {}
                 for group, key in refs:
+                    if key not in lane.cache:
+                        continue  # forgotten between reading the due set and loading it
                     w = work.get(group)
                     if w is None:
                         w = work[group] = GroupWork()
@@ -334,6 +406,13 @@ class Pipeline:
             batch = Batch(generation, None, calls, Tally(), [], 0, {}, facts)
             await self._enqueue(batch)
             return advanced
+
+    async def _forgotten(self) -> ForgottenLeads:
+        """The forgotten sets, read once after a start or a reset (a forget since then makes a
+        commit conflict, which resets)."""
+        if self.forgotten is None:
+            self.forgotten = await self._redis(self.lanes[0].store.forgotten_leads)
+        return self.forgotten
 
     async def _enqueue(self, batch: Batch) -> None:
         """Hand a batch to stage two; raise stage two's error if it has died meanwhile.
@@ -362,9 +441,12 @@ class Pipeline:
     def _pack(self, lane: Lane, work: dict[int, GroupWork]) -> list[GroupCall]:
         keys = lane.keys
         recorded = lane.recorded
+        forgotten = self.forgotten
         calls = []
         for group, w in work.items():
             commit = GroupCommit(group, counters=w.counters)
+            # Fenced on the forgotten set read before scoring: a forget since voids the batch.
+            commit.forgotten_size = None if forgotten is None else forgotten.size(group)
             for name, new in w.offsets.items():
                 commit.offsets.append(OffsetWrite(name, recorded.get((group, name)), new))
                 recorded[(group, name)] = new
@@ -393,6 +475,11 @@ class Pipeline:
                     adds, removes = lead.set_changes(want, could_be_in)
                     writes.append(LeadWrite(key, lead.prefix, value, adds, removes))
                 lead.prefix = value[:VALUE_PREFIX_BYTES]
+            for key, account in w.accounts.items():
+                account.version += 1
+                value = versioned(account.version, encode_account(account.state))
+                writes.append(LeadWrite(key, account.prefix, value))
+                account.prefix = value[:VALUE_PREFIX_BYTES]
             calls.append(GroupCall(lane, group, commit.pack(keys), w.outputs, w.records))
         return calls
 
@@ -425,9 +512,16 @@ class Pipeline:
                 loop.call_soon(
                     self._sensor.batch_applied, batch.outcomes, batch.append_ms, now_ms()
                 )
+                dropped = sum(
+                    n for (_, outcome), n in batch.outcomes.items() if outcome == "forgotten"
+                )
+                if dropped:
+                    self._sensor.edges_applied({("forgotten_dropped", ""): dropped})
             facts = batch.facts
             if facts.outcomes or facts.breaches:
                 self._sensor.funnel_facts(facts.outcomes, facts.breaches)
+            if facts.edges:
+                self._sensor.edges_applied(facts.edges)
 
     async def _apply(self, batch: Batch) -> None:
         scored_at = now_ms()

@@ -119,6 +119,8 @@ def replay_settings(
         # the live group's offsets.
         "consumer_group": f"{settings.consumer_group}.replay.{namespace.name}.{run_id}",
         "rules_file": request.rules_file,
+        # Live's forgotten sets (same hash tags): a forgotten lead stays forgotten in a replay.
+        "redis_forgotten_prefix": settings.redis_forgotten_prefix or settings.redis_key_prefix,
         "shadow_rules_file": None,
         "ab_experiment_file": None,
     }
@@ -245,7 +247,10 @@ async def _run_worker(
     on_progress: Callable[[int, int], None] | None,
 ) -> ScoringWorker:
     sensor = Sensor()
-    store = RedisStore(client, KeySpace(namespace.prefix, settings.redis_key_groups))
+    store = RedisStore(
+        client,
+        KeySpace(namespace.prefix, settings.redis_key_groups, settings.redis_forgotten_prefix),
+    )
     rules = RulesHolder(settings.rules_file, sensor, settings.dedup_window_s)
     producer = make_producer(settings)
     await producer.start()

@@ -15,6 +15,8 @@ from typing import Any, Final
 from aiokafka import TopicPartition
 
 from streamscore.events import Event
+from streamscore.events.accounts import AccountRecord
+from streamscore.events.identity import IdentityRecord
 from streamscore.lab.ab import arm_draw
 from streamscore.outcomes.events import Outcome
 
@@ -73,8 +75,14 @@ class ReplayScope:
                 out[tp] = kept
         return out
 
-    def admits(self, record: Event | Outcome) -> bool:
-        """Whether a valid record is in the window and its lead in the sample; counts the rest."""
+    def admits(self, record: Event | Outcome | IdentityRecord | AccountRecord) -> bool:
+        """Whether a valid record is in the window and its lead in the sample; counts the rest.
+
+        Identity and account records (the live worker's cross-lead effects, carrying live
+        state) are never replayed: a replay scores each id on its own."""
+        if isinstance(record, (IdentityRecord, AccountRecord)):
+            self.skipped += 1
+            return False
         time_ms = record.time_ms
         if (
             (self.from_ms is not None and time_ms < self.from_ms)

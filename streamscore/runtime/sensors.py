@@ -12,16 +12,24 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from streamscore.events import REJECT_REASONS
 from streamscore.metrics import (
+    ACCOUNT_UPDATE_KINDS,
+    ACCOUNT_UPDATE_RESULTS,
+    FORGET_RESULTS,
+    IDENTITY_RESULTS,
     OPERATIONS,
     OUTCOME_RESULTS,
     OUTCOMES,
     REDIS_FAILURES,
     SCRIPTS,
+    TRACK_OUTCOMES,
     Metrics,
     observe_since,
 )
 from streamscore.outcomes.events import OutcomeType
 from streamscore.outcomes.kpi import Kpis
+
+#: The label every track event name the rules do not give counts under (runtime.tracking).
+OTHER_TRACK_EVENT = "other"
 
 
 class Sensor:
@@ -88,6 +96,17 @@ class Sensor:
     def handoff_visible(self, seconds: float) -> None:
         """A handoff was read back from its topic `seconds` after it was scored."""
 
+    def track_names(self, names: Iterable[str]) -> None:
+        """Rules came into force that name these custom track events."""
+
+    def track_events(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Custom track events judged at intake, by (name label, outcome)."""
+
+    def edges_applied(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Cross-lead work a batch committed, by (what, label): ("identity", result),
+        ("forwarded", ""), ("account_member" | "account_leave", result), ("account_handoff",
+        tier), ("forget", result), ("forgotten_dropped", "")."""
+
 
 class PrometheusSensor(Sensor):
     """Records every hook in the streamscore_* metrics of `metrics`."""
@@ -110,6 +129,15 @@ class PrometheusSensor(Sensor):
             m.redis_script_seconds.labels(script=script)
         for result in ("applied", "rejected"):
             m.rules_reloads_total.labels(result=result)
+        for verdict in TRACK_OUTCOMES:
+            m.track_events_total.labels(event=OTHER_TRACK_EVENT, outcome=verdict)
+        for result in IDENTITY_RESULTS:
+            m.identity_merges_total.labels(result=result)
+        for update in ACCOUNT_UPDATE_KINDS:
+            for result in ACCOUNT_UPDATE_RESULTS:
+                m.account_updates_total.labels(kind=update, result=result)
+        for result in FORGET_RESULTS:
+            m.forget_requests_total.labels(result=result)
         self.redis_state("ok")
         self._models: tuple[str, ...] = ("live",)
         self._tiers: tuple[str, ...] = ()
@@ -232,3 +260,27 @@ class PrometheusSensor(Sensor):
 
     def handoff_visible(self, seconds: float) -> None:
         self.metrics.handoff_visible_seconds.observe(seconds)
+
+    def track_names(self, names: Iterable[str]) -> None:
+        for name in names:  # from the rules: a closed set per rules version
+            self.metrics.track_events_total.labels(event=name, outcome="accepted")
+
+    def track_events(self, counts: Mapping[tuple[str, str], int]) -> None:
+        for (name, outcome), n in counts.items():
+            self.metrics.track_events_total.labels(event=name, outcome=outcome).inc(n)
+
+    def edges_applied(self, counts: Mapping[tuple[str, str], int]) -> None:
+        m = self.metrics
+        for (what, label), n in counts.items():
+            if what == "identity":
+                m.identity_merges_total.labels(result=label).inc(n)
+            elif what == "forwarded":
+                m.identity_forwarded_total.inc(n)
+            elif what in ("account_member", "account_leave"):
+                m.account_updates_total.labels(kind=what[8:], result=label).inc(n)
+            elif what == "account_handoff":
+                m.account_handoffs_total.labels(tier=label).inc(n)
+            elif what == "forget":
+                m.forget_requests_total.labels(result=label).inc(n)
+            elif what == "forgotten_dropped":
+                m.forgotten_dropped_total.inc(n)

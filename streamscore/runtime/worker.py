@@ -33,6 +33,7 @@ from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.scope import ReplayScope
 from streamscore.runtime.scorer import Scorer
 from streamscore.runtime.sensors import Sensor
+from streamscore.runtime.tracking import TrackScreen
 from streamscore.store.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -93,17 +94,22 @@ class ScoringWorker:
         )
         self.ledger: OffsetLedger[TopicPartition] = OffsetLedger()
         self.dead_letters = DeadLetterSender(settings, producer, sensor)
+        self.track = TrackScreen(settings.topic_track, settings.track_unknown, rules, sensor)
         self.emitter = Emitter(producer, sensor, self.guard)
         self.lanes = build_lanes(
             settings, sensor, rules, store,
             emit=scope is None or scope.emit, model=LIVE if scope is None else scope.model,
+            cross_lead=scope is None,
         )  # fmt: skip
         sensor.models(name for lane in self.lanes for name in lane.holders)
         self.pipeline = Pipeline(
             self.lanes, self.ledger, self.emitter, sensor, self.guard,
             Scorer(
                 settings.dedup_window_s * 1000, settings.lead_story_max,
-                settings.topic_sla_breaches,
+                settings.topic_sla_breaches, settings.topic_identity,
+                settings.topic_dead_letter, settings.identity_merge_known == "merge",
+                settings.identity_max_links, settings.topic_account_updates,
+                settings.topic_account_handoffs, settings.account_members_max,
             ),
         )  # fmt: skip
         self.consumer: AIOKafkaConsumer | None = None
@@ -192,7 +198,15 @@ class ScoringWorker:
         if scope is not None:
             records = scope.clip(records)  # what arrived after the replay started is not its own
         now = now_ms()
-        valid, rejected = await parse_fetched(records, self.kinds, self.limits, now)
+        valid, rejected = await parse_fetched(
+            records,
+            self.kinds,
+            self.limits,
+            now,
+            self.track,
+            settings.topic_identity,
+            settings.topic_account_updates,
+        )
         for tp, pending in valid:
             if tp in self.partitions.assigned:  # not revoked while it was parsed
                 position = records[tp][-1].offset + 1

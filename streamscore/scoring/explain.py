@@ -56,8 +56,28 @@ def describe_lead(state: LeadState, rules: CompiledRules, now_ms: int) -> dict[s
             name: {"value": record.value, "seen_at": format_time_ms(record.time_ms)}
             for name, record in sorted((judged.profile or {}).items())
         },
+        "identity": _identity(state),
+        "account": None
+        if state.account is None
+        else {"id": state.account[0], "from": "group" if state.account[1] else "email"},
         "story": [
             {"time": format_time_ms(i.time_ms), "kind": i.kind, "label": i.label, "score": i.score}
             for i in story_items(state)
         ],
+    }
+
+
+def _identity(state: LeadState) -> dict[str, Any]:
+    """The ids merged into the lead (with the linking events' times), the ids it asked to merge
+    and not yet merged, and the lead it was merged into, if it was."""
+    ident = state.identity
+    merged = {} if ident is None else ident.merged
+    links = {} if ident is None else ident.links
+    return {
+        "anonymous": state.anonymous,
+        "merged_ids": [
+            {"id": other, "linked_at": format_time_ms(t)} for other, t in sorted(merged.items())
+        ],
+        "pending_ids": sorted(links),
+        "merged_into": None if ident is None else ident.merged_into,
     }

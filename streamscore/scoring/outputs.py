@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 OutputKind = Literal["handoff", "tier_change"]
-Cause = Literal["event", "decay"]
+#: What moved the score: an input event, time (decay), or an identity merge (scoring/identity.py).
+Cause = Literal["event", "decay", "merge"]
 
 
 class Output(NamedTuple):
@@ -28,5 +29,5 @@ class Output(NamedTuple):
     reasons: tuple[tuple[str, float], ...]  # top rules by points: (rule id, points)
     event_id: str | None  # None for a drop caused by decay
     time_ms: int  # the triggering event's time, or the due time of a decay drop
-    cause: Cause
+    cause: Cause  # a merge's outputs carry the merging event's id (an alias or identify)
     rules_version: str

@@ -40,11 +40,19 @@ KNOWN_EVENT_TYPES = (
     "contact_request",
     "unsubscribe",
     "identify",
+    "alias",
+    "group",
+    "track",
 )
-FIELD_ROOTS = ("type", "properties", "context", "traits")
+#: `event` is a custom track event's name (the tracker's event name): only track events have one.
+FIELD_ROOTS = ("type", "event", "properties", "context", "traits")
+#: The event type whose events carry a name that rules can match with `event`.
+NAMED_EVENT_TYPE = "track"
 BANT_CRITERIA = ("budget", "authority", "need", "timeline")
 GRADES = ("A", "B", "C", "D")
 RULE_ID = r"^[a-z][a-z0-9_]{0,63}$"
+#: A path into an account's traits (a group call's traits).
+TRAIT_PATH = r"[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}"
 
 Predicate = Callable[[Any], bool]
 Getter = Callable[[Any], Any]
@@ -139,6 +147,9 @@ class EngagementRuleSpec(_Strict):
         for path in value:
             if path.split(".", 1)[0] not in FIELD_ROOTS:
                 raise ValueError(f"field {path!r} must start with one of {', '.join(FIELD_ROOTS)}")
+        for path in value:
+            if path.startswith("event."):
+                raise ValueError(f"field {path!r}: `event` is the event's name, it has no fields")
         type_test = value.get("type")
         if type_test is not None:
             named = [type_test.equals] if "equals" in type_test.model_fields_set else []
@@ -147,6 +158,11 @@ class EngagementRuleSpec(_Strict):
             if unknown:
                 raise ValueError(
                     f"unknown event type(s) {unknown}; known: {', '.join(KNOWN_EVENT_TYPES)}"
+                )
+            if "event" in value and not _compile_matcher(type_test)(NAMED_EVENT_TYPE):
+                raise ValueError(
+                    "an `event` condition matches custom track events only: give the rule no "
+                    f"`type`, or type: {NAMED_EVENT_TYPE}"
                 )
         return value
 
@@ -242,6 +258,67 @@ class ScoreSpec(_Strict):
     ceiling: float | None = None
 
 
+class AccountFitSpec(_Strict):
+    """Account fit points when every condition on the account's traits holds (a group call's
+    traits: firmographics); the conditions language of engagement rules, keyed by trait path."""
+
+    id: str = Field(pattern=RULE_ID)
+    description: str = ""
+    when: dict[str, Matcher]
+    points: float = 0.0
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("`when` needs at least one condition, e.g. {employees: {gte: 200}}")
+        for path in value:
+            if not isinstance(path, str) or not re.fullmatch(TRAIT_PATH, path):
+                raise ValueError(f"{path!r} is not a trait path like industry or address.country")
+        return {k: _as_matcher(v) for k, v in value.items()}
+
+
+class AccountDecaySpec(_Strict):
+    """How fast a member lead's engagement fades in its account's score."""
+
+    half_life: float
+
+    @field_validator("half_life", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration_s(value)
+
+
+class AccountHandoffSpec(_Strict):
+    """When an account is handed off (account-based marketing), and when it may be again."""
+
+    tier: str
+    rearm_below: float | None = None
+
+
+class AccountsSpec(_Strict):
+    """The optional `accounts:` section: the account roll-up (scoring/accounts.py)."""
+
+    #: The account's engagement: the sum of its best `top` members' engagement.
+    top: int = Field(default=3, ge=1, le=1000)
+    decay: AccountDecaySpec
+    fit: list[AccountFitSpec] = []
+    tiers: list[TierSpec] = Field(min_length=2)
+    handoff: AccountHandoffSpec
+    #: Derive a lead's account from its email domain when no group call gave one.
+    from_email: bool = True
+    #: Domains that name no company, added to the built-in free-mail list.
+    free_mail: list[str] = []
+
+    @field_validator("free_mail")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*(\.\*)?", domain):
+                raise ValueError(f"{domain!r} is not a lower-case domain (gmx.* for any suffix)")
+        return value
+
+
 class RulesSpec(_Strict):
     """The whole rules file."""
 
@@ -256,6 +333,7 @@ class RulesSpec(_Strict):
     tiers: list[TierSpec] = Field(min_length=2)
     handoff: HandoffSpec
     outcomes: OutcomesSpec | None = None
+    accounts: AccountsSpec | None = None
 
 
 Loc = tuple[str | int, ...]
@@ -285,7 +363,54 @@ def cross_check(spec: RulesSpec) -> list[tuple[Loc, str]]:
         spec.grades and not spec.grades["A"] >= spec.grades["B"] >= spec.grades["C"]
     ):
         problems.append((("grades",), "grades must set A >= B >= C (minimum fit points of each)"))
-    return problems + _check_tiers(spec) + _check_outcomes(spec)
+    return problems + _check_tiers(spec) + _check_outcomes(spec) + _check_accounts(spec)
+
+
+def _check_accounts(spec: RulesSpec) -> list[tuple[Loc, str]]:
+    accounts = spec.accounts
+    if accounts is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    ids = [r.id for r in accounts.fit]
+    for i, rule_id in enumerate(ids):
+        if rule_id in ids[:i]:
+            problems.append((("accounts", "fit", i, "id"), f"rule id {rule_id!r} is used twice"))
+    if accounts.decay.half_life <= 0:
+        problems.append((("accounts", "decay", "half_life"), "must be positive"))
+    first = accounts.tiers[0]
+    if first.enter is not None or first.exit is not None:
+        problems.append(
+            (("accounts", "tiers", 0), f"{first.name} is the floor tier: give it no enter/exit")
+        )
+    names = [t.name for t in accounts.tiers]
+    if len(set(names)) != len(names):
+        problems.append((("accounts", "tiers"), "tier names must be unique"))
+    prev_enter, prev_exit = -math.inf, -math.inf
+    for i, tier in enumerate(accounts.tiers[1:], start=1):
+        if tier.enter is None:
+            problems.append((("accounts", "tiers", i, "enter"), "enter is required"))
+            continue
+        exit_ = tier.enter if tier.exit is None else tier.exit
+        if tier.enter <= prev_enter:
+            problems.append((("accounts", "tiers", i, "enter"), "enter must rise tier by tier"))
+        if exit_ > tier.enter:
+            problems.append((("accounts", "tiers", i, "exit"), "exit must be <= enter"))
+        elif exit_ <= prev_exit:
+            problems.append((("accounts", "tiers", i, "exit"), "exit must rise tier by tier"))
+        prev_enter, prev_exit = tier.enter, exit_
+    handoff = accounts.handoff
+    if handoff.tier not in names[1:]:
+        problems.append(
+            (("accounts", "handoff", "tier"), f"{handoff.tier!r} must name a tier above the first")
+        )
+    else:
+        handoff_spec = accounts.tiers[names.index(handoff.tier)]
+        top = handoff_spec.enter if handoff_spec.exit is None else handoff_spec.exit
+        if handoff.rearm_below is not None and top is not None and handoff.rearm_below > top:
+            problems.append(
+                (("accounts", "handoff", "rearm_below"), "must be <= the handoff tier's exit")
+            )
+    return problems
 
 
 def _check_outcomes(spec: RulesSpec) -> list[tuple[Loc, str]]:
@@ -385,6 +510,31 @@ class Attribute:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountFitRule:
+    """A compiled account fit rule: every (trait reader, test) must hold."""
+
+    id: str
+    tests: tuple[tuple[Getter, Predicate], ...]
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRules:
+    """The compiled `accounts:` section."""
+
+    top: int
+    half_life_s: float
+    fit: tuple[AccountFitRule, ...]
+    tiers: tuple[Tier, ...]
+    handoff_tier: int
+    rearm_below: float
+    from_email: bool
+    #: Extra free-mail domains: exact ones, and prefixes of `name.*` ones ("gmx.").
+    free_mail: frozenset[str]
+    free_mail_prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRules:
     """Rules ready for evaluation; built once per rules version."""
 
@@ -410,6 +560,17 @@ class CompiledRules:
     outcomes: OutcomeRules
     #: Negative points decay with the half-life too (decay.penalties); else they never do.
     decay_penalties: bool = False
+    #: Track event names the rules name literally (`event: X` or `event: [X, Y]`): the label
+    #: values of the custom-event metric, every other name counting as `other`.
+    track_names: tuple[str, ...] = ()
+    #: Whether any rule's `event` condition accepts a name (rules.mentions_event).
+    event_tests: tuple[Predicate, ...] = ()
+    #: The `accounts:` section; None when the rules roll nothing up to accounts.
+    accounts: AccountRules | None = None
+
+    def mentions_event(self, name: str) -> bool:
+        """True when some rule's `event` condition accepts this track event name."""
+        return any(test(name) for test in self.event_tests)
 
     def script_config(self) -> dict[str, Any]:
         """The arithmetic parameters the Redis script needs, JSON-serialisable."""
@@ -448,6 +609,8 @@ def compile_getter(path: tuple[str, ...]) -> Getter:
     root, rest = path[0], path[1:]
     if root == "type":
         return attrgetter("type")
+    if root == "event":
+        return attrgetter("name")
     read_root = attrgetter(root)
     if len(rest) == 1:
         key = rest[0]
@@ -634,10 +797,74 @@ def compile_rules(spec: RulesSpec, source: str) -> CompiledRules:
             rearm_below,
         ),
         decay_penalties=spec.decay.penalties,
+        track_names=_track_names(spec),
+        event_tests=tuple(
+            _compile_matcher(r.when["event"]) for r in spec.engagement if "event" in r.when
+        ),
+        accounts=None if spec.accounts is None else _compile_accounts(spec.accounts),
     )
 
 
+def _trait_getter(path: tuple[str, ...]) -> Getter:
+    """A function reading `path` from a traits mapping; None when absent."""
+
+    def read(traits: Any) -> Any:
+        value = traits
+        for part in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    return read
+
+
+def _compile_accounts(spec: AccountsSpec) -> AccountRules:
+    tiers = [Tier(spec.tiers[0].name, -math.inf, -math.inf)]
+    for t in spec.tiers[1:]:
+        assert t.enter is not None  # checked by _check_accounts
+        tiers.append(Tier(t.name, t.enter, t.enter if t.exit is None else t.exit))
+    handoff_tier = [t.name for t in spec.tiers].index(spec.handoff.tier)
+    rearm = spec.handoff.rearm_below
+    return AccountRules(
+        top=spec.top,
+        half_life_s=spec.decay.half_life,
+        fit=tuple(
+            AccountFitRule(
+                r.id,
+                tuple(
+                    (_trait_getter(tuple(path.split("."))), _compile_matcher(m))
+                    for path, m in r.when.items()
+                ),
+                r.points,
+            )
+            for r in spec.fit
+        ),
+        tiers=tuple(tiers),
+        handoff_tier=handoff_tier,
+        rearm_below=tiers[handoff_tier].exit if rearm is None else rearm,
+        from_email=spec.from_email,
+        free_mail=frozenset(d for d in spec.free_mail if not d.endswith(".*")),
+        free_mail_prefixes=tuple(d[:-1] for d in spec.free_mail if d.endswith(".*")),
+    )
+
+
+def _track_names(spec: RulesSpec) -> tuple[str, ...]:
+    """The names rules give literally in an `event` condition (equals or in), sorted."""
+    names: set[str] = set()
+    for rule in spec.engagement:
+        matcher = rule.when.get("event")
+        if matcher is None:
+            continue
+        if "equals" in matcher.model_fields_set and isinstance(matcher.equals, str):
+            names.add(matcher.equals)
+        names.update(n for n in matcher.in_ or () if isinstance(n, str))
+    return tuple(sorted(names))
+
+
 def _may_match_type(rule: EngagementRuleSpec, event_type: str) -> bool:
+    if "event" in rule.when and event_type != NAMED_EVENT_TYPE:
+        return False  # only track events have a name
     matcher = rule.when.get("type")
     if matcher is None:
         return True

@@ -35,11 +35,14 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, AttributeUpdate, Decision
 from streamscore.scoring.outputs import Cause, Output, OutputKind
 from streamscore.scoring.rules import CompiledRules, EngagementRule
+
+if TYPE_CHECKING:  # it imports this module
+    from streamscore.scoring.identity import Identity
 
 #: A capped rule remembers its windows from (the newest window it has granted in) minus this
 #: many on; an award in an older window earns nothing from that rule. Bounding the table per
@@ -136,6 +139,12 @@ class LeadState:
     rearm_below: float | None = None
     #: Its handoffs and sales outcomes (outcomes/funnel.py's wire form); None until the first.
     funnel: list[Any] | None = None
+    #: Only ever seen under a Segment anonymousId (no userId): mergeable into a known lead.
+    anonymous: bool = False
+    #: Its links to other ids (scoring/identity.py); None for a lead never merged or linked.
+    identity: Identity | None = None
+    #: Its account (scoring/accounts.py): (account id, from a group call); None without one.
+    account: tuple[str, bool] | None = None
     #: Stored fields this version does not know, kept as decoded so a round trip loses nothing.
     extra: dict[str, Any] | None = None
 
@@ -174,6 +183,9 @@ def clone(state: LeadState) -> LeadState:
         None if state.story is None else [list(item) for item in state.story],
         state.rearm_below,
         None if state.funnel is None else list(state.funnel),
+        state.anonymous,
+        None if state.identity is None else state.identity.copy(),
+        state.account,
         None if state.extra is None else dict(state.extra),
     )
 

@@ -14,6 +14,9 @@ The format (key "v" = FORMAT):
     r    {rule id: positive points}       np   {rule id: penalties}
     c    {rule id: {window: points used}} P    {attribute: [time, value, fit, mask, dq, reasons]}
     s    seen event ids (below)           hp   home input partition number
+    an   1 when anonymous (identity)      idn  [merged into or nil, {linked id: time},
+                                               {absorbed id: time}] (scoring/identity.py)
+    acc  [account id, 1 when from a group call] (scoring/accounts.py)
 
 Every byte is written on every change of a lead, and a lead is written once per batch it is
 in, so the format is compact and cheap to produce:
@@ -66,7 +69,9 @@ import msgpack
 import msgspec
 
 from streamscore.errors import StreamscoreError
+from streamscore.scoring.accounts import AccountState
 from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, REQUALIFY
+from streamscore.scoring.identity import Identity
 from streamscore.scoring.state import CAP_WINDOWS_KEPT, LeadState, ProfileRecord
 
 #: Version of the format encode_lead writes; decode_lead reads it and the legacy Lua map.
@@ -78,6 +83,7 @@ _KNOWN = frozenset(
     (
         "v", "id", "a", "ra", "e", "pen", "lt", "tier", "arm", "n", "dq", "dqt", "fit", "fdq",
         "bant", "ver", "pd", "r", "np", "c", "P", "s", "hp", "st", "rb", "fu",
+        "an", "idn", "acc",
     )
 )  # fmt: skip
 _LEGACY_CORE = frozenset(
@@ -253,6 +259,14 @@ def encode_lead(state: LeadState, memo: SeenMemo | None = None) -> bytes:
         m["rb"] = _n(state.rearm_below)
     if state.funnel:
         m["fu"] = state.funnel
+    if state.anonymous:
+        m["an"] = 1
+    if state.identity:
+        ident = state.identity
+        m["idn"] = [ident.merged_into, dict(sorted(ident.links.items())),
+                    dict(sorted(ident.merged.items()))]  # fmt: skip
+    if state.account is not None:
+        m["acc"] = [state.account[0], 1 if state.account[1] else 0]
     if state.extra:
         for key, value in sorted(state.extra.items()):
             if key in _KNOWN:
@@ -419,12 +433,30 @@ def _funnel(value: Any, key: str) -> list[Any] | None:
     return value or None
 
 
+def _identity(value: Any, key: str) -> Identity | None:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"{key} must be [merged into, links, merged], not {value!r}")
+    into, links, merged = value
+    ident = Identity(
+        _opt_str(into, key),
+        {_str(k, key): _int(t, key) for k, t in _map(links, key).items()},
+        {_str(k, key): _int(t, key) for k, t in _map(merged, key).items()},
+    )
+    return ident or None
+
+
 def _opt_str(value: Any, key: str) -> str | None:
     return None if value is None else _str(value, key)
 
 
 def _opt_numbers(value: Any, key: str) -> dict[str, float] | None:
     return _numbers(value, key) or None
+
+
+def _account(value: Any, key: str) -> tuple[str, bool] | None:
+    if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
+        raise ValueError(f"{key} must be [account id, from group]")
+    return value[0], bool(value[1])
 
 
 #: Stored key -> (LeadState field, reader of the stored value). "v", "id" and "ra" are apart.
@@ -452,6 +484,9 @@ _FIELDS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "st": ("story", _story),
     "rb": ("rearm_below", _opt_float),
     "fu": ("funnel", _funnel),
+    "an": ("anonymous", _flag),
+    "idn": ("identity", _identity),
+    "acc": ("account", _account),
 }
 
 
@@ -605,3 +640,47 @@ def _legacy_windows(value: Any, key: str) -> dict[int, float]:
         oldest = max(windows) - CAP_WINDOWS_KEPT
         windows = {w: used for w, used in windows.items() if w >= oldest}
     return windows
+
+
+# ------------------------------------------------------------------ accounts
+
+#: Version of the account format encode_account writes.
+ACCOUNT_FORMAT = 1
+
+
+def encode_account(state: AccountState) -> bytes:
+    """An account's state as MessagePack (members and traits in a fixed order)."""
+    m: dict[str, Any] = {"v": ACCOUNT_FORMAT, "id": state.account_id}
+    if state.members:
+        m["m"] = {lead: [_n(e), a] for lead, (e, a) in sorted(state.members.items())}
+    if state.traits:
+        m["tr"] = {k: [_canonical(v), t] for k, (v, t) in sorted(state.traits.items())}
+    if state.last_ms is not None:
+        m["lt"] = state.last_ms
+    if state.tier:
+        m["tier"] = state.tier
+    if not state.armed:
+        m["arm"] = 0
+    if state.seq:
+        m["n"] = state.seq
+    packed: bytes = msgpack.packb(m, use_bin_type=True, unicode_errors="surrogateescape")
+    return packed
+
+
+def decode_account(raw: bytes) -> AccountState:
+    """An account's state from encode_account's bytes."""
+    try:
+        m = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+        if not isinstance(m, dict) or m.get("v") != ACCOUNT_FORMAT:
+            raise ValueError(f"not an account state of format {ACCOUNT_FORMAT}")
+        return AccountState(
+            str(m["id"]),
+            {str(lead): (float(e), _int(a, "m")) for lead, (e, a) in m.get("m", {}).items()},
+            {str(k): (v, _int(t, "tr")) for k, (v, t) in m.get("tr", {}).items()},
+            _opt_int(m.get("lt"), "lt"),
+            _int(m.get("tier", 0), "tier"),
+            bool(m.get("arm", 1)),
+            _int(m.get("n", 0), "n"),
+        )
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise StateCodecError(f"account state is malformed: {exc}") from None

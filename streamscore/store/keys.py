@@ -27,11 +27,14 @@ class KeySpace:
     """Key builder for one prefix (e.g. ss:v1) split into `groups` hash-tagged groups.
 
     Every key of a group carries the hash tag {gN}, so one script call that touches one group
-    stays within one Redis Cluster slot.
+    stays within one Redis Cluster slot. The forgotten sets may sit under another prefix
+    (`forgotten_prefix`, the live one's for a replay into its own prefix): the hash tag is the
+    same, so they stay in the group's slot, and a forget holds for every prefix that shares it.
     """
 
     prefix: str
     groups: int = 1
+    forgotten_prefix: str = ""
 
     def lead_ref(self, lead_id: str) -> LeadRef:
         """Hash a lead id (any characters) to its group and digest."""
@@ -71,3 +74,21 @@ class KeySpace:
     def outbox(self, group: int) -> str:
         """Stream of outputs recorded but not yet acknowledged by the broker."""
         return f"{self._tag(group)}:outbox"
+
+    def forgotten(self, group: int) -> str:
+        """Set of the group's forgotten leads ("digest@forget ms"): their older records are
+        dropped."""
+        return f"{self.forgotten_prefix or self.prefix}:{{g{group}}}:forgotten"
+
+    def account_ref(self, account_id: str) -> LeadRef:
+        """Hash an account id to its group and digest (accounts share the leads' groups)."""
+        head, digest = _digest(f"\x00account\x00{account_id}")
+        return LeadRef(head % self.groups, digest)
+
+    def account(self, ref: LeadRef) -> str:
+        """String with an account's state: its write version, then the encoded AccountState."""
+        return f"{self._tag(ref.group)}:acct:{ref.digest}"
+
+    def digest_of(self, lead_key: str) -> str:
+        """The digest at the end of a lead key (what the forgotten set holds)."""
+        return lead_key.rpartition(":")[2]

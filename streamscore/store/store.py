@@ -14,6 +14,7 @@ from streamscore.scoring.state import LeadState
 from streamscore.store.client import PackedCall, RedisClient
 from streamscore.store.codec import decode_lead
 from streamscore.store.commit import CommitResult, parse_reply, split_value
+from streamscore.store.forgotten import ForgottenLeads, parse_member
 from streamscore.store.keys import KeySpace
 
 
@@ -138,6 +139,37 @@ class RedisStore:
         for group in range(self.keys.groups):
             key = self.keys.offsets(group)
             await self.client.execute("HDEL", key, tp, key=key)
+
+    async def forgotten_members(self, group: int) -> list[str]:
+        """The group's forgotten set, read in one command so that its size and members agree."""
+        key = self.keys.forgotten(group)
+        return [_text(m) for m in await self.client.execute("SMEMBERS", key, key=key)]
+
+    async def forgotten_leads(self) -> ForgottenLeads:
+        """Every group's forgotten set: who is forgotten since when, and each set's size."""
+        members = {g: await self.forgotten_members(g) for g in range(self.keys.groups)}
+        return ForgottenLeads.from_members(members)
+
+    async def forgotten_digests(self) -> set[str]:
+        """The digests of every forgotten lead, over all groups."""
+        out: set[str] = set()
+        for group in range(self.keys.groups):
+            out.update(parse_member(m)[0] for m in await self.forgotten_members(group))
+        return out
+
+    async def outbox_entries(self, group: int) -> list[tuple[str, bytes]]:
+        """Every entry of the group's outbox, oldest first (read in pages)."""
+        key = self.keys.outbox(group)
+        out: list[tuple[str, bytes]] = []
+        start = "-"
+        while True:
+            rows = await self.client.execute("XRANGE", key, start, "+", "COUNT", 1000, key=key)
+            for entry_id, fields in rows or []:
+                values = dict(_pairs(fields))
+                out.append((_text(entry_id), bytes(values[b"o"])))
+            if not rows or len(rows) < 1000:
+                return out
+            start = "(" + out[-1][0]
 
     async def kpi_counters(self) -> dict[str, int]:
         """Every KPI counter, summed over the key groups."""

@@ -8,6 +8,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -270,6 +271,14 @@ def with_retries(rng: random.Random, sent: list[Sent], share: float) -> tuple[li
 def messages_for(settings: Settings, sent: list[Sent]) -> list[tuple[str, bytes, bytes]]:
     """Kafka (topic, key, value) triples; keyed by lead, as the trackers do."""
     return [(topic_for(settings, s.type), s.lead_id.encode(), s.raw) for s in sent]
+
+
+def fast_decay_rules(tmp_path: Path) -> Path:
+    """The example rules with a one-day half-life: a month-old history has decayed for good."""
+    text = RULES_FILE.read_text(encoding="utf-8").replace("half_life: 14d", "half_life: 1d")
+    path = tmp_path / "rules-1d.yaml"
+    path.write_text(text.replace('version: "b2b-2026.11.1"', 'version: "b2b-1d"'))
+    return path
 
 
 # --------------------------------------------------------------------------- reference

@@ -8,8 +8,10 @@ checks that no offset is committed past an event whose effect is not safe.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,20 +23,24 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamscore.config import Settings
 from streamscore.dev import free_port, start_valkey
+from streamscore.events.outputs import output_id
 from streamscore.metrics import create_metrics
 from streamscore.runtime.kafka import ensure_topics
 from streamscore.runtime.rules import RulesHolder
 from streamscore.runtime.sensors import PrometheusSensor
 from streamscore.runtime.worker import ScoringWorker
 from streamscore.scoring.rules import load_rules
+from streamscore.store.outbox import decode_entry
 from streamscore.store.store import RedisStore
 from tests.conftest import RULES_FILE
+from tests.integration.conftest import ClusterUnderTest
 from tests.integration.faults_support import (
     HOUR_MS,
     QUIET,
     assert_all_seen,
     assert_states_match,
     check_outputs,
+    fast_decay_rules,
     high_watermarks,
     make_single_topic_traffic,
     make_traffic,
@@ -49,6 +55,7 @@ from tests.integration.harness import (
     bounded,
     event,
     metric_total,
+    open_test_store,
     produce_positions,
     read_topic,
     wait_for,
@@ -336,45 +343,98 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_before_its_comm
 # --------------------------------------------------------------------------- groups of workers
 
 
-def fast_decay_rules(tmp_path: Path) -> Path:
-    """The example rules with a one-day half-life: a month-old history has decayed for good."""
-    text = RULES_FILE.read_text(encoding="utf-8").replace("half_life: 14d", "half_life: 1d")
-    path = tmp_path / "rules-1d.yaml"
-    path.write_text(text.replace('version: "b2b-2026.11.1"', 'version: "b2b-1d"'))
-    return path
+async def outbox_entries(store: RedisStore) -> dict[tuple[int, str], bytes]:
+    """Every entry of every key group's outbox: (group, entry id) -> the encoded outputs."""
+    entries = {}
+    for key_group in range(store.keys.groups):
+        for entry_id, encoded in await store.pending_outbox(key_group, int(time.time() * 1000)):
+            entries[(key_group, entry_id)] = encoded
+    return entries
 
 
-@bounded(280)
-@pytest.mark.parametrize("group_size", [2, 3])
+async def _gone(store: RedisStore, entries: dict[tuple[int, str], bytes]) -> bool:
+    return not set(entries) & set(await outbox_entries(store))
+
+
+async def freeze_with_outbox(
+    worker: WorkerProcess, store: RedisStore, attempts: int = 40
+) -> dict[tuple[int, str], bytes]:
+    """SIGSTOP `worker` at a moment it has outputs recorded but not yet acknowledged, and return
+    those outbox entries: the ones still there 0.3 s and 0.6 s after the stop (the running
+    workers acknowledge their own within milliseconds). Tries again (SIGCONT, a pause) until
+    such a moment is caught; returns {} if none was."""
+    for _ in range(attempts):
+        os.kill(worker.pid, signal.SIGSTOP)
+        await asyncio.sleep(0.3)
+        first = await outbox_entries(store)
+        await asyncio.sleep(0.3)
+        stuck = {k: v for k, v in (await outbox_entries(store)).items() if k in first}
+        if stuck:
+            return stuck
+        os.kill(worker.pid, signal.SIGCONT)
+        await asyncio.sleep(0.05)
+    return {}
+
+
+@bounded(300)
+@pytest.mark.scale
+@pytest.mark.parametrize(("group_size", "backend"), [(2, "single"), (3, "single"), (3, "cluster")])
 async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_the_reference(
+    request: pytest.FixtureRequest,
     settings_factory: Callable[..., Settings],
-    store: RedisStore,
     workers: list[WorkerProcess],
     tmp_path: Path,
     unique: str,
     group_size: int,
+    backend: str,
 ) -> None:
-    """A backlog scored by a group whose members tick every 0.2 s, one killed, one joining.
+    """A backlog scored by a group whose members tick every 0.2 s: one killed (kill -9) with
+    outputs in its outbox, one joining, and with 3 workers one leaving on SIGTERM, all
+    mid-stream; on one Valkey, and on a 3-primary Redis Cluster with 9 key groups.
 
     Each worker ticks only the partitions it owns, never beyond the event time it has applied
     for them; with a shared due set a caught-up worker dropped, re-armed and handed off again
-    leads whose events still waited at another worker.
+    leads whose events still waited at another worker. The dead worker's outbox is re-driven
+    by the survivors (the outbox is per key group, not per worker).
     """
     rng = random.Random(1000 + group_size)
     rules_path = fast_decay_rules(tmp_path)
+    on_cluster: dict[str, Any] = {}
+    if backend == "cluster":
+        cluster: ClusterUnderTest = request.getfixturevalue("redis_cluster")
+        on_cluster = {"redis_url": cluster.url, "redis_cluster": "true", "redis_key_groups": 9}
     settings = settings_factory(
         rules_file=rules_path,
-        batch_max_events=150,
+        batch_max_events=50,
         decay_tick_s=0.2,
-        kafka_session_timeout_ms=3000,
+        kafka_session_timeout_ms=10_000,
         topic_partitions=6,
+        **on_cluster,
     )
-    rules = load_rules(rules_path)
+    store = await open_test_store(settings)
+    try:
+        await _group_run(settings, store, workers, tmp_path, unique, rng, group_size)
+    finally:
+        await store.close()
+
+
+async def _group_run(
+    settings: Settings,
+    store: RedisStore,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+    unique: str,
+    rng: random.Random,
+    group_size: int,
+) -> None:
+    rules = load_rules(settings.rules_file)
     now = int(time.time() * 1000)
     day = 24 * HOUR_MS
     # A month-old history: every inactivity drop is due in the past, so the final state does not
-    # depend on the moment the test looks at it.
-    sent = make_traffic(rng, unique, 150, 3000, now - 40 * day, now - 30 * day)
+    # depend on the moment the test looks at it. All of it a backlog: events appended live with
+    # month-old times would be late data for a caught-up worker, whose tick runs at the wall
+    # clock.
+    sent = make_traffic(rng, unique, 300, 12_000, now - 40 * day, now - 30 * day)
     landed = await produce_positions(settings, messages_for(settings, sent))
     last = high_watermarks(landed)
 
@@ -386,17 +446,33 @@ async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_
     for w in group:
         await w.wait_ready()
 
-    async def passed(share: float) -> bool:
-        return progress(await store.applied_offsets(), last) >= share * len(sent)
+    async def applied() -> int:
+        return progress(await store.applied_offsets(), last)
 
-    assert await wait_for(lambda: passed(0.3), 90, interval_s=0.02), group[0].log()
-    group[0].kill()  # its partitions move to the others; its outbox is re-driven by them
-    assert await wait_for(lambda: passed(0.6), 90, interval_s=0.02), group[1].log()
+    async def passed(share: float) -> bool:
+        return await applied() >= share * len(sent)
+
+    assert await wait_for(lambda: passed(0.1), 90, interval_s=0.02), group[0].log()
+    # Killed with outputs recorded in Redis but never acknowledged by the broker.
+    orphans = await freeze_with_outbox(group[0], store)
+    assert orphans, "never caught the worker with outputs in flight"
+    group[0].kill()
+    steps = {"killed": await applied()}
+    # A fourth (with 2 workers, a third) joins, and with 3 workers one leaves on SIGTERM (it
+    # commits what it applied and leaves the group). The dead worker's partitions wait out its
+    # session (10 s) with their backlog, so the joiner starts while there is work left.
     joiner = member("joiner")
     workers.append(joiner)
     await joiner.wait_ready()
-    await wait_applied(store, last, joiner, timeout_s=120)
+    steps["joined"] = await applied()
     live = [*group[1:], joiner]
+    if group_size >= 3:
+        leaving = live.pop(0)
+        steps["left"] = await applied()
+        assert leaving.terminate() == 0, leaving.log()
+    # Every change of the group happened mid-stream.
+    assert all(n < len(sent) for n in steps.values()), (steps, len(sent))
+    await wait_applied(store, last, joiner, timeout_s=120)
 
     async def ticked() -> bool:
         # Every drop due by now applied, by whichever worker owns the lead's partition.
@@ -404,6 +480,10 @@ async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_
 
     assert await wait_for(ticked, 30), joiner.log()
     assert await wait_for(lambda: _outbox_empty(store), 30)
+    # The dead worker's entries were re-sent by a survivor, which says so.
+    assert await _gone(store, orphans)
+    survivors = [*group[1:], joiner]  # the one that left on SIGTERM among them
+    assert any(log_has(w, r"re-sent \d+ outbox entries") for w in survivors), joiner.log()
     for w in live:
         assert w.terminate() == 0, w.log()
 
@@ -413,13 +493,21 @@ async def test_a_group_of_workers_with_ticks_losing_and_gaining_members_matches_
     leads = {s.lead_id for s in sent}
     await assert_states_match(store, ref, leads, rules)
     await check_outputs(settings, ref, leads)
+    # Every output the dead worker had left in its outbox is on its topic (check_outputs: once
+    # per id, with the reference's content).
+    orphan_ids = {
+        output_id(o.output.lead_id, o.output.seq)
+        for encoded in orphans.values()
+        for o in decode_entry(encoded)[0]
+    }
+    assert orphan_ids <= set(ref.outputs), "the orphaned outputs are not the reference's"
     # The tier indexes (the console's queue) hold exactly the leads of each tier above the
     # first, after kills, rebalances and drops by decay.
     keys = store.keys
     for tier_index, tier in enumerate(rules.tiers[1:], start=1):
         indexed = set()
-        for g in range(keys.groups):
-            indexed |= {k for k, _ in await store.tier_queue(g, tier.name, 100_000)}
+        for key_group in range(keys.groups):
+            indexed |= {k for k, _ in await store.tier_queue(key_group, tier.name, 100_000)}
         expected = {
             keys.lead(keys.lead_ref(lead)) for lead, s in ref.states.items() if s.tier == tier_index
         }

@@ -16,9 +16,11 @@ from streamscore.store.client import open_client, pack_script_call
 from streamscore.store.commit import (
     COMMIT_LUA,
     LAYOUT_PLACEHOLDER,
+    DeleteWrite,
     GroupCommit,
     LeadWrite,
     OffsetWrite,
+    OutboxRewrite,
     layout_line,
     versioned,
 )
@@ -129,6 +131,66 @@ async def test_a_stale_offset_or_lead_writes_nothing(store: RedisStore) -> None:
     assert await store.tier_queue(g, "hot", 10) == [(store.keys.lead(ref), 91.5)]
 
 
+async def test_a_delete_removes_the_lead_everywhere_and_records_it_as_forgotten(
+    store: RedisStore,
+) -> None:
+    ref = store.keys.lead_ref("lead-1")
+    g, key = ref.group, store.keys.lead(ref)
+    first = GroupCommit(g)
+    first.leads.append(lead_write(store, "lead-1", 1, b"", 5_000))
+    first.leads.append(
+        LeadWrite(f"{key}-other", b"", versioned(1, b"x"), ((store.keys.due(g, 2), 6_000),))
+    )
+    first.offsets.append(OffsetWrite("page-views:2", None, 41))
+    pending = await store.commit(first.pack(store.keys), encode_outputs([OUTPUT], 1))
+    other = OUTPUT._replace(lead_id="lead-2")
+    kept = await store.commit(GroupCommit(g).pack(store.keys), encode_outputs([other], 2))
+    assert pending.ok and kept.ok
+
+    # The delete is fenced like a write: a stale prefix conflicts and nothing is deleted.
+    stale = GroupCommit(g)
+    stale.deletes.append(DeleteWrite(key, b"", ref.digest, (store.keys.due(g, 2),)))
+    stale.rewrites.append(OutboxRewrite(pending.outbox_entry, b""))
+    result = await store.commit(stale.pack(store.keys), encode_outputs([OUTPUT], 3))
+    assert not result.ok and result.conflict == f"lead {key}"
+    assert await store.read_lead("lead-1") is not None
+    assert len(await store.pending_outbox(g, 2**62)) == 2
+    assert await store.forgotten_digests() == set()
+
+    forget = GroupCommit(g)
+    forget.deletes.append(
+        DeleteWrite(key, versioned(1, b"")[:8], ref.digest, (store.keys.due(g, 2),))
+    )
+    forget.offsets.append(OffsetWrite("forget:0", None, 7))
+    # The lead's pending entry goes; an entry already acknowledged stays gone.
+    forget.rewrites.append(OutboxRewrite(pending.outbox_entry, encode_outputs([], 0)))
+    forget.rewrites.append(OutboxRewrite("1-1", encode_outputs([other], 9)))
+    result = await store.commit(forget.pack(store.keys), b"tombstone")
+    assert result.ok
+    assert await store.read_lead("lead-1") is None
+    assert await store.due_keys(g, 2, 10_000, 10) == [f"{key}-other"]
+    assert await store.forgotten_digests() == {ref.digest}
+    entries = await store.pending_outbox(g, 2**62)
+    assert [e for e, _ in entries] == [kept.outbox_entry, result.outbox_entry]
+    assert [v for _, v in entries] == [encode_outputs([other], 2), b"tombstone"]
+    # Deleting what is absent (fenced on "absent") is fine, and the set keeps one member.
+    again = GroupCommit(g)
+    again.deletes.append(DeleteWrite(key, b"", ref.digest))
+    assert (await store.commit(again.pack(store.keys), b"")).ok
+    assert await store.forgotten_digests() == {ref.digest}
+
+
+async def test_an_outbox_rewrite_replaces_a_pending_entry(store: RedisStore) -> None:
+    g = group_of(store, "lead-1")
+    pending = await store.commit(GroupCommit(g).pack(store.keys), encode_outputs([OUTPUT], 1))
+    rewrite = GroupCommit(g)
+    smaller = encode_outputs([OUTPUT._replace(seq=2)], 1)
+    rewrite.rewrites.append(OutboxRewrite(pending.outbox_entry, smaller))
+    assert (await store.commit(rewrite.pack(store.keys), b"")).ok
+    [(entry, value)] = await store.pending_outbox(g, 2**62)
+    assert entry != pending.outbox_entry and value == smaller
+
+
 async def test_a_flushed_script_is_loaded_again(store: RedisStore) -> None:
     await store.client.execute_on_primaries("SCRIPT", "FLUSH")
     commit = GroupCommit(group_of(store, "lead-9"))
@@ -169,7 +231,10 @@ def test_the_layout_comes_from_python_and_keeps_commit_lua_lines() -> None:
     lines = text.split("\n")
     assert lines[0] == "#!lua"
     assert lines[1].startswith(LAYOUT_PLACEHOLDER)
-    for name in ("FIXED_KEYS", "COUNT_ARGS", "TP_ARGS", "LEAD_ARGS", "COUNTER_ARGS"):
+    for name in (
+        "FIXED_KEYS", "COUNT_ARGS", "TP_ARGS", "LEAD_ARGS", "COUNTER_ARGS", "DELETE_ARGS",
+        "REWRITE_ARGS",
+    ):  # fmt: skip
         assert not re.search(rf"local[^\n]*\b{name}\b[^\n]*=", text), name
         assert re.search(rf"\b{name}\b", text), f"commit.lua no longer uses {name}"
     loaded = COMMIT_LUA.source.split("\n")
@@ -181,7 +246,9 @@ async def test_a_lua_error_names_commit_lua_and_its_line(redis_url: str) -> None
     client = await open_client(redis_url, cluster=False)
     try:
         # One lead announced and no lead arguments given: its counts read as nil.
-        packed = pack_script_call(COMMIT_LUA, ["{t}o", "{t}x", "{t}k", "{t}lead"], [0, 0, 1, 0])
+        packed = pack_script_call(
+            COMMIT_LUA, ["{t}o", "{t}x", "{t}k", "{t}f", "{t}lead"], [0, 0, 1, 0, 0, 0, ""]
+        )
         with pytest.raises(ScriptError) as info:
             await client.run_packed(packed, b"")
     finally:

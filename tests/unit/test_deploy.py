@@ -106,6 +106,7 @@ def populated_metrics_text() -> str:
         metrics.handoffs_total.labels(tier=tier, model="live").inc()
         metrics.sla_breaches_total.labels(tier=tier).inc()
         metrics.tier_changes_total.labels(direction="up", tier=tier, model="live").inc()
+        metrics.account_handoffs_total.labels(tier=tier).inc()
     metrics.tier_changes_total.labels(direction="down", tier="cold", model="live").inc()
     metrics.event_to_scored_seconds.observe(0.042)
     for script in SCRIPTS:
@@ -479,6 +480,114 @@ def test_servicemonitor_targets_the_service() -> None:
     assert service["metadata"]["name"] == "streamscore"
 
 
+# --- Autoscaling on consumer lag: KEDA or an HPA (deploy/k8s/autoscaling/) ------------------
+
+AUTOSCALING = K8S / "autoscaling"
+#: KEDA's custom resources: no schema in kubernetes-validate (and none vendored here), so they
+#: are checked by hand below, against the constraints of KEDA's CRD that matter to these files
+#: (trigger metadata is a map of strings; scaleTargetRef needs a name) and against the
+#: Deployment, ConfigMap and Secrets they must agree with.
+KEDA_API = "keda.sh/v1alpha1"
+
+
+def autoscaling_docs(name: str) -> list[dict[str, Any]]:
+    """The non-empty YAML documents of one file under deploy/k8s/autoscaling."""
+    text = (AUTOSCALING / name).read_text(encoding="utf-8")
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def keda_doc(kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in autoscaling_docs("keda-scaledobject.yaml") if d["kind"] == kind]
+    return doc
+
+
+@pytest.mark.parametrize("version", [K8S_MIN_VERSION, kubernetes_validate.latest_version()])
+@pytest.mark.parametrize("name", sorted(p.name for p in AUTOSCALING.glob("*.yaml")))
+def test_autoscaling_built_in_kinds_validate(name: str, version: str) -> None:
+    docs = [doc for doc in autoscaling_docs(name) if doc["apiVersion"] != KEDA_API]
+    assert docs, name
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_keda_scaledobject_scales_the_worker_up_to_the_partition_count() -> None:
+    scaled = keda_doc("ScaledObject")
+    assert scaled["apiVersion"] == KEDA_API
+    spec = scaled["spec"]
+    deployment = k8s_doc("Deployment")
+    target = spec["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"],
+    )  # fmt: skip
+    settings = k8s_configmap_env()
+    # One worker per input partition at most: the range assignor gives partition N of every
+    # input topic to one worker.
+    assert spec["maxReplicaCount"] == int(settings["STREAMSCORE_TOPIC_PARTITIONS"])
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert all(isinstance(v, str) for v in meta.values()), "KEDA's CRD: metadata values are strings"
+    assert meta["bootstrapServers"] == settings["STREAMSCORE_KAFKA_BOOTSTRAP"]
+    assert meta["consumerGroup"] == settings["STREAMSCORE_CONSUMER_GROUP"]
+    assert "topic" not in meta  # the lag of every input topic, not one
+    assert meta["offsetResetPolicy"] == "earliest"  # the worker's auto_offset_reset
+    assert meta["allowIdleConsumers"] == "false"
+    assert int(meta["lagThreshold"]) > 0
+
+    # The TriggerAuthentication: SASL_SSL with the worker's mechanism and user, its password.
+    auth = keda_doc("TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    secrets = {
+        doc["metadata"]["name"]: doc["stringData"]
+        for doc in [k8s_doc("Secret"), keda_doc("Secret")]
+    }
+    values = {}
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["key"] in secrets[ref["name"]], ref
+        values[ref["parameter"]] = secrets[ref["name"]][ref["key"]]
+    assert set(values) == {"sasl", "tls", "username", "password"}
+    keda_sasl = {
+        "PLAIN": "plaintext",
+        "SCRAM-SHA-256": "scram_sha256",
+        "SCRAM-SHA-512": "scram_sha512",
+    }
+    assert values["sasl"] == keda_sasl[settings["STREAMSCORE_KAFKA_SASL_MECHANISM"]]
+    assert values["tls"] == (
+        "enable" if "SSL" in settings["STREAMSCORE_KAFKA_SECURITY_PROTOCOL"] else "disable"
+    )
+    assert values["username"] == settings["STREAMSCORE_KAFKA_SASL_USERNAME"]
+    assert values["password"] == k8s_doc("Secret")["stringData"]["STREAMSCORE_KAFKA_SASL_PASSWORD"]
+
+
+def test_lag_hpa_uses_the_worker_lag_metric_through_the_adapter() -> None:
+    docs = autoscaling_docs("hpa-lag.yaml")
+    (hpa,) = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    (adapter,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"]["name"] == k8s_doc("Deployment")["metadata"]["name"]
+    assert spec["maxReplicas"] == int(k8s_configmap_env()["STREAMSCORE_TOPIC_PARTITIONS"])
+    assert spec["minReplicas"] >= 1  # it only sees the lag that running workers report
+    (metric,) = spec["metrics"]
+    name = metric["external"]["metric"]["name"]
+    assert name == "streamscore_consumer_lag_messages" and name in METRIC_NAMES
+    (rule,) = yaml.safe_load(adapter["data"]["config.yaml"])["externalRules"]
+    assert rule["name"]["as"] == name
+    assert metric_names_in(rule["seriesQuery"]) == {name}
+    assert "<<.Series>>" in rule["metricsQuery"] and "sum(" in rule["metricsQuery"]
+    # The same scaling behaviour as the KEDA alternative: one rebalance at a time going down.
+    keda = keda_doc("ScaledObject")["spec"]
+    assert spec["behavior"] == keda["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert spec["maxReplicas"] == keda["maxReplicaCount"]
+
+
+def test_autoscaling_is_not_applied_with_the_base_manifests() -> None:
+    # `kubectl apply -f deploy/k8s/` is not recursive: the two autoscalers, which must not
+    # both target the Deployment, stay out of it.
+    kinds = {doc["kind"] for name in K8S_FILES for doc in k8s_docs(name)}
+    assert not kinds & {"HorizontalPodAutoscaler", "ScaledObject", "TriggerAuthentication"}
+
+
 # --- Environment variables: names are Settings fields, values validate -----------------------
 
 
@@ -572,6 +681,9 @@ def test_k8s_env_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from_env(monkeypatch, env)
     assert settings.web_host == "0.0.0.0"
     assert settings.kafka_security_protocol == "SASL_SSL"
+    # Redis Cluster settings are spelled out, for whoever points the URL at a cluster.
+    assert {"STREAMSCORE_REDIS_CLUSTER", "STREAMSCORE_REDIS_KEY_GROUPS"} <= set(env)
+    assert settings.redis_cluster == "auto"
 
 
 # --- Dockerfile and compose ------------------------------------------------------------------
@@ -674,3 +786,41 @@ def test_compose_services() -> None:
     assert prometheus["image"].startswith("prom/prometheus:")
     assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_compose_cluster_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--profile cluster`: three cluster-mode nodes, an init that joins them, and a second
+    worker on the cluster that shares nothing with `worker` but the inputs."""
+    services = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+    nodes = [f"redis-node-{i}" for i in (1, 2, 3)]
+    cluster_services = {*nodes, "redis-cluster-init", "worker-cluster"}
+    for name, service in services.items():
+        assert (service.get("profiles") == ["cluster"]) == (name in cluster_services), name
+    password = compose_env("redis")["REDISCLI_AUTH"]
+    for name in nodes:
+        command = [str(arg) for arg in services[name]["command"]]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert "--appendonly" in command and "noeviction" in command
+        assert f"{name}-data:/data" in services[name]["volumes"]
+
+    init = services["redis-cluster-init"]
+    assert init["depends_on"] == {n: {"condition": "service_healthy"} for n in nodes}
+    script = init["command"][0]
+    assert "redis-cli --cluster create" in script and "--cluster-replicas 0" in script
+    assert all(n in script for n in nodes)
+    assert init["restart"] == "no"
+
+    worker = services["worker-cluster"]
+    assert worker["depends_on"]["redis-cluster-init"] == {
+        "condition": "service_completed_successfully"
+    }
+    base = {k: v for k, v in dockerfile_env().items() if k.startswith(ENV_PREFIX)}
+    single = settings_from_env(monkeypatch, {**base, **compose_env("worker")})
+    settings = settings_from_env(monkeypatch, {**base, **compose_env("worker-cluster")})
+    url = settings.redis_url.get_secret_value()
+    assert url == f"redis://:{password}@" + ",".join(f"{n}:6379" for n in nodes)
+    assert settings.redis_cluster == "true" and settings.redis_key_groups == 48
+    assert settings.consumer_group != single.consumer_group
+    for topic in ("topic_handoffs", "topic_tier_changes", "topic_dead_letter"):
+        assert getattr(settings, topic) != getattr(single, topic), topic
+    assert settings.input_topics == single.input_topics

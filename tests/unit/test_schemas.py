@@ -66,6 +66,10 @@ def test_the_expected_schemas_exist() -> None:
         "outcomes.v1.json",
         "sla-breach.v1.json",
         "delivery-dead-letter.v1.json",
+        "identity.v1.json",
+        "account.v1.json",
+        "account-handoff.v1.json",
+        "forgotten.v1.json",
     }
 
 

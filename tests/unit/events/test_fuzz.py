@@ -234,6 +234,14 @@ def native_events(draw: st.DrawFn) -> tuple[dict[str, Any], TopicKind, dict[str,
         doc["context"].update(
             draw(st.fixed_dictionaries({}, optional={"user_agent": texts, "ip": texts}))
         )
+    name = link = None
+    if event_type is EventType.TRACK:
+        name = doc["event"] = draw(valid_event_names)
+    link_field = NATIVE_LINK_FIELDS.get(event_type)
+    if link_field is not None and (event_type is not EventType.IDENTIFY or draw(st.booleans())):
+        doc[link_field] = draw(valid_lead_ids | st.just(doc["lead_id"]))
+        if event_type is EventType.GROUP or doc[link_field] != doc["lead_id"]:
+            link = doc[link_field]
     expected = {
         "event_id": doc["event_id"],
         "lead_id": doc["lead_id"],
@@ -242,32 +250,64 @@ def native_events(draw: st.DrawFn) -> tuple[dict[str, Any], TopicKind, dict[str,
         "properties": doc.get("properties", {}),
         "context": doc.get("context", {}),
         "traits": doc.get("traits", {}),
+        "name": name,
+        "link": link,
+        "anonymous": False,
     }
     return doc, TOPIC_BY_TYPE[event_type], expected
+
+
+NATIVE_LINK_FIELDS = {
+    EventType.ALIAS: "previous_id",
+    EventType.IDENTIFY: "anonymous_id",
+    EventType.GROUP: "group_id",
+}
+valid_event_names = st.text(min_size=1, max_size=256) | st.sampled_from(
+    ["Form Submitted", "LinkedIn Post Liked", "track"]
+)
 
 
 @st.composite
 def segment_events(draw: st.DrawFn) -> tuple[dict[str, Any], TopicKind, dict[str, Any]]:
     call = draw(
         st.sampled_from(
-            [("page", None), ("identify", None), *(("track", n) for n in SEGMENT_TRACK_ALIASES)]
+            [
+                ("page", None),
+                ("identify", None),
+                ("alias", None),
+                ("group", None),
+                ("track", CUSTOM),
+                *(("track", n) for n in SEGMENT_TRACK_ALIASES),
+            ]
         )
     )
-    event_type = (
-        SEGMENT_TRACK_ALIASES[call[1]]
-        if call[1]
-        else {"page": EventType.PAGE_VIEW, "identify": EventType.IDENTIFY}[call[0]]
-    )
+    name = None
+    if call[1] is CUSTOM:
+        name = draw(valid_event_names.filter(lambda n: n not in SEGMENT_TRACK_ALIASES))
+        event_type = EventType.TRACK
+    elif call[1]:
+        event_type = SEGMENT_TRACK_ALIASES[call[1]]
+    else:
+        event_type = SEGMENT_CALLS[call[0]]
     time, time_ms = draw(valid_times())
     doc: dict[str, Any] = {"messageId": draw(valid_event_ids), "type": call[0]}
     if call[1]:
-        doc["event"] = call[1]
+        doc["event"] = name or call[1]
     doc["timestamp" if draw(st.booleans()) else "originalTimestamp"] = time
     user_id = draw(st.none() | valid_lead_ids)
     anonymous_id = draw(valid_lead_ids) if user_id is None else draw(st.none() | valid_lead_ids)
     for field, value in (("userId", user_id), ("anonymousId", anonymous_id)):
         if value is not None or draw(st.booleans()):
             doc[field] = value
+    lead_id = user_id if user_id is not None else anonymous_id
+    link: str | None = None
+    if event_type is EventType.ALIAS:
+        previous = doc["previousId"] = draw(valid_lead_ids | st.integers(0, 10**12))
+        link = str(previous) if str(previous) != lead_id else None
+    elif event_type is EventType.GROUP:
+        link = str(doc.setdefault("groupId", draw(valid_lead_ids | st.integers(0, 10**12))))
+    elif event_type is EventType.IDENTIFY and user_id is not None and anonymous_id is not None:
+        link = anonymous_id if anonymous_id != user_id else None
     properties = draw(st.none() | small_objects)
     if properties is not None:
         properties.pop("path", None)
@@ -308,14 +348,26 @@ def segment_events(draw: st.DrawFn) -> tuple[dict[str, Any], TopicKind, dict[str
         properties_out.setdefault("path", page_path)
     expected = {
         "event_id": doc["messageId"],
-        "lead_id": user_id if user_id is not None else anonymous_id,
+        "lead_id": lead_id,
         "type": event_type,
         "time_ms": time_ms,
         "properties": properties_out,
         "context": context_out,
         "traits": traits_out,
+        "name": name,
+        "link": link,
+        "anonymous": user_id is None,
     }
     return doc, TOPIC_BY_TYPE[event_type], expected
+
+
+CUSTOM = "<custom>"
+SEGMENT_CALLS = {
+    "page": EventType.PAGE_VIEW,
+    "identify": EventType.IDENTIFY,
+    "alias": EventType.ALIAS,
+    "group": EventType.GROUP,
+}
 
 
 def _count(doc: dict[str, Any]) -> int:
@@ -338,6 +390,9 @@ def test_valid_events_parse_and_round_trip(
         "properties": dict(event.properties),
         "context": dict(event.context),
         "traits": dict(event.traits),
+        "name": event.name,
+        "link": event.link,
+        "anonymous": event.anonymous,
     } == expected
 
 
@@ -370,6 +425,11 @@ FIELDS = [
     "event",
     "timestamp",
     "originalTimestamp",
+    "previousId",
+    "groupId",
+    "previous_id",
+    "anonymous_id",
+    "group_id",
 ]
 
 

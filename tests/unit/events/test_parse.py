@@ -50,6 +50,15 @@ SEGMENT_CALL_BY_TYPE: dict[EventType, dict[str, str]] = {
     EventType.CONTACT_REQUEST: {"type": "track", "event": "Contact Requested"},
     EventType.UNSUBSCRIBE: {"type": "track", "event": "Unsubscribed"},
     EventType.IDENTIFY: {"type": "identify"},
+    EventType.ALIAS: {"type": "alias", "previousId": "anon-1"},
+    EventType.GROUP: {"type": "group", "groupId": "acct-1"},
+    EventType.TRACK: {"type": "track", "event": "Form Submitted"},
+}
+# The fields a native event of these types needs besides the envelope, and what they become.
+NATIVE_EXTRA: dict[EventType, tuple[dict[str, str], str | None, str | None]] = {
+    EventType.ALIAS: ({"previous_id": "anon-1"}, None, "anon-1"),
+    EventType.GROUP: ({"group_id": "acct-1"}, None, "acct-1"),
+    EventType.TRACK: ({"event": "Form Submitted"}, "Form Submitted", None),
 }
 
 
@@ -188,7 +197,13 @@ def test_rejects_with_reason(
 
 def test_every_reject_reason_is_exercised() -> None:
     # bad_amount is parse_outcome's only (tests/unit/outcomes/test_outcome_events.py exercises it).
-    assert {reason for reason, _, _ in REJECTS} == set(REJECT_REASONS) - {"bad_amount"}
+    # bad_amount is the outcomes parser's, unknown_event the worker's (runtime.tracking),
+    # merge_refused the worker's too (runtime.scorer, tests/integration/test_identity_merge.py).
+    assert {reason for reason, _, _ in REJECTS} == set(REJECT_REASONS) - {
+        "bad_amount",
+        "unknown_event",
+        "merge_refused",
+    }
     assert len(REJECT_REASONS) == len(set(REJECT_REASONS))
 
 
@@ -237,7 +252,8 @@ def test_property_count_limit_is_inclusive() -> None:
 @pytest.mark.parametrize("event_type", list(EventType))
 def test_native_form_of_every_type(event_type: EventType) -> None:
     kind = TOPIC_BY_TYPE[event_type]
-    event = parse(native(event_type.value, traits={"email": "ada@example.com"}), kind)
+    extra, name, link = NATIVE_EXTRA.get(event_type, ({}, None, None))
+    event = parse(native(event_type.value, traits={"email": "ada@example.com"}, **extra), kind)
     assert event == Event(
         event_id="evt-01HX3Z9K7Q",
         lead_id="lead-8f2f2c7d",
@@ -246,6 +262,8 @@ def test_native_form_of_every_type(event_type: EventType) -> None:
         properties={"path": "/pricing", "title": "Pricing"},
         context={"user_agent": UA, "ip": "203.0.113.9"},
         traits={"email": "ada@example.com"},
+        name=name,
+        link=link,
     )
     assert event.type is event_type
 
@@ -272,11 +290,12 @@ def test_every_track_alias_is_accepted_on_its_topic_only(name: str) -> None:
 
 @pytest.mark.parametrize("event_type", list(EventType))
 def test_every_native_type_is_accepted_on_its_topic_only(event_type: EventType) -> None:
+    doc = native(event_type.value, **NATIVE_EXTRA.get(event_type, ({}, None, None))[0])
     for kind in TopicKind:
         if kind == TOPIC_BY_TYPE[event_type]:
-            assert parse(native(event_type.value), kind).type is event_type
+            assert parse(doc, kind).type is event_type
         else:
-            assert reject(native(event_type.value), kind).reason == "wrong_topic"
+            assert reject(doc, kind).reason == "wrong_topic"
 
 
 def _enum_strings(node: Any) -> set[str]:
@@ -541,3 +560,50 @@ def test_a_broken_schema_file_is_a_config_error(
         load_schema("page-views.v1.json")
     with pytest.raises(ConfigError, match="cannot read"):
         load_schema("downloads.v1.json")
+
+
+# --- custom track events, identity links and accounts ---------------------------------------
+
+
+def test_a_custom_track_event_keeps_its_name_and_any_known_name_belongs_elsewhere() -> None:
+    track = TopicKind.TRACK
+    event = parse(segment(type="track", event="Form Submitted", userId="u-1"), track)
+    assert (event.type, event.name, event.lead_id, event.anonymous) == (
+        EventType.TRACK, "Form Submitted", "u-1", False,
+    )  # fmt: skip
+    anonymous = parse(segment(type="track", event="LinkedIn Post Liked"), track)
+    assert anonymous.anonymous and anonymous.lead_id == "507f191e810c19729de860ea"
+    # A name with a type of its own goes to that type's topic, not here.
+    assert reject(segment(type="track", event="Demo Requested"), track).reason == "wrong_topic"
+    # Elsewhere an unknown name is still unknown: only the track topic takes any name.
+    assert reject(segment(type="track", event="Form Submitted"), PAGE_VIEWS).reason == (
+        "unknown_type"
+    )
+    native_track = parse(native("track", event="Form Submitted"), track)
+    assert (native_track.name, native_track.anonymous) == ("Form Submitted", False)
+
+
+def test_alias_and_identify_with_both_ids_link_the_anonymous_id() -> None:
+    profiles = TopicKind.PROFILES
+    alias = parse(segment(type="alias", userId="u-1", previousId="anon-1"), profiles)
+    assert (alias.type, alias.lead_id, alias.link) == (EventType.ALIAS, "u-1", "anon-1")
+    # An SDK may send numbers for ids: they become strings.
+    assert parse(segment(type="alias", userId="u-1", previousId=42), profiles).link == "42"
+    # Aliasing an id to itself links nothing.
+    assert parse(segment(type="alias", userId="u-1", previousId="u-1"), profiles).link is None
+    identify = parse(segment(type="identify", userId="u-1", anonymousId="anon-1"), profiles)
+    assert (identify.lead_id, identify.link, identify.anonymous) == ("u-1", "anon-1", False)
+    # Without a userId the anonymous id is the lead and nothing is linked.
+    alone = parse(segment(type="identify", traits={"title": "CTO"}), profiles)
+    assert (alone.lead_id, alone.link, alone.anonymous) == ("507f191e810c19729de860ea", None, True)
+    native_identify = parse(native("identify", anonymous_id="anon-2"), profiles)
+    assert native_identify.link == "anon-2"
+
+
+def test_a_group_call_links_its_account() -> None:
+    profiles = TopicKind.PROFILES
+    group = parse(segment(type="group", userId="u-1", groupId=1234, traits={"n": 1}), profiles)
+    assert (group.type, group.link, dict(group.traits)) == (EventType.GROUP, "1234", {"n": 1})
+    assert parse(native("group", group_id="acct-1"), profiles).link == "acct-1"
+    assert reject(native("group"), profiles).reason == "schema"
+    assert reject(segment(type="alias", userId="u-1"), profiles).reason == "schema"

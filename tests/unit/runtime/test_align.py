@@ -231,6 +231,30 @@ def test_a_partition_known_to_be_behind_holds_the_merge_for_max_wait() -> None:
     assert released[:2] == [Rec(10, "p0", 0), Rec(20, "q0", 0)]
 
 
+@settings(max_examples=50, deadline=None)
+@given(max_wait_ms=st.integers(1, 10_000), waited_ms=st.integers(0, 10**9), backlog=st.integers(1))
+def test_a_partition_with_unread_records_holds_the_merge_past_max_wait(
+    max_wait_ms: int, waited_ms: int, backlog: int
+) -> None:
+    """Exact replays with the default settings: however long past `max_wait_ms`, nothing is
+    released ahead of a partition whose records the broker holds and the fetch has not brought
+    yet; once they arrive, the merge is the exact one."""
+    aligner: Aligner[str, Rec] = Aligner(key, offset, max_wait_ms=max_wait_ms)
+    aligner.assign(["p", "q"], T_ASSIGN)
+    aligner.push("p", [Rec(10, "p0", 0), Rec(30, "p1", 1)])
+    aligner.note_position("p", 0, T_ASSIGN)
+    aligner.note_position("q", backlog, T_ASSIGN)
+    late = T_ASSIGN + max_wait_ms + waited_ms
+    assert aligner.pop_ready(late, 100) == []
+    aligner.push("q", [Rec(20, "q0", 0)])
+    aligner.note_position("q", 0, late)
+    assert [r for _, r in aligner.pop_ready(late, 100)] == [
+        Rec(10, "p0", 0),
+        Rec(20, "q0", 0),
+        Rec(30, "p1", 1),
+    ]
+
+
 @settings(max_examples=100, deadline=None)
 @given(parts=partitions(), high=st.integers(2, 6), rng=st.randoms(use_true_random=False))
 def test_flow_control_bounds_every_buffer_and_keeps_the_exact_merge(

@@ -22,6 +22,7 @@ from streamscore.scoring.rules import (
     RulesSpec,
     parse_rules_text,
 )
+from tests.scoring_support import parity_rules
 
 ENGINE_RULES_YAML = """
 version: engine-1
@@ -52,6 +53,10 @@ engagement:
   - {id: contact, when: {type: contact_request}, requalify: true}
   - {id: bot, when: {context.user_agent: {regex: "(?i)bot|crawler"}}, disqualify: true}
   - {id: unsubscribe, when: {type: unsubscribe}, points: -20}
+  - {id: form_sales, when: {event: Form Submitted, properties.form: contact-sales}, points: 20}
+  - {id: liked, when: {event: LinkedIn Post Liked}, points: 3}
+  - {id: not_a_form, when: {event: {not_in: [Form Submitted]}}, points: 1}
+  - {id: webinar_track, when: {type: track, event: {regex: "^Webinar"}}, points: 5}
 fit:
   - {id: exec, attribute: title, when: {regex: "chief|vp"}, points: 20}
   - {id: revenue_role, attribute: title, when: {contains: revenue}, points: 5}
@@ -85,6 +90,7 @@ class Ev:
     properties: Mapping[str, Any] = field(default_factory=dict)
     context: Mapping[str, Any] = field(default_factory=dict)
     traits: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
 
 
 def awarded(decision: Decision, rules: CompiledRules = RULES) -> dict[str, float]:
@@ -280,6 +286,8 @@ def _lookup(event: Ev, path: str) -> Any:
     root, *rest = path.split(".")
     if root == "type":
         return event.type
+    if root == "event":
+        return event.name
     value: Any = {"properties": event.properties, "context": event.context, "traits": event.traits}[
         root
     ]
@@ -371,6 +379,7 @@ POOLS: dict[str, list[Any]] = {
     "title": TITLES,
     "job_title": TITLES,
     "email": ["ann@gmail.com", "x@rival.io", "@", "NoAt", "a@Yahoo.com", "b@corp.example"],
+    "form": ["contact-sales", "newsletter"],
 }
 
 
@@ -381,13 +390,15 @@ def fields(*names: str) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+TRACK_NAMES = ["Form Submitted", "LinkedIn Post Liked", "Webinar Attended", "Order Completed"]
 EVENTS = st.builds(
     Ev,
-    st.sampled_from(("page_view", "page_view", *KNOWN_EVENT_TYPES)),
-    fields("path", "query", "seconds", "file", "size_mb", "campaign", "list", "job_title"),
+    st.sampled_from(("page_view", "page_view", "track", *KNOWN_EVENT_TYPES)),
+    fields("path", "query", "seconds", "file", "size_mb", "campaign", "list", "form", "job_title"),
     fields("user_agent", "referrer", "country", "campaign"),
     fields("title", "email", "employees", "company_size", "country"),
-)
+    st.none() | st.sampled_from(TRACK_NAMES) | st.text(max_size=8),
+).map(lambda e: e if e.type == "track" else Ev(e.type, e.properties, e.context, e.traits))
 
 
 @settings(max_examples=100, deadline=None)
@@ -398,6 +409,8 @@ def test_awards_and_flag_are_exactly_the_rules_whose_conditions_hold(event: Ev) 
         i
         for i, rule in enumerate(SPEC.engagement)
         if all(holds(m, _lookup(event, path)) for path, m in rule.when.items())
+        # A rule with an `event` condition is about custom track events only.
+        and ("event" not in rule.when or event.type == "track")
     ]
     for index, points in decision.awards:
         assert index in holding
@@ -435,3 +448,38 @@ def test_a_huge_trait_is_kept_to_its_first_characters() -> None:
     (update,) = [u for u in updates if RULES.attributes[u.attribute].name == "title"]
     assert len(update.value) == MAX_ATTRIBUTE_CHARS
     assert update.value == huge[:MAX_ATTRIBUTE_CHARS].lower()
+
+
+# ------------------------------------------------------------------ custom track events by name
+
+
+def test_track_events_score_by_name_with_the_same_conditions_language() -> None:
+    sales = Ev("track", {"form": "contact-sales"}, name="Form Submitted")
+    newsletter = Ev("track", {"form": "newsletter"}, name="Form Submitted")
+    liked = Ev("track", name="LinkedIn Post Liked")
+    assert awarded(decide(sales, RULES)) == {"form_sales": 20}
+    assert awarded(decide(newsletter, RULES)) == {}
+    assert awarded(decide(liked, RULES)) == {"liked": 3, "not_a_form": 1}
+    assert awarded(decide(Ev("track", name="Webinar Attended"), RULES)) == {
+        "not_a_form": 1,
+        "webinar_track": 5,
+    }
+    # A rule about names never matches an event without one, even a negated test.
+    assert "not_a_form" not in awarded(decide(Ev("page_view", {"path": "/blog"}), RULES))
+    # Rules without a type still see track events (the bot rule reads the user agent).
+    bot = Ev("track", context={"user_agent": "Googlebot/2.1"}, name="Order Completed")
+    assert decide(bot, RULES).flag == DISQUALIFY
+
+
+def test_the_rules_know_which_track_names_they_mention() -> None:
+    assert RULES.track_names == ("Form Submitted", "LinkedIn Post Liked")
+    assert RULES.mentions_event("Form Submitted")
+    assert RULES.mentions_event("Webinar Q3")  # by the regex
+    # `not_in: [Form Submitted]` accepts every other name: every name is mentioned here.
+    assert RULES.mentions_event("Order Completed")
+    plain = parse_rules_text(ENGINE_RULES_YAML.replace("  - {id: not_a_form", "  #"), "x.yaml")
+    assert not plain.mentions_event("Order Completed")
+    assert plain.mentions_event("LinkedIn Post Liked")
+    # A rules file without any `event` condition mentions no name at all.
+    old = parity_rules()
+    assert old.track_names == () and not old.mentions_event("Form Submitted")

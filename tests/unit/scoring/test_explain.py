@@ -82,8 +82,9 @@ def test_a_lua_era_state_is_shown_with_every_field_of_the_view() -> None:
     assert set(info) == {
         "lead_id", "score", "engagement", "fit", "penalties", "tier", "grade", "bant",
         "disqualified", "handoff_armed", "last_event_time", "rules_version", "as_of",
-        "contributions", "attributes", "story",
+        "contributions", "attributes", "identity", "account", "story",
     }  # fmt: skip
+    assert info["account"] is None
     assert info["lead_id"] == "old" and info["fit"] == 20 and info["penalties"] == -15
     assert info["attributes"]["title"]["value"] == "vp sales"
     assert {c["rule"] for c in info["contributions"]} == {"view", "trial", "unsub", "exec"}

@@ -47,6 +47,7 @@ class Ev:
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     traits: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
 
 
 SHAPES = st.sampled_from(

@@ -454,3 +454,35 @@ def test_a_non_boolean_decay_penalties_is_reported_at_its_line() -> None:
     text = mutate(BASE_YAML, "  half_life: 1h\n", "  half_life: 1h\n  penalties: sometimes\n")
     problems = problems_of(text)
     assert located(problems, "decay.penalties", {line_of(text, "penalties: sometimes")}), problems
+
+
+# ------------------------------------------------------------------ the `event` field (track)
+
+
+def test_event_conditions_are_for_track_events_only() -> None:
+    base = RULES_FILE.read_text()
+    good = base.replace(
+        "engagement:\n",
+        "engagement:\n"
+        "  - {id: form_sales, when: {event: Form Submitted, properties.form: contact-sales},"
+        " points: 20}\n"
+        "  - {id: liked, when: {type: track, event: LinkedIn Post Liked}, points: 3}\n",
+        1,
+    )
+    rules = parse_rules_text(good, "good.yaml")
+    # The example's own track rules name these too, and one more.
+    names = ("Form Submitted", "LinkedIn Post Liked", "LinkedIn Post Shared")
+    assert sorted(rules.track_names) == sorted(names)
+    assert [r.id for r in rules.by_type["track"]][:2] == ["form_sales", "liked"]
+    assert all(r.id != "form_sales" for r in rules.by_type["page_view"])
+    for bad, message in (
+        ("{event: X, type: page_view}", "matches custom track events only"),
+        ("{event.name: X}", "has no fields"),
+    ):
+        text = base.replace(
+            "engagement:\n", f"engagement:\n  - {{id: bad, when: {bad}, points: 1}}\n", 1
+        )
+        with pytest.raises(RulesError) as info:
+            parse_rules_text(text, "bad.yaml")
+        assert any(message in p for p in info.value.problems), info.value.problems
+        assert any(p.startswith("line ") for p in info.value.problems)

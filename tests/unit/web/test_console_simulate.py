@@ -44,7 +44,7 @@ def test_the_answer_is_the_reference_after_the_event_and_the_lead_is_untouched(
     before_bytes = None if stored is None else encode_lead(stored)
     shown = SHAPES[shape]
     event = Event("sim-1", lead, shown.type, clock + delay_ms, shown.properties,
-                  shown.context, shown.traits)  # fmt: skip
+                  shown.context, shown.traits, shown.name)  # fmt: skip
     result = simulate(stored, event, rules, 0)
     if stored is not None:
         assert encode_lead(stored) == before_bytes, "the simulator changed the lead"
