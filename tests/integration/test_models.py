@@ -75,7 +75,9 @@ async def test_a_shadow_model_scores_beside_the_live_one_as_if_run_alone(
     live_rules = load_rules(RULES_FILE)
     cand_path = candidate_rules(tmp_path)
     cand_rules = load_rules(cand_path)
-    settings = settings_factory(shadow_rules_file=cand_path, shadow_model="cand", **QUIET)
+    # A model name of this test's own: shadow topics are named by the model, not the test.
+    model = f"c{unique}"
+    settings = settings_factory(shadow_rules_file=cand_path, shadow_model=model, **QUIET)
     now = int(time.time() * 1000)
     sent = make_traffic(rng, unique, 120, 2500, now - 4 * HOUR_MS, now - 60_000)
     landed = await produce_positions(settings, messages_for(settings, sent))
@@ -85,7 +87,7 @@ async def test_a_shadow_model_scores_beside_the_live_one_as_if_run_alone(
     await wait_applied(store, high_watermarks(landed), worker, timeout_s=120)
     shadow_store = RedisStore(
         await open_client(settings.redis_url.get_secret_value(), cluster=False),
-        KeySpace(f"{settings.redis_key_prefix}:m:cand"),
+        KeySpace(f"{settings.redis_key_prefix}:m:{model}"),
     )
     try:
         await wait_applied(shadow_store, high_watermarks(landed), worker, timeout_s=60)
@@ -95,7 +97,7 @@ async def test_a_shadow_model_scores_beside_the_live_one_as_if_run_alone(
         # Each namespace holds what its own rules make of the stream, alone.
         await assert_states_match(store, live_ref, leads, live_rules)
         await assert_states_match(shadow_store, cand_ref, leads, cand_rules)
-        shadow_topic = "ss.v1.shadow.cand.handoffs"
+        shadow_topic = f"ss.v1.shadow.{model}.handoffs"
         shadow_settings = settings.model_copy(update={"topic_handoffs": shadow_topic})
 
         async def all_sent() -> bool:
@@ -112,13 +114,13 @@ async def test_a_shadow_model_scores_beside_the_live_one_as_if_run_alone(
         assert {m["rules_version"] for m in live_sent.values()} == {live_rules.version}
         # KPIs and metrics keep the models apart by name.
         counters = await shadow_store.kpi_counters()
-        assert all(k.startswith("cand|candidate-1|") or k.startswith("*|") for k in counters)
+        assert all(k.startswith(f"{model}|candidate-1|") or k.startswith("*|") for k in counters)
         _, body = worker.get("/metrics")
         text = body.decode()
         live_n = len(expected_ids(live_ref, "handoff"))
         cand_n = len(expected_ids(cand_ref, "handoff"))
         assert metric_total(text, "streamscore_handoffs_total", model="live") == live_n
-        assert metric_total(text, "streamscore_handoffs_total", model="cand") == cand_n
+        assert metric_total(text, "streamscore_handoffs_total", model=model) == cand_n
     finally:
         await shadow_store.close()
     assert worker.terminate() == 0, worker.log()

@@ -129,7 +129,7 @@ async def test_a_replay_scores_history_as_the_candidate_would_and_leaves_live_al
     cand_path = candidate_rules(tmp_path)
     cand_rules = load_rules(cand_path)
     live = settings_factory(
-        shadow_rules_file=cand_path, shadow_model="cand", **QUIET, **REPLAY_WAIT
+        shadow_rules_file=cand_path, shadow_model=f"c{unique}", **QUIET, **REPLAY_WAIT
     )
     now = int(time.time() * 1000)
     sent = make_traffic(rng, unique, 100, 2000, now - 6 * HOUR_MS, now - 60_000)
@@ -166,11 +166,11 @@ async def test_a_replay_scores_history_as_the_candidate_would_and_leaves_live_al
     assert set(sent_a) == expected
     assert sent_a == sent_b
     # The shadow lane, scoring live with the same rules, holds what a replay makes of them.
-    shadow = shadow_namespace(prefix, "cand")
+    shadow = shadow_namespace(prefix, f"c{unique}")
     await assert_states_match(namespace_store(store, shadow), cand_ref, leads, cand_rules)
     assert await states_of(store, shadow) == states_a
-    shadow_sent = await handoffs_on(settings, "ss.v1.shadow.cand.handoffs")
-    assert {k for k in shadow_sent if k in expected} == expected
+    shadow_sent = await handoffs_on(settings, f"ss.v1.shadow.c{unique}.handoffs")
+    assert set(shadow_sent) == expected
     # Live (and its shadow lane) untouched, byte for byte.
     assert await dump_keys(store, prefix, (f"{prefix}:r:",)) == before
     # The replay's record says what it was.
