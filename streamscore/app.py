@@ -219,15 +219,21 @@ def create_app(
 
     @app.timer(interval=WATCHDOG_EVERY_S)
     async def watchdog() -> None:
+        # Never awaits: a timer waiting on Redis (an OOM retried until memory frees) would
+        # silence the watchdog exactly when it must speak.
         worker = runtime.worker
-        if worker is None:
+        if worker is not None:
+            worker.watchdog()
+
+    @app.timer(interval=WATCHDOG_EVERY_S)
+    async def upkeep() -> None:
+        worker = runtime.worker
+        if worker is None or worker.consumer is None:
             return
-        worker.watchdog()
-        if worker.consumer is not None:
-            try:
-                await worker.maintain()
-            except StreamscoreError as exc:
-                log.warning("tier index upkeep failed, will try again: %r", exc)
+        try:
+            await worker.maintain()
+        except StreamscoreError as exc:
+            log.warning("tier index upkeep failed, will try again: %r", exc)
 
     if settings.rules_poll_s > 0:
 

@@ -153,7 +153,14 @@ async def test_out_of_memory_holds_the_batch_then_resumes_without_loss(
         assert worker.proc.poll() is None, f"back-pressure ended the worker:\n{worker.log()}"
         assert progress(await store.applied_offsets(), high_watermarks(landed)) == before
         assert log_has(worker, r"failing \(backpressure\)"), worker.log()
-        assert log_has(worker, r"no progress for \d+ s"), "the watchdog said nothing"
+
+        # The watchdog looks every 5 s (app.WATCHDOG_EVERY_S): allow it two looks.
+        async def watchdog_spoke() -> bool:
+            return log_has(worker, r"no progress for \d+ s")
+
+        assert await wait_for(watchdog_spoke, 12), (
+            "the watchdog said nothing\n" + worker.log()[-3000:]
+        )
         await assert_commits_within_applied(settings, store)
         # SIGTERM while Redis refuses: a clean exit that commits nothing it did not apply.
         assert worker.terminate() == 0, worker.log()
