@@ -334,6 +334,12 @@ class Settings(BaseSettings):
         return (self.topic_forget_requests, self.topic_identity, self.topic_account_updates)
 
     @property
+    def subscribed_topics(self) -> tuple[str, ...]:
+        """The topics a worker subscribes to: the inputs and its own identity and account
+        topics (forget requests are reserved, not consumed yet)."""
+        return (*self.input_topics, self.topic_identity, self.topic_account_updates)
+
+    @property
     def consumed_topics(self) -> tuple[str, ...]:
         """Everything the worker consumes; one partition count for all (co-partitioned)."""
         return (*self.input_topics, *self.internal_topics)

@@ -85,8 +85,7 @@ def make_consumer(settings: Settings, listener: Any) -> AIOKafkaConsumer:
     )
     # The identity and account topics are inputs too: keyed by lead or account id and
     # co-partitioned with the others.
-    topics = [*settings.input_topics, settings.topic_identity, settings.topic_account_updates]
-    consumer.subscribe(topics, listener=listener)
+    consumer.subscribe(list(settings.subscribed_topics), listener=listener)
     return consumer
 
 

@@ -149,11 +149,18 @@ async def test_three_warm_colleagues_hand_their_account_off_once(
         )  # fmt: skip
 
         async def applied() -> bool:
-            # Each colleague twice (joining with the identify, then warm), the group call once.
+            # The fourth colleague joined, and every account record the worker sent is applied,
+            # once. (How many there are depends on whether a colleague's trial or identify came
+            # first: a lead sends its engagement only once it has an account.)
+            if lead(worker, extra).get("account") != {"id": domain, "from": "email"}:
+                return False
+            sent = await read_topic(settings, settings.topic_account_updates, timeout_s=1)
             text = worker.get("/metrics")[1].decode()
-            return metric_total(text, "streamscore_account_updates_total", result="applied") == 9
+            done = metric_total(text, "streamscore_account_updates_total", result="applied")
+            return len(sent) >= 6 and done == len(sent)
 
         assert await wait_for(applied, 30), worker.log()
+        assert lead(worker, extra)["tier"] == "warm"
         text = worker.get("/metrics")[1].decode()
         assert metric_total(text, "streamscore_account_handoffs_total", tier="target") == 1
     finally:

@@ -445,10 +445,14 @@ async def _group_run(
     landed = await produce_positions(settings, messages_for(settings, sent))
     last = high_watermarks(landed)
 
-    def member(name: str) -> WorkerProcess:
-        return WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path, name)
+    def member(name: str, **update: Any) -> WorkerProcess:
+        update["web_port"] = free_port()
+        return WorkerProcess(settings.model_copy(update=update), tmp_path, name)
 
-    group = [member(f"g{i}") for i in range(group_size)]
+    # The victim commits in small batches: on a quiet machine a worker at full batch size can
+    # finish its share of the backlog before a SIGSTOP catches it with outputs in flight.
+    group = [member("g0", batch_max_events=20)]
+    group += [member(f"g{i}") for i in range(1, group_size)]
     workers.extend(group)
     for w in group:
         await w.wait_ready()

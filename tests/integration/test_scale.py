@@ -404,7 +404,7 @@ async def test_a_worker_beyond_the_partitions_is_not_ready_and_takes_over_at_onc
     timeout, as every rebalance here)."""
     session_s = 30.0
     settings = settings_factory(topic_partitions=1, kafka_session_timeout_ms=int(session_s * 1000))
-    inputs = len(settings.input_topics)
+    inputs = len(settings.subscribed_topics)
 
     def member(name: str) -> WorkerProcess:
         started = WorkerProcess(
