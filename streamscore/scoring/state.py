@@ -72,6 +72,10 @@ _pow = math.pow
 _blake2b = hashlib.blake2b
 
 
+#: One story item (scoring/story.py): time, kind index, label, score in tenths.
+StoryRow = tuple[int, int, str, int]
+
+
 class ProfileRecord(NamedTuple):
     """Last-writer-wins value of one profile attribute, with what it is worth."""
 
@@ -132,8 +136,8 @@ class LeadState:
     seen: dict[int, int] | None = None
     #: The lead's home input partition number, when the runtime records it.
     partition: int | None = None
-    #: Its last notable moments, [time, kind index, label, score in tenths] (scoring/story.py).
-    story: list[list[Any]] | None = None
+    #: Its last notable moments, (time, kind index, label, score in tenths) (scoring/story.py).
+    story: list[StoryRow] | None = None
     #: Re-arm only below this score (set when sales rejected the lead and the rules say to
     #: disarm it), instead of the rules' rearm_below; cleared when it re-arms.
     rearm_below: float | None = None
@@ -180,7 +184,7 @@ def clone(state: LeadState) -> LeadState:
         None if state.profile is None else dict(state.profile),
         None if state.seen is None else dict(state.seen),
         state.partition,
-        None if state.story is None else [list(item) for item in state.story],
+        None if state.story is None else list(state.story),
         state.rearm_below,
         None if state.funnel is None else list(state.funnel),
         state.anonymous,

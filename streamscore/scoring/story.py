@@ -7,6 +7,7 @@ the score right after, in tenths of a point. Pure: the runtime decides what to r
 
 from __future__ import annotations
 
+import sys
 from typing import Literal, NamedTuple
 
 from streamscore.scoring.state import LeadState
@@ -35,7 +36,12 @@ def record(
     story = state.story
     if story is None:
         story = state.story = []
-    story.append([time_ms, STORY_KINDS.index(kind), label, round(score * 10)])
+    # A tuple with its label interned: a lead keeps a dozen items and a worker caches every
+    # lead of its partitions, so each item's bytes count. (An event type's label is already
+    # one shared enum member, which intern refuses.)
+    if type(label) is str:
+        label = sys.intern(label)
+    story.append((time_ms, STORY_KINDS.index(kind), label, round(score * 10)))
     if len(story) > keep:
         del story[: len(story) - keep]
 

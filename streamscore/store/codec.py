@@ -72,7 +72,7 @@ from streamscore.errors import StreamscoreError
 from streamscore.scoring.accounts import AccountState
 from streamscore.scoring.engine import DISQUALIFY, NO_FLAG, REQUALIFY
 from streamscore.scoring.identity import Identity
-from streamscore.scoring.state import CAP_WINDOWS_KEPT, LeadState, ProfileRecord
+from streamscore.scoring.state import CAP_WINDOWS_KEPT, LeadState, ProfileRecord, StoryRow
 
 #: Version of the format encode_lead writes; decode_lead reads it and the legacy Lua map.
 FORMAT = 3
@@ -254,7 +254,7 @@ def encode_lead(state: LeadState, memo: SeenMemo | None = None) -> bytes:
     if state.partition is not None:
         m["hp"] = state.partition
     if state.story:
-        m["st"] = [[base - item[0], *item[1:]] for item in state.story]
+        m["st"] = [(base - t, kind, label, tenths) for t, kind, label, tenths in state.story]
     if state.rearm_below is not None:
         m["rb"] = _n(state.rearm_below)
     if state.funnel:
@@ -409,7 +409,7 @@ def _seen(value: Any, key: str) -> dict[int, int] | None:
     return {_int(h, key): _int(t, key) for h, t in _map(value, key).items()} or None
 
 
-def _story(value: Any, key: str) -> list[list[Any]] | None:
+def _story(value: Any, key: str) -> list[StoryRow] | None:
     if not isinstance(value, list):
         raise StateCodecError(f"{key}: expected a list, got {type(value).__name__}")
     items = []
@@ -417,8 +417,9 @@ def _story(value: Any, key: str) -> list[list[Any]] | None:
         if not isinstance(item, list) or len(item) != 4:
             raise StateCodecError(f"{key}: expected [time, kind, label, score] items")
         items.append(
-            [_int(item[0], key), _int(item[1], key), _str(item[2], key), _int(item[3], key)]
-        )
+            (_int(item[0], key), _int(item[1], key), sys.intern(_str(item[2], key)),
+             _int(item[3], key))
+        )  # fmt: skip
     return items or None
 
 
@@ -546,7 +547,9 @@ def _decode_v3(m: dict[str, Any], hint: str | None) -> LeadState:
         state.seen = _seen_v3(m["s"])
     if "st" in m:
         story = _story(m["st"], "st")
-        state.story = None if story is None else [[base - t, *rest] for t, *rest in story]
+        state.story = (
+            None if story is None else [(base - t, k, label, n) for t, k, label, n in story]
+        )
     if extra:
         state.extra = extra
     return state
