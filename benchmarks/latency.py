@@ -98,7 +98,7 @@ def scrape_histograms(metrics_url: str, names: Sequence[str]) -> dict[str, dict[
 
 
 def scrape_worker_metrics(metrics_url: str) -> dict[str, float]:
-    """Batch and script figures of a worker: events per EVALSHA and seconds per EVALSHA."""
+    """Batch and script figures of a worker: events per batch and commit seconds per batch."""
     with urllib.request.urlopen(metrics_url, timeout=5) as resp:
         text = resp.read().decode()
     wanted = {

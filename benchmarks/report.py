@@ -345,9 +345,9 @@ def _full(f: dict[str, Any]) -> list[str]:
     if worker_metrics.get("apply_calls"):
         parts.append(
             f"(a) applied {worker_metrics['batch_events_sum']:,.0f} events in "
-            f"{worker_metrics['apply_calls']:,.0f} commit calls: "
+            f"{worker_metrics['apply_calls']:,.0f} batches: "
             f"{worker_metrics['events_per_apply']:,.0f} events and "
-            f"{worker_metrics['ms_per_apply']:.1f} ms per call (worker metrics)."
+            f"{worker_metrics['ms_per_apply']:.1f} ms of commit calls a batch (worker metrics)."
         )
     sc = f.get("state_check", {})
     for c in sc.get("compared", []):

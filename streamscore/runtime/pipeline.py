@@ -529,7 +529,7 @@ class Pipeline:
             started = time.perf_counter()
             encoded = encode_outputs(call.outputs, scored_at, call.records)
             result = await self._redis(partial(call.lane.store.commit, call.packed, encoded))
-            self._sensor.redis_call("commit", time.perf_counter() - started, batch.events or None)
+            self._sensor.redis_call("commit", time.perf_counter() - started)
             if not result.ok:
                 raise CommitConflict(f"{call.lane.name} group {call.group}: {result.conflict}")
             if result.outbox_entry:

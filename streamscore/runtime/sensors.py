@@ -55,8 +55,8 @@ class Sensor:
     ) -> None:
         """A batch's effects are safe: events by (topic, outcome), and their append times."""
 
-    def redis_call(self, script: str, seconds: float, events: int | None = None) -> None:
-        """One script call returned after `seconds`; `events` it carried, if any."""
+    def redis_call(self, script: str, seconds: float) -> None:
+        """One script call returned after `seconds`."""
 
     def funnel_facts(
         self, outcomes: Mapping[tuple[str, str], int], breaches: Mapping[str, int]
@@ -166,13 +166,13 @@ class PrometheusSensor(Sensor):
         self, outcomes: Mapping[tuple[str, str], int], append_ms: Sequence[int], done_ms: int
     ) -> None:
         observe_since(self.metrics.event_to_scored_seconds, done_ms, append_ms)
+        # Once a batch, however many lanes and key groups its commit calls were.
+        self.metrics.batch_events.observe(len(append_ms))
         for (topic, outcome), n in outcomes.items():
             self.metrics.events_total.labels(topic=topic, outcome=outcome).inc(n)
 
-    def redis_call(self, script: str, seconds: float, events: int | None = None) -> None:
+    def redis_call(self, script: str, seconds: float) -> None:
         self.metrics.redis_script_seconds.labels(script=script).observe(seconds)
-        if events is not None:
-            self.metrics.batch_events.observe(events)
 
     def funnel_facts(
         self, outcomes: Mapping[tuple[str, str], int], breaches: Mapping[str, int]

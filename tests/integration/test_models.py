@@ -121,6 +121,12 @@ async def test_a_shadow_model_scores_beside_the_live_one_as_if_run_alone(
         cand_n = len(expected_ids(cand_ref, "handoff"))
         assert metric_total(text, "streamscore_handoffs_total", model="live") == live_n
         assert metric_total(text, "streamscore_handoffs_total", model=model) == cand_n
+        # A batch is counted once in the batch-size histogram, however many lanes commit it.
+        applied = sum(
+            metric_total(text, "streamscore_events_total", outcome=outcome)
+            for outcome in ("scored", "duplicate")
+        )
+        assert metric_total(text, "streamscore_batch_events_sum") == applied == len(sent)
     finally:
         await shadow_store.close()
     assert worker.terminate() == 0, worker.log()
