@@ -10,10 +10,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Literal, NamedTuple
 
-import fastjsonschema
 import orjson
 
-from streamscore.errors import InvalidEvent
+from streamscore.events.parse import load_record
 from streamscore.events.schemas import compile_schema
 from streamscore.events.timefmt import format_time_ms, parse_time_ms
 from streamscore.scoring.accounts import LEFT, AccountHandoff, Contribution
@@ -66,18 +65,7 @@ def _validator() -> Any:
 
 def parse_account(raw: bytes | None) -> AccountRecord:
     """An account record from its message value; InvalidEvent when it is not one."""
-    if not raw:
-        raise InvalidEvent("empty", "account record without a value")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("malformed_json", str(exc)) from None
-    if not isinstance(doc, dict):
-        raise InvalidEvent("not_an_object", type(doc).__name__)
-    try:
-        _validator()(doc)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        raise InvalidEvent("schema", str(exc)) from None
+    doc = load_record(raw, "account record", _validator())
     time_ms = parse_time_ms(doc["time"])
     engagement = LEFT if doc["kind"] == "leave" else float(doc["engagement"])
     contribution = Contribution(

@@ -12,11 +12,11 @@ import binascii
 from functools import cache
 from typing import Any, Literal, NamedTuple
 
-import fastjsonschema
 import orjson
 
 from streamscore.errors import InvalidEvent
 from streamscore.events.envelope import Event
+from streamscore.events.parse import load_record
 from streamscore.events.schemas import compile_schema
 from streamscore.events.timefmt import format_time_ms, parse_time_ms
 
@@ -92,18 +92,7 @@ def parse_identity(raw: bytes | None) -> IdentityRecord:
 
     No time limits apply: a replay reads records as old as the inputs they came from.
     """
-    if not raw:
-        raise InvalidEvent("empty", "identity record without a value")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("malformed_json", str(exc)) from None
-    if not isinstance(doc, dict):
-        raise InvalidEvent("not_an_object", type(doc).__name__)
-    try:
-        _validator()(doc)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        raise InvalidEvent("schema", str(exc)) from None
+    doc = load_record(raw, "identity record", _validator())
     op: IdentityOp = doc["op"]
     lead_id: str = doc["lead_id"]
     time_ms = parse_time_ms(doc["time"])

@@ -14,6 +14,10 @@ Checks run in this order, and the first failure names the reject reason (rejects
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import fastjsonschema
 import orjson
 
 from streamscore.errors import InvalidEvent
@@ -27,19 +31,7 @@ from streamscore.events.types import TopicKind
 
 def parse_event(raw: bytes | None, kind: TopicKind, now_ms: int, limits: Limits) -> Event:
     """Validate one Kafka message value from a `kind` topic; raises only InvalidEvent."""
-    if raw is None:
-        raise InvalidEvent("empty", "message value is null (a tombstone)")
-    size = len(raw)
-    if size > limits.max_event_bytes:
-        raise InvalidEvent("too_large", f"{size} bytes, limit {limits.max_event_bytes}")
-    if not size:
-        raise InvalidEvent("empty", "message value is 0 bytes")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise decode_error(raw, exc) from None
-    if type(doc) is not dict:
-        raise not_an_object(doc)
+    doc = load_object(raw, "message", limits)
     # "A message is Segment-shaped when it has messageId" (the schemas' top-level `if`).
     segment = "messageId" in doc
     if not input_check(kind).is_valid(doc):
@@ -47,3 +39,36 @@ def parse_event(raw: bytes | None, kind: TopicKind, now_ms: int, limits: Limits)
     if segment:
         return from_segment(doc, kind, now_ms, limits)
     return from_native(doc, kind, now_ms, limits)
+
+
+def load_object(raw: bytes | None, what: str, limits: Limits | None = None) -> dict[str, Any]:
+    """A message value decoded to its JSON object, or InvalidEvent: checks 1 and 2 above.
+
+    `what` names the message in the reasons' details; `too_large` applies when `limits` are
+    given (the internal topics carry what the worker wrote, sized by it).
+    """
+    if raw is None:
+        raise InvalidEvent("empty", f"{what} value is null (a tombstone)")
+    size = len(raw)
+    if limits is not None and size > limits.max_event_bytes:
+        raise InvalidEvent("too_large", f"{size} bytes, limit {limits.max_event_bytes}")
+    if not size:
+        raise InvalidEvent("empty", f"{what} value is 0 bytes")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise decode_error(raw, exc) from None
+    if type(doc) is not dict:
+        raise not_an_object(doc)
+    return doc
+
+
+def load_record(raw: bytes | None, what: str, validate: Callable[[Any], Any]) -> dict[str, Any]:
+    """An internal topic's record (identity, accounts) decoded and checked by its schema's
+    fastjsonschema `validate`; InvalidEvent (`schema` among them) when it is not one."""
+    doc = load_object(raw, what)
+    try:
+        validate(doc)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise InvalidEvent("schema", str(exc)) from None
+    return doc

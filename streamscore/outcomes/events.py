@@ -22,7 +22,6 @@ from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 import jsonschema_rs
-import orjson
 from fastjsonschema import JsonSchemaValueException
 
 from streamscore.errors import ConfigError, InvalidEvent
@@ -38,7 +37,8 @@ from streamscore.events import (
 
 # parse_event's own byte, time and lead-id checks, reused so that both inputs reject alike.
 from streamscore.events.envelope import event_time_ms
-from streamscore.events.rejects import check_lead_id, decode_error, not_an_object
+from streamscore.events.parse import load_object
+from streamscore.events.rejects import check_lead_id
 from streamscore.events.timefmt import RFC3339_PATTERN
 
 SCHEMA_FILE: Final = "outcomes.v1.json"
@@ -99,19 +99,7 @@ class Outcome(NamedTuple):
 
 def parse_outcome(raw: bytes | None, now_ms: int, limits: Limits) -> Outcome:
     """Validate one message of the outcomes topic; raises only InvalidEvent."""
-    if raw is None:
-        raise InvalidEvent("empty", "message value is null (a tombstone)")
-    size = len(raw)
-    if size > limits.max_event_bytes:
-        raise InvalidEvent("too_large", f"{size} bytes, limit {limits.max_event_bytes}")
-    if not size:
-        raise InvalidEvent("empty", "message value is 0 bytes")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise decode_error(raw, exc) from None
-    if type(doc) is not dict:
-        raise not_an_object(doc)
+    doc = load_object(raw, "message", limits)
     segment = "messageId" in doc  # the schema's top-level `if`
     if not _fast_check().is_valid(doc):
         raise _schema_rejection(doc, segment)
