@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,14 @@ def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
     yield started
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_choice(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for the session's Redis, or for the 3-primary cluster with 16 key groups (so
+    that two leads, or a lead and its account, are all but surely on different slots: each
+    commit touches one group)."""
+    if request.param == "single":
+        return {}
+    cluster: ClusterUnderTest = request.getfixturevalue("redis_cluster")
+    return {"redis_url": cluster.url, "redis_cluster": "true", "redis_key_groups": 16}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -103,6 +104,16 @@ def event(lead_id: str, event_type: str, event_id: str, time_ms: int, **fields: 
     return orjson.dumps(
         {"event_id": event_id, "lead_id": lead_id, "type": event_type, "time": time_ms, **fields}
     )
+
+
+def lead_view(worker: WorkerProcess, lead_id: str) -> dict[str, Any]:
+    """The worker's view of a lead (GET /leads/{id}), or {} while it answers anything but 200
+    (no such lead yet, or the worker restarting): callers poll it or assert on its fields."""
+    status, body = worker.get("/leads/" + urllib.parse.quote(lead_id, safe=""))
+    if status != 200:
+        return {}
+    view: dict[str, Any] = orjson.loads(body)
+    return view
 
 
 def topic_for(settings: Settings, event_type: str) -> str:

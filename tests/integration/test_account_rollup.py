@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from streamscore.config import Settings
 from streamscore.events.schemas import compile_schema
 from streamscore.events.timefmt import format_time_ms
-from tests.integration.conftest import ClusterUnderTest
 from tests.integration.harness import (
     WorkerProcess,
     bounded,
     event,
+    lead_view,
     metric_total,
     produce,
     read_topic,
@@ -69,21 +68,6 @@ def group(user_id: str, group_id: str, message_id: str, time_ms: int) -> bytes:
     )  # fmt: skip
 
 
-def lead(worker: WorkerProcess, lead_id: str) -> dict[str, Any]:
-    status, body = worker.get(f"/leads/{lead_id}")
-    return orjson.loads(body) if status == 200 else {}
-
-
-@pytest.fixture(params=["single", "cluster"])
-def redis_choice(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The session's Redis, or the 3-primary cluster with 16 key groups (a lead and its account
-    all but surely on different slots: each commit touches one group)."""
-    if request.param == "single":
-        return {}
-    cluster: ClusterUnderTest = request.getfixturevalue("redis_cluster")
-    return {"redis_url": cluster.url, "redis_cluster": "true", "redis_key_groups": 16}
-
-
 @bounded(180)
 async def test_three_warm_colleagues_hand_their_account_off_once(
     tmp_path: Path,
@@ -127,12 +111,14 @@ async def test_three_warm_colleagues_hand_their_account_off_once(
         assert h["account_id"] == domain and h["tier"] == "target"
         assert sorted(m["lead_id"] for m in h["leads"]) == sorted(people)
         assert round(h["score"]) == 180 and h["fit"] == 0
-        assert all(lead(worker, p)["tier"] == "warm" for p in people)
-        assert lead(worker, people[0])["account"] == {"id": domain, "from": "email"}
-        assert lead(worker, solo)["account"] is None and lead(worker, solo)["tier"] == "warm"
+        assert all(lead_view(worker, p)["tier"] == "warm" for p in people)
+        assert lead_view(worker, people[0])["account"] == {"id": domain, "from": "email"}
+        assert (
+            lead_view(worker, solo)["account"] is None and lead_view(worker, solo)["tier"] == "warm"
+        )
 
         async def grouped_lead() -> dict[str, Any]:
-            return lead(worker, grouped)
+            return lead_view(worker, grouped)
 
         g = await wait_for(grouped_lead, 30)
         assert g["account"] == {"id": f"initech-{unique}", "from": "group"}, worker.log()
@@ -152,7 +138,7 @@ async def test_three_warm_colleagues_hand_their_account_off_once(
             # The fourth colleague joined, and every account record the worker sent is applied,
             # once. (How many there are depends on whether a colleague's trial or identify came
             # first: a lead sends its engagement only once it has an account.)
-            if lead(worker, extra).get("account") != {"id": domain, "from": "email"}:
+            if lead_view(worker, extra).get("account") != {"id": domain, "from": "email"}:
                 return False
             sent = await read_topic(settings, settings.topic_account_updates, timeout_s=1)
             text = worker.get("/metrics")[1].decode()
@@ -160,7 +146,7 @@ async def test_three_warm_colleagues_hand_their_account_off_once(
             return len(sent) >= 6 and done == len(sent)
 
         assert await wait_for(applied, 30), worker.log()
-        assert lead(worker, extra)["tier"] == "warm"
+        assert lead_view(worker, extra)["tier"] == "warm"
         text = worker.get("/metrics")[1].decode()
         assert metric_total(text, "streamscore_account_handoffs_total", tier="target") == 1
     finally:

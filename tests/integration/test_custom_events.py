@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from tests.integration.faults_support import QUIET
 from tests.integration.harness import (
     WorkerProcess,
     bounded,
+    lead_view,
     metric_total,
     produce,
     read_topic,
@@ -26,13 +26,6 @@ def track(lead: str, event_id: str, name: str, time_ms: int, **properties: Any) 
     """A native track event, as the collector writes a Segment `track` call."""
     doc = {"event_id": event_id, "lead_id": lead, "type": "track", "event": name, "time": time_ms}
     return orjson.dumps({**doc, "properties": properties})
-
-
-def lead_view(worker: WorkerProcess, lead: str) -> dict[str, Any]:
-    status, body = worker.get("/leads/" + urllib.parse.quote(lead, safe=""))
-    assert status == 200, (status, body)
-    view: dict[str, Any] = orjson.loads(body)
-    return view
 
 
 @bounded(180)

@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from streamscore.config import Settings
 from streamscore.events.timefmt import format_time_ms
-from tests.integration.conftest import ClusterUnderTest
 from tests.integration.harness import (
     WorkerProcess,
     bounded,
     event,
+    lead_view,
     metric_total,
     produce,
     read_topic,
@@ -62,21 +61,6 @@ def alias(user_id: str, previous_id: str, message_id: str, time_ms: int) -> byte
     )  # fmt: skip
 
 
-def lead(worker: WorkerProcess, lead_id: str) -> dict[str, Any]:
-    status, body = worker.get(f"/leads/{lead_id}")
-    return orjson.loads(body) if status == 200 else {}
-
-
-@pytest.fixture(params=["single", "cluster"])
-def redis_choice(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings for the session's Redis, or for the 3-primary cluster with the leads' keys in
-    16 key groups (so the two leads of a merge are, all but surely, on different slots)."""
-    if request.param == "single":
-        return {}
-    cluster: ClusterUnderTest = request.getfixturevalue("redis_cluster")
-    return {"redis_url": cluster.url, "redis_cluster": "true", "redis_key_groups": 16}
-
-
 @bounded(180)
 async def test_the_probe_merges_once_and_survives_a_restart(
     tmp_path: Path,
@@ -103,13 +87,13 @@ async def test_the_probe_merges_once_and_survives_a_restart(
         )  # fmt: skip
 
         async def both_warm() -> bool:
-            a, k = lead(worker, anon), lead(worker, user)
+            a, k = lead_view(worker, anon), lead_view(worker, user)
             return a.get("tier") == "warm" and k.get("tier") == "warm"
 
         assert await wait_for(both_warm, 30), worker.log()
-        assert round(lead(worker, anon)["score"]) == 75
-        assert round(lead(worker, user)["score"]) == 70
-        assert lead(worker, anon)["identity"]["anonymous"] is True
+        assert round(lead_view(worker, anon)["score"]) == 75
+        assert round(lead_view(worker, user)["score"]) == 70
+        assert lead_view(worker, anon)["identity"]["anonymous"] is True
 
         await produce(
             settings,
@@ -117,7 +101,7 @@ async def test_the_probe_merges_once_and_survives_a_restart(
         )
 
         async def merged() -> dict[str, Any]:
-            k = lead(worker, user)
+            k = lead_view(worker, user)
             return k if k.get("identity", {}).get("merged_ids") else {}
 
         k = await wait_for(merged, 30)
@@ -127,7 +111,7 @@ async def test_the_probe_merges_once_and_survives_a_restart(
         assert {c["rule"]: round(c["points"]) for c in k["contributions"]} == {
             "pricing": 75, "trial": 70,
         }  # fmt: skip
-        a = lead(worker, anon)
+        a = lead_view(worker, anon)
         assert a["identity"]["merged_into"] == user and a["score"] == 0 and a["tier"] == "cold"
 
         # An anonymous event after the alias scores on the known lead.
@@ -137,10 +121,10 @@ async def test_the_probe_merges_once_and_survives_a_restart(
         )
 
         async def forwarded() -> bool:
-            return bool(round(lead(worker, user).get("score", 0)) == 170)
+            return bool(round(lead_view(worker, user).get("score", 0)) == 170)
 
         assert await wait_for(forwarded, 30), worker.log()
-        assert lead(worker, anon)["score"] == 0
+        assert lead_view(worker, anon)["score"] == 0
         text = worker.get("/metrics")[1].decode()
         assert metric_total(text, "streamscore_identity_merges_total", result="requested") == 1
         assert metric_total(text, "streamscore_identity_merges_total", result="merged") == 1
@@ -159,8 +143,8 @@ async def test_the_probe_merges_once_and_survives_a_restart(
         letters = await wait_for(refused, 30)
         assert len(letters) == 1, worker.log()
         assert "refused_known" in letters[0]["detail"]
-        assert round(lead(worker, other)["score"]) == 70
-        assert round(lead(worker, user)["score"]) == 170
+        assert round(lead_view(worker, other)["score"]) == 70
+        assert round(lead_view(worker, user)["score"]) == 170
         assert assert_handed_off_once(await read_topic(settings, settings.topic_handoffs), user)
         changes = await read_topic(settings, settings.topic_tier_changes)
         hot = [c for c in changes if c["lead_id"] == user and c["new_tier"] == "hot"]
@@ -187,7 +171,7 @@ async def test_the_probe_merges_once_and_survives_a_restart(
             )
 
         assert await wait_for(redelivered, 30), again.log()
-        k = lead(again, user)
+        k = lead_view(again, user)
         assert round(k["score"]) == 170 and [m["id"] for m in k["identity"]["merged_ids"]] == [anon]
         text = again.get("/metrics")[1].decode()
         assert metric_total(text, "streamscore_identity_merges_total", result="merged") == 0
